@@ -1,0 +1,5 @@
+import sys
+
+from edloss.cli import main
+
+sys.exit(main())
