@@ -1,0 +1,419 @@
+"""CIFAR-10/100 held in memory as uint8 tensors, with augmentation done on whole batches.
+
+Why this shape: a 32x32 data set fits in memory many times over, so the per-image Python
+``Dataset``/``DataLoader`` machinery only costs time (see ``benchmarks/bench_training.py``).
+Images stay uint8 (N, 3, 32, 32) on the training device; each batch is cropped, flipped and
+normalised with a handful of tensor ops driven by a ``torch.Generator`` (airbench style), so the
+data order and augmentation are reproducible and their state can be checkpointed.
+
+Splits: the validation set is a fixed slice of the training set (default: its last 5,000
+images) and is what every tuning choice looks at; the test set is only for reported numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+ENV_VAR = "EDLOSS_DATA"
+DEFAULT_DIR = "./data"
+IMAGE_SHAPE = (3, 32, 32)
+_ROW = 3 * 32 * 32
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a CIFAR variant lives inside the data folder and how to fetch it."""
+
+    name: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    names_key: str
+    num_classes: int
+    url: str
+    md5: str
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(
+        name="CIFAR-10",
+        folder="cifar-10-batches-py",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test_files=("test_batch",),
+        meta_file="batches.meta",
+        label_key="labels",
+        names_key="label_names",
+        num_classes=10,
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
+    ),
+    "cifar100": DatasetSpec(
+        name="CIFAR-100",
+        folder="cifar-100-python",
+        train_files=("train",),
+        test_files=("test",),
+        meta_file="meta",
+        label_key="fine_labels",
+        names_key="fine_label_names",
+        num_classes=100,
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+    ),
+}
+
+
+def get_spec(dataset: str) -> DatasetSpec:
+    key = dataset.lower().replace("-", "").replace("_", "")
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
+    return DATASETS[key]
+
+
+# ----------------------------------------------------------------------------- locating files
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data folder: the argument, else ``$EDLOSS_DATA``, else ``./data``."""
+    if data_dir is None or str(data_dir) == "":
+        data_dir = os.environ.get(ENV_VAR) or DEFAULT_DIR
+    return Path(data_dir).expanduser().resolve()
+
+
+def _where_from(data_dir: str | os.PathLike | None) -> str:
+    if data_dir not in (None, ""):
+        return "given as data_dir / --data-dir"
+    env = os.environ.get(ENV_VAR)
+    return f"from ${ENV_VAR}={env}" if env else f"${ENV_VAR} is unset, so the default {DEFAULT_DIR}"
+
+
+def find_batches(spec: DatasetSpec, root: Path) -> Path | None:
+    """The folder holding the batch files: ``root/<folder>`` or ``root`` itself; None if absent."""
+    needed = spec.train_files + spec.test_files
+    for candidate in (root / spec.folder, root):
+        if all((candidate / f).is_file() for f in needed):
+            return candidate
+    return None
+
+
+def _missing_message(spec: DatasetSpec, root: Path, data_dir) -> str:
+    folder = root / spec.folder
+    missing = [f for f in spec.train_files + spec.test_files if not (folder / f).is_file()]
+    return (
+        f"{spec.name} not found: looked in {folder} (and {root}) for "
+        f"{', '.join(missing)}; data folder {root} ({_where_from(data_dir)}). "
+        f"To get it, rerun with --download (Python: download=True), or fetch {spec.url} "
+        f"and extract it into {root} so that {folder}/ exists; "
+        f"or point --data-dir / ${ENV_VAR} at the folder that holds {spec.folder}/."
+    )
+
+
+# ----------------------------------------------------------------------------- downloading
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_and_extract(url: str, root: Path, md5: str | None = None,
+                         sha256: str | None = None) -> None:
+    """Fetch a tar.gz, verify its checksum, and extract it into ``root``.
+
+    The archive is written to a temporary file first, so a broken download never leaves a
+    half-written archive that looks valid; a checksum mismatch raises ValueError.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=root, suffix=".tar.gz.part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        print(f"downloading {url} -> {root}")
+        with urllib.request.urlopen(url) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+        for algorithm, expected in (("md5", md5), ("sha256", sha256)):
+            if expected and _file_digest(tmp, algorithm) != expected.lower():
+                raise ValueError(
+                    f"checksum mismatch for {url}: {algorithm} {_file_digest(tmp, algorithm)} "
+                    f"!= expected {expected}; the download is corrupt or the file changed upstream"
+                )
+        with tarfile.open(tmp, "r:gz") as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(root, filter="data")
+            else:  # Python < 3.12 without the filter backport: refuse unsafe member paths
+                for member in tar.getmembers():
+                    target = (root / member.name).resolve()
+                    if root.resolve() not in target.parents and target != root.resolve():
+                        raise ValueError(f"unsafe path {member.name!r} in archive {url}")
+                tar.extractall(root)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- reading batches
+
+
+def load_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pickled CIFAR batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f, encoding="bytes")
+    except Exception as err:  # truncated files raise EOFError, UnpicklingError, ValueError...
+        raise ValueError(
+            f"{path}: cannot be read as a CIFAR batch pickle ({type(err).__name__}: {err}); "
+            "the file is truncated or corrupt: delete the folder and get it again (--download)"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a pickled dict, found {type(raw).__name__}")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+    if "data" not in batch or label_key not in batch:
+        raise ValueError(
+            f"{path}: missing key 'data' or {label_key!r} (has {sorted(batch)}); "
+            "is this the right data set (CIFAR-10 uses 'labels', CIFAR-100 'fine_labels')?"
+        )
+    data = np.asarray(batch["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _ROW:
+        raise ValueError(
+            f"{path}: 'data' has shape {data.shape} and dtype {data.dtype}; expected "
+            f"(N, {_ROW}) uint8 (channel-major RGB rows); the file is not a CIFAR batch"
+        )
+    labels = np.asarray(batch[label_key], dtype=np.int64)
+    if labels.shape != (data.shape[0],):
+        raise ValueError(f"{path}: {labels.shape[0] if labels.ndim else 0} labels for "
+                         f"{data.shape[0]} images")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{path}: labels outside 0..{num_classes - 1}")
+    images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, *IMAGE_SHAPE)
+    return images, torch.from_numpy(labels)
+
+
+def _class_names(spec: DatasetSpec, folder: Path) -> list[str]:
+    """Class names from the meta file if it is readable; generic names otherwise."""
+    try:
+        with open(folder / spec.meta_file, "rb") as f:
+            meta = pickle.load(f, encoding="bytes")
+        names = meta.get(spec.names_key.encode(), meta.get(spec.names_key))
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        if len(names) == spec.num_classes:
+            return names
+    except Exception:
+        pass
+    return [f"class{i}" for i in range(spec.num_classes)]
+
+
+@dataclass
+class CifarArrays:
+    """The whole data set as loaded from disk: uint8 (N, 3, 32, 32) images, int64 labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+
+def load_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
+               download: bool = False) -> CifarArrays:
+    """Read every batch of CIFAR-10 or CIFAR-100 into memory.
+
+    Downloads (with md5 verification) only if ``download`` is true and the files are missing.
+    """
+    spec = get_spec(dataset)
+    root = resolve_data_dir(data_dir)
+    folder = find_batches(spec, root)
+    if folder is None and download:
+        download_and_extract(spec.url, root, md5=spec.md5)
+        folder = find_batches(spec, root)
+    if folder is None:
+        raise FileNotFoundError(_missing_message(spec, root, data_dir))
+
+    def read(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [load_batch(folder / f, spec.label_key, spec.num_classes) for f in files]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    train_x, train_y = read(spec.train_files)
+    test_x, test_y = read(spec.test_files)
+    return CifarArrays(train_x, train_y, test_x, test_y, _class_names(spec, folder))
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclass
+class Splits:
+    """Train / validation / test tensors plus the normalisation every loader applies."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: torch.Tensor  # (3,) on the 0..1 scale
+    std: torch.Tensor
+    num_classes: int
+    classes: list[str]
+
+
+def subset_indices(labels: torch.Tensor, n: int, num_classes: int, balanced: bool) -> torch.Tensor:
+    """The first ``n`` indices, or (balanced) the first n/K of each class, in original order.
+
+    With ``n`` not divisible by K the first ``n % K`` classes get one image more.
+    """
+    if n <= 0 or n > labels.numel():
+        raise ValueError(f"train subset {n} must be in 1..{labels.numel()} (the training part)")
+    if not balanced:
+        return torch.arange(n)
+    quota = torch.full((num_classes,), n // num_classes, dtype=torch.long)
+    quota[: n % num_classes] += 1
+    # rank of each image within its class (0 for a class's first image, 1 for its second, ...)
+    onehot = torch.nn.functional.one_hot(labels, num_classes)
+    rank = (onehot.cumsum(0) * onehot).sum(1) - 1
+    keep = rank < quota[labels]
+    counts = torch.bincount(labels[keep], minlength=num_classes)
+    if not torch.equal(counts, quota):
+        short = [i for i in range(num_classes) if counts[i] < quota[i]]
+        raise ValueError(f"balanced subset of {n} needs {int(quota.max())} images per class, "
+                         f"but classes {short} have fewer in the training part")
+    return keep.nonzero().squeeze(1)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std on the 0..1 scale (float64 accumulation, chunked)."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    for chunk in images.split(10_000):
+        x = chunk.to(torch.float64) / 255
+        total += x.sum((0, 2, 3))
+        total_sq += (x * x).sum((0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.float(), std.float()
+
+
+def make_splits(arrays: CifarArrays, val_size: int = 5000, train_subset: int | None = None,
+                balanced: bool = False) -> Splits:
+    """Cut validation off the end of the training set, then optionally subset the rest.
+
+    Normalisation uses the mean/std of the whole training part (all non-validation images),
+    so runs with different subset sizes see identically normalised pixels.
+    """
+    n = arrays.train_x.shape[0]
+    if not 0 <= val_size < n:
+        raise ValueError(f"validation size {val_size} must be in 0..{n - 1} "
+                         f"(the training set has {n} images)")
+    cut = n - val_size
+    train_x, train_y = arrays.train_x[:cut], arrays.train_y[:cut]
+    mean, std = channel_stats(train_x)
+    if train_subset is not None:
+        idx = subset_indices(train_y, train_subset, len(arrays.classes), balanced)
+        train_x, train_y = train_x[idx], train_y[idx]
+    return Splits(train_x, train_y, arrays.train_x[cut:], arrays.train_y[cut:],
+                  arrays.test_x, arrays.test_y, mean, std, len(arrays.classes), arrays.classes)
+
+
+def load_splits(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
+                val_size: int = 5000, train_subset: int | None = None, balanced: bool = False,
+                download: bool = False) -> Splits:
+    """``load_cifar`` + ``make_splits`` in one call."""
+    arrays = load_cifar(dataset, data_dir, download)
+    return make_splits(arrays, val_size, train_subset, balanced)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4,
+            flip: bool = True) -> torch.Tensor:
+    """Random crop (zero padding of ``pad`` pixels) and horizontal flip of a whole batch.
+
+    One padded copy of the batch and one advanced-indexing gather do the work for every image:
+    each image gets its own row/column offsets, and a flipped image simply reads its columns
+    in reverse order, so crop and flip cost a single pass over memory.
+    """
+    n, c, h, w = images.shape
+    if n == 0 or (pad == 0 and not flip):
+        return images
+    device = images.device
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    cols = torch.arange(w, device=device).expand(n, w)
+    if flip:
+        flipped = torch.rand(n, generator=generator, device=device) < 0.5
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)) if pad else images
+    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]  # (n,1,h,1)
+    cols = (dx[:, None] + cols)[:, None, None, :]  # (n,1,1,w)
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    chans = torch.arange(c, device=device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+class BatchLoader:
+    """Iterate (normalised float images, labels) batches from uint8 tensors held in memory.
+
+    Training loaders shuffle and augment with ``generator``; its state is all there is to
+    checkpoint for the data pipeline. A trailing batch of a single image is dropped in training
+    (batch norm cannot train on one sample); evaluation loaders keep every image, in order.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 mean: torch.Tensor, std: torch.Tensor, *, train: bool,
+                 generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+                 channels_last: bool = False, pad: int = 4, flip: bool = True,
+                 augment_data: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        if train and generator is None:
+            raise ValueError("a training loader needs a torch.Generator for shuffling")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.generator = generator
+        self.channels_last = channels_last
+        self.pad, self.flip, self.augment_data = pad, flip, augment_data
+        # (x/255 - mean)/std == x*scale + shift
+        std = std.to(self.device, torch.float32)
+        self.scale = (1 / (255 * std)).view(1, 3, 1, 1)
+        self.shift = (-mean.to(self.device, torch.float32) / std).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        n, b = self.images.shape[0], self.batch_size
+        full, rest = divmod(n, b)
+        return full + (1 if rest > 1 or (rest == 1 and not self.train) else 0)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().mul_(self.scale).add_(self.shift)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.images.shape[0]
+        if self.train:
+            order = torch.randperm(n, generator=self.generator, device=self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.train and self.augment_data:
+                x = augment(x, self.generator, self.pad, self.flip)
+            yield self.normalise(x), self.labels[idx]
