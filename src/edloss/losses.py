@@ -1,0 +1,215 @@
+"""A registry of classification losses behind one call: ``build_loss(name, **options)``.
+
+Every loss maps (logits (N, K), target (N,) int64) to the scalar mean over the batch, so the
+trainer and the comparison grid treat EDL and its baselines alike. Losses are named by *spec
+strings* so that a command line can carry options and checkpoints:
+
+    ce                      cross-entropy
+    label_smoothing:0.2     the loss's main option given bare (here eps)
+    focal:gamma=3           options as key=value, comma-separated
+    edl                     the shipped pretrained EDL loss
+    edl:runs/x/loss         an EDL checkpoint (same as edl:checkpoint=runs/x/loss)
+
+A comparison arm may carry a label: ``LABEL=SPEC``, e.g. ``edl-chaotic=edl:runs/x/loss``. The
+text before the first ``=`` is a label only if it contains no ``:``, so ``focal:gamma=3`` is
+an unlabelled spec and ``f3=focal:gamma=3`` a labelled one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _target_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log p_y per sample, computed stably from logits."""
+    return F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+
+
+class CrossEntropy(nn.Module):
+    """-log p_y: the reference every other loss is compared against."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target)
+
+
+class LabelSmoothing(nn.Module):
+    """Cross-entropy against (1 - eps) * onehot + eps / K (Szegedy et al. 2016)."""
+
+    def __init__(self, eps: float = 0.1) -> None:
+        super().__init__()
+        if not 0 <= eps < 1:
+            raise ValueError(f"label_smoothing eps must be in [0, 1), got {eps}")
+        self.eps = float(eps)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target, label_smoothing=self.eps)
+
+
+class Focal(nn.Module):
+    """-(1 - p_y)^gamma log p_y (Lin et al. 2017): down-weights examples already right."""
+
+    def __init__(self, gamma: float = 2.0) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = _target_logprob(logits, target)
+        return (-(1 - logp.exp()).pow(self.gamma) * logp).mean()
+
+
+class Poly1(nn.Module):
+    """CE + epsilon * (1 - p_y) (Leng et al. 2022, PolyLoss with one extra term)."""
+
+    def __init__(self, epsilon: float = 1.0) -> None:
+        super().__init__()
+        self.epsilon = float(epsilon)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = _target_logprob(logits, target)
+        return (-logp + self.epsilon * (1 - logp.exp())).mean()
+
+
+class MAE(nn.Module):
+    """Mean absolute error between p and the one-hot label: sum_k |p_k - onehot_k| = 2 (1 - p_y).
+
+    This is the L1 form of Ghosh et al. (2017), bounded in [0, 2] and robust to label noise
+    but known to underfit on clean data (its gradient vanishes where p_y is small); it is
+    here as a bounded, saturating reference point, not as a contender.
+    """
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (2 * (1 - _target_logprob(logits, target).exp())).mean()
+
+
+def _edl(checkpoint: str | None = None, **options: Any) -> nn.Module:
+    """The EDL loss: the shipped pretrained weights, or a checkpoint written by pretraining.
+
+    Further options (e.g. ``check_inputs=false``) go to the ``EDLLoss`` constructor.
+    """
+    from edloss.loss import EDLLoss  # imported here so the baselines never depend on it
+
+    if checkpoint is None:
+        return EDLLoss.pretrained(**options)
+    return EDLLoss.from_file(checkpoint, **options)
+
+
+LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "ce": CrossEntropy,
+    "label_smoothing": LabelSmoothing,
+    "focal": Focal,
+    "poly1": Poly1,
+    "mae": MAE,
+    "edl": _edl,
+}
+# the option a bare value after "name:" sets
+PRIMARY_OPTION: dict[str, str] = {
+    "label_smoothing": "eps", "focal": "gamma", "poly1": "epsilon", "edl": "checkpoint",
+}
+_ALIASES = {"cross_entropy": "ce", "crossentropy": "ce", "ls": "label_smoothing",
+            "labelsmoothing": "label_smoothing", "poly": "poly1"}
+
+
+def loss_names() -> list[str]:
+    return list(LOSSES)
+
+
+def register_loss(name: str, factory: Callable[..., nn.Module], primary: str | None = None) -> None:
+    """Add a loss to the registry (for experiments and tests); ``factory(**options)``."""
+    LOSSES[name] = factory
+    if primary:
+        PRIMARY_OPTION[name] = primary
+
+
+def _canonical(name: str) -> str:
+    key = name.strip().lower().replace("-", "_")
+    return _ALIASES.get(key, key)
+
+
+def build_loss(name: str, **options: Any) -> nn.Module:
+    """A loss module by registry name with keyword options; unknown names/options: ValueError."""
+    key = _canonical(name)
+    if key not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
+    factory = LOSSES[key]
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = None
+    if accepted is not None and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            valid = ", ".join(accepted) or "none"
+            raise ValueError(f"loss {key!r} has no option {', '.join(unknown)}; "
+                             f"its options: {valid}")
+    return factory(**options)
+
+
+def _parse_value(text: str) -> Any:
+    """'3' -> 3, '0.1' -> 0.1, 'true' -> True, 'none' -> None; anything else stays a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_loss_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'focal:gamma=3' -> ('focal', {'gamma': 3}); 'edl:path' -> ('edl', {'checkpoint': 'path'})."""
+    name, _, rest = spec.strip().partition(":")
+    key = _canonical(name)
+    if not key:
+        raise ValueError(f"empty loss name in spec {spec!r}; write e.g. 'ce' or 'focal:gamma=3'")
+    options: dict[str, Any] = {}
+    if rest:
+        if key == "edl" and not re.match(r"^[A-Za-z_]+=", rest):
+            return key, {"checkpoint": rest}  # a bare path, taken whole (it may hold ',' or '=')
+        for i, item in enumerate(rest.split(",")):
+            opt, eq, value = item.partition("=")
+            if not eq:
+                if i > 0 or key not in PRIMARY_OPTION:
+                    raise ValueError(f"loss spec {spec!r}: write options as key=value "
+                                     f"(e.g. focal:gamma=3)")
+                opt, value = PRIMARY_OPTION[key], item
+            options[opt.strip()] = _parse_value(value.strip())
+    return key, options
+
+
+def build_loss_from_spec(spec: str) -> nn.Module:
+    """``build_loss`` for a spec string like 'focal:gamma=3' or 'edl:runs/x/loss'."""
+    name, options = parse_loss_spec(spec)
+    return build_loss(name, **options)
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def parse_loss_arm(text: str) -> tuple[str, str]:
+    """'LABEL=SPEC' -> (label, spec); a bare spec gets a label derived from it.
+
+    Labels name output folders, so they are restricted to letters, digits and ``_.+-``.
+    """
+    head, eq, tail = text.partition("=")
+    if eq and ":" not in head:
+        label, spec = head.strip(), tail.strip()
+        if not _LABEL.match(label):
+            raise ValueError(f"loss label {label!r} in {text!r} may use only letters, digits "
+                             "and _.+- (it names a folder)")
+    else:
+        spec = text.strip()
+        label = re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec.replace(":", "-")).strip("_") or "loss"
+    parse_loss_spec(spec)  # fail early on malformed specs
+    return label, spec

@@ -1,0 +1,135 @@
+"""edloss.losses: each baseline matches its formula; specs and arms parse; EDL plugs in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _cifar_fixtures import _one_thread, make_edl_checkpoint, pretrained_edl_or_skip  # noqa: F401
+from edloss.losses import (LOSSES, build_loss, build_loss_from_spec, loss_names, parse_loss_arm,
+                           parse_loss_spec, register_loss)
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(16, 10, generator=g) * 3, torch.randint(0, 10, (16,), generator=g)
+
+
+def _p_y(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return logits.softmax(1).gather(1, target[:, None]).squeeze(1)
+
+
+def test_registry_names() -> None:
+    assert loss_names()[:6] == ["ce", "label_smoothing", "focal", "poly1", "mae", "edl"]
+
+
+def test_baselines_match_their_formulas(batch) -> None:
+    z, y = batch
+    p_y = _p_y(z, y)
+    ce = -p_y.log()
+    assert torch.allclose(build_loss("ce")(z, y), ce.mean(), atol=1e-5)
+    smooth = 0.9 * ce + 0.1 * (-z.log_softmax(1)).mean(1)
+    assert torch.allclose(build_loss("label_smoothing")(z, y), smooth.mean(), atol=1e-5)
+    assert torch.allclose(build_loss("focal")(z, y), ((1 - p_y) ** 2 * ce).mean(), atol=1e-5)
+    assert torch.allclose(build_loss("focal", gamma=0)(z, y), ce.mean(), atol=1e-5)
+    assert torch.allclose(build_loss("poly1")(z, y), (ce + 1 - p_y).mean(), atol=1e-5)
+    mae = (z.softmax(1) - F.one_hot(y, 10)).abs().sum(1)
+    assert torch.allclose(build_loss("mae")(z, y), mae.mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ce", "label_smoothing", "focal", "poly1", "mae"])
+def test_scalar_and_differentiable(name: str, batch) -> None:
+    z, y = batch
+    z = z.clone().requires_grad_(True)
+    loss = build_loss(name)(z, y)
+    assert loss.shape == () and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    # bf16 logits (autocast) are computed in float32
+    assert build_loss(name)(z.detach().bfloat16(), y).dtype == torch.float32
+
+
+def test_errors_list_valid_choices() -> None:
+    with pytest.raises(ValueError) as err:
+        build_loss("hinge")
+    assert all(name in str(err.value) for name in ("ce", "focal", "edl"))
+    with pytest.raises(ValueError, match="gamma"):
+        build_loss("focal", gama=3)
+    with pytest.raises(ValueError, match="eps"):
+        build_loss("label_smoothing", eps=1.5)
+
+
+def test_parse_loss_spec() -> None:
+    assert parse_loss_spec("ce") == ("ce", {})
+    assert parse_loss_spec("focal:gamma=3") == ("focal", {"gamma": 3})
+    assert parse_loss_spec("focal:3.5") == ("focal", {"gamma": 3.5})
+    assert parse_loss_spec("label-smoothing:eps=0.2") == ("label_smoothing", {"eps": 0.2})
+    assert parse_loss_spec("edl") == ("edl", {})
+    assert parse_loss_spec("edl:runs/x=1,y/loss") == ("edl", {"checkpoint": "runs/x=1,y/loss"})
+    assert parse_loss_spec("edl:checkpoint=a/b,check_inputs=false") == (
+        "edl", {"checkpoint": "a/b", "check_inputs": False})
+    assert build_loss_from_spec("poly1:epsilon=2").epsilon == 2.0
+    with pytest.raises(ValueError, match="key=value"):
+        parse_loss_spec("focal:gamma=2,3")
+    with pytest.raises(ValueError, match="empty loss name"):
+        parse_loss_spec(":x")
+
+
+def test_parse_loss_arm() -> None:
+    assert parse_loss_arm("ce") == ("ce", "ce")
+    assert parse_loss_arm("edl-chaotic=edl:runs/x/loss") == ("edl-chaotic", "edl:runs/x/loss")
+    assert parse_loss_arm("f3=focal:gamma=3") == ("f3", "focal:gamma=3")
+    label, spec = parse_loss_arm("focal:gamma=3")
+    assert spec == "focal:gamma=3" and "/" not in label and ":" not in label
+    assert "/" not in parse_loss_arm("edl:runs/x/loss")[0]
+    with pytest.raises(ValueError, match="label"):
+        parse_loss_arm("bad label=ce")
+
+
+def test_register_loss(batch) -> None:
+    register_loss("double_ce", lambda scale=2.0: _Scaled(scale), primary="scale")
+    try:
+        z, y = batch
+        assert torch.allclose(build_loss_from_spec("double_ce:3")(z, y), 3 * F.cross_entropy(z, y))
+    finally:
+        LOSSES.pop("double_ce")
+
+
+class _Scaled(torch.nn.Module):
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.cross_entropy(z, y)
+
+
+def test_edl_from_checkpoint(batch, tmp_path: Path) -> None:
+    folder = make_edl_checkpoint(tmp_path / "loss")
+    z, y = batch
+    z = z.clone().requires_grad_(True)
+    loss_fn = build_loss("edl", checkpoint=str(folder))
+    same = build_loss_from_spec(f"edl:{folder}")
+    loss = loss_fn(z, y)
+    assert loss.shape == () and torch.isfinite(loss)
+    assert torch.equal(loss.detach(), same(z, y).detach())
+    loss.backward()
+    assert torch.isfinite(z.grad).all()
+    with pytest.raises(FileNotFoundError):
+        build_loss_from_spec(f"edl:{tmp_path / 'missing'}")
+
+
+def test_edl_pretrained(batch) -> None:
+    reference = pretrained_edl_or_skip()
+    z, y = batch
+    loss = build_loss("edl")(z, y)
+    assert loss.shape == () and torch.isfinite(loss)
+    assert torch.equal(loss, reference(z, y))
+    # a sensible loss ranks a confident right answer below a confident wrong one
+    right = F.one_hot(y, 10).float() * 8
+    wrong = F.one_hot((y + 1) % 10, 10).float() * 8
+    assert build_loss("edl")(right, y) < build_loss("edl")(wrong, y)
