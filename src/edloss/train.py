@@ -1,0 +1,555 @@
+"""Train a CIFAR ResNet with any registered loss: ``edloss train`` and ``train(config, out_dir)``.
+
+One recipe for every loss (SGD + Nesterov, weight decay, a per-step cosine or one-cycle
+schedule), so that a comparison measures the loss and nothing else. For the same seed every
+loss starts from the same initial weights and sees the same batches in the same order with
+the same augmentation: differences between losses are paired, not confounded with init noise.
+
+A run folder holds:
+- ``epochs.jsonl``: one line per epoch (train loss/acc, validation CE loss/acc, lr, seconds);
+- ``checkpoint.pt``: model, optimizer, scheduler, RNG states and history after the last good
+  epoch; a rerun resumes from it and reproduces the uninterrupted run exactly (on CPU);
+- ``result.json``: written atomically at the end: config, versions, seed, wall time, final
+  validation and test accuracy (the test set is evaluated only here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from edloss.data import BatchLoader, Splits, load_splits
+from edloss.losses import LOSSES, build_loss_from_spec, parse_loss_arm, parse_loss_spec
+from edloss.models import build_model, model_names
+
+CHECKPOINT = "checkpoint.pt"
+EPOCHS = "epochs.jsonl"
+RESULT = "result.json"
+CHECKPOINT_FORMAT = "edloss-train-checkpoint"
+SCHEDULES = ("cosine", "onecycle")
+# config fields that may change between a run and its resumption without changing its numbers
+RESUME_IGNORED = frozenset({"data_dir", "download", "compile", "device"})
+NAN_CHECK_EVERY = 25  # steps between divergence checks on CUDA (each one is a host sync)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved in every checkpoint and result."""
+
+    model: str = "resnet20"
+    loss: str = "ce"  # a loss spec: "ce", "focal:gamma=3", "edl:runs/x/loss", ...
+    dataset: str = "cifar10"
+    data_dir: str | None = None  # None: $EDLOSS_DATA, then ./data
+    download: bool = False
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # on every parameter, as in the CIFAR ResNet recipes
+    schedule: str = "cosine"  # "cosine" (decay to 0) or "onecycle" (linear up, linear down)
+    warmup_epochs: float | None = None  # None: 0 for cosine, 25% of training for onecycle
+    val_size: int = 5000  # the last val_size training images; 0 disables validation
+    train_subset: int | None = None  # train on the first N of the training part only
+    balanced_subset: bool = False  # ... taking the first N/K images of each class
+    augment: bool = True  # random crop (4-pixel zero padding) + horizontal flip
+    eval_batch_size: int = 1000
+    seed: int = 0
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    amp: bool = True  # bf16 autocast (CUDA only; ignored on CPU)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field and the allowed values."""
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"batch size must be >= 2, got {self.batch_size}"),
+            (self.eval_batch_size >= 1, f"eval batch size must be >= 1, got {self.eval_batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (self.warmup_epochs is None or 0 <= self.warmup_epochs < self.epochs,
+             f"warmup epochs must be in [0, epochs), got {self.warmup_epochs}"),
+            (self.val_size >= 0, f"validation size must be >= 0, got {self.val_size}"),
+            (self.train_subset is None or self.train_subset >= 2,
+             f"train subset must be >= 2 images, got {self.train_subset}"),
+            (not (self.nesterov and self.momentum == 0), "Nesterov momentum needs momentum > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.model.lower().replace("-", "").replace("_", "") not in model_names():
+            raise ValueError(f"unknown model {self.model!r}; valid names: {', '.join(model_names())}")
+        name, _ = parse_loss_spec(self.loss)
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; valid names: {', '.join(LOSSES)}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
+    """Multiplier of the peak lr for optimizer step ``step`` (0-based) of ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return (total - step) / max(1, total - warmup)  # onecycle: linear down to ~0
+
+
+def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two config dicts, ignoring RESUME_IGNORED fields."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUME_IGNORED:
+            continue
+        a, b = saved.get(key, "(absent)"), current.get(key, "(absent)")
+        if a != b:
+            out.append(f"{key}: {a!r} in the saved run, {b!r} now")
+    return out
+
+
+def _refuse(out_dir: Path, what: str, diff: list[str]) -> ValueError:
+    return ValueError(
+        f"{out_dir} holds a {what} from a different config ({'; '.join(diff)}). "
+        "Pass the same options to resume it, choose another --out folder, "
+        "or start over with --fresh (deletes that run's checkpoint and results)."
+    )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def read_result(out_dir: Path) -> dict[str, Any] | None:
+    path = Path(out_dir) / RESULT
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a torn file cannot happen with atomic writes, but never trust one
+
+
+def is_finished(out_dir: Path, config: TrainConfig) -> bool:
+    """True when ``out_dir`` holds a result (finished or diverged) for exactly this config."""
+    result = read_result(out_dir)
+    return bool(result) and not config_diff(result.get("config", {}), asdict(config))
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    from edloss import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "edloss": __version__}
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a loader (whatever loss the model trained with)."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
+    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
+    count = 0
+    for x, y in loader:
+        with _autocast(loader.device, amp):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        count += y.numel()
+    return (loss_sum / count).item(), (correct / count).item()
+
+
+def _train_epoch(model: nn.Module, loss_fn: nn.Module, loader: BatchLoader,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 amp: bool, bar: tqdm, where: str) -> tuple[float, float, float]:
+    """One pass over the training loader; returns (mean loss, accuracy, lr of the last step).
+
+    Raises TrainingDiverged as soon as the loss is seen to be non-finite: every step on CPU
+    (free), every NAN_CHECK_EVERY steps and at the end on CUDA (each check syncs).
+    """
+    model.train()
+    device = loader.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count, lr = 0, optimizer.param_groups[0]["lr"]
+    for step, (x, y) in enumerate(loader):
+        lr = optimizer.param_groups[0]["lr"]
+        with _autocast(device, amp):
+            logits = model(x)
+        try:
+            loss = loss_fn(logits.float(), y)
+        except ValueError:  # e.g. EDLLoss refuses NaN/Inf logits instead of returning NaN
+            if torch.isfinite(logits.detach()).all():
+                raise
+            raise TrainingDiverged(f"the model's logits became NaN/Inf at {where}, step "
+                                   f"{step + 1}/{len(loader)}") from None
+        loss_sum += loss.detach().double() * y.numel()
+        if device.type == "cpu" or step % NAN_CHECK_EVERY == 0 or step == len(loader) - 1:
+            if not torch.isfinite(loss_sum):
+                raise TrainingDiverged(f"training loss became {loss.item()} at {where}, step "
+                                       f"{step + 1}/{len(loader)}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        correct += (logits.detach().argmax(1) == y).sum()
+        count += y.numel()
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}", refresh=False)
+    return (loss_sum / count).item(), (correct / count).item(), lr
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class _Run:
+    """The live objects of a run, built the same way for a fresh start and a resume."""
+
+    config: TrainConfig
+    device: torch.device
+    data: Splits
+    model: nn.Module  # the plain module (what is checkpointed)
+    forward: nn.Module  # the module called in the loop (compiled or not)
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    data_gen: torch.Generator
+    train_loader: BatchLoader
+    val_loader: BatchLoader | None
+    test_loader: BatchLoader
+
+
+def _build(config: TrainConfig) -> _Run:
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = load_splits(config.dataset, config.data_dir, config.val_size, config.train_subset,
+                       config.balanced_subset, config.download)
+    torch.manual_seed(config.seed)  # the model is built first, so every loss gets the same init
+    model = build_model(config.model, data.num_classes, channels_last=config.channels_last)
+    model.to(device)
+    loss_fn = build_loss_from_spec(config.loss).to(device)
+    data_gen = torch.Generator(device=device)
+    data_gen.manual_seed(config.seed + 1_000_003)
+
+    def loader(x: torch.Tensor, y: torch.Tensor, train: bool) -> BatchLoader:
+        return BatchLoader(x, y, config.batch_size if train else config.eval_batch_size,
+                           data.mean, data.std, train=train, generator=data_gen if train else None,
+                           device=device, channels_last=config.channels_last,
+                           augment_data=config.augment)
+
+    train_loader = loader(data.train_x, data.train_y, True)
+    steps = len(train_loader)
+    if steps == 0:
+        raise ValueError(f"the training set has {data.train_x.shape[0]} images: too few to train")
+    total = steps * config.epochs
+    warmup_epochs = config.warmup_epochs
+    if warmup_epochs is None:
+        warmup_epochs = 0.25 * config.epochs if config.schedule == "onecycle" else 0.0
+    warmup = round(warmup_epochs * steps)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, config.schedule, warmup))
+    forward = torch.compile(model) if config.compile else model
+    val_loader = loader(data.val_x, data.val_y, False) if config.val_size else None
+    return _Run(config, device, data, model, forward, loss_fn, optimizer, scheduler, data_gen,
+                train_loader, val_loader, loader(data.test_x, data.test_y, False))
+
+
+def _checkpoint(run: _Run, epoch: int, history: list[dict], seconds: float) -> dict[str, Any]:
+    cuda = run.device.type == "cuda"
+    return {
+        "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": asdict(run.config),
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "data": run.data_gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+        "history": history, "train_seconds": seconds,
+    }
+
+
+def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    run.data_gen.set_state(ckpt["rng"]["data"])
+    if ckpt["rng"]["cuda"] and run.device.type == "cuda":
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); delete it or "
+                         "rerun with --fresh") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an edloss training checkpoint; use another --out")
+    diff = config_diff(ckpt["config"], asdict(config))
+    if diff:
+        raise _refuse(path.parent, "checkpoint", diff)
+    return ckpt
+
+
+def _write_epochs(path: Path, history: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        tqdm.write(message, file=sys.stderr)
+
+
+def _result(run: _Run, status: str, history: list[dict], seconds: float,
+            **extra: Any) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    best = max(history, key=lambda r: r["val_acc"] or 0.0) if history else {}
+    return {
+        "status": status, "config": asdict(run.config), "seed": run.config.seed,
+        "versions": versions(), "device": str(run.device), "threads": torch.get_num_threads(),
+        "loss": repr(run.loss_fn), "epochs_completed": len(history),
+        "num_train": int(run.data.train_x.shape[0]), "num_val": int(run.data.val_x.shape[0]),
+        "num_test": int(run.data.test_x.shape[0]),
+        "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
+        "final_val_acc": last.get("val_acc"),
+        "best_val_acc": best.get("val_acc"), "best_val_epoch": best.get("epoch"),
+        "wall_seconds": seconds, **extra,
+    }
+
+
+def _remove_run_files(out_dir: Path) -> None:
+    for name in (CHECKPOINT, EPOCHS, RESULT):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def train(config: TrainConfig, out_dir: Path, progress: bool = True, *, resume: bool = True,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train (or resume) one run in ``out_dir``; returns the contents of result.json.
+
+    ``resume=False`` deletes an earlier run's files in ``out_dir`` first. ``stop_after`` ends
+    this call after that many epochs (for time-sliced jobs); the returned dict then has
+    status "incomplete" and no result.json is written. A run whose result.json already exists
+    for the same config is returned as is. Raises TrainingDiverged if the loss becomes NaN/Inf
+    (result.json then records status "diverged"), ValueError for bad or mismatched configs.
+    """
+    config.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, epochs_path, result_path = out_dir / CHECKPOINT, out_dir / EPOCHS, out_dir / RESULT
+    if not resume:
+        _remove_run_files(out_dir)
+    previous = read_result(out_dir)
+    if previous is not None:
+        diff = config_diff(previous.get("config", {}), asdict(config))
+        if diff:
+            raise _refuse(out_dir, "finished run", diff)
+        if previous.get("status") == "diverged":
+            raise TrainingDiverged(f"{previous.get('message')} (stored in {result_path}; "
+                                   "rerun with --fresh to try again)")
+        _log(progress, f"{out_dir}: already finished (test acc {previous['test_acc']:.4f})")
+        return previous
+    ckpt = _load_checkpoint(ckpt_path, config) if ckpt_path.is_file() else None
+
+    run = _build(config)
+    history: list[dict] = []
+    seconds, start = 0.0, 0
+    if ckpt is not None:
+        _restore(run, ckpt)
+        history, seconds, start = list(ckpt["history"]), float(ckpt["train_seconds"]), ckpt["epoch"]
+        _log(progress, f"{out_dir}: resuming after epoch {start}/{config.epochs}")
+    _write_epochs(epochs_path, history)  # drops lines of an epoch whose checkpoint never landed
+
+    for epoch in range(start + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(run.train_loader), desc=f"epoch {epoch}/{config.epochs}",
+                   unit="batch", leave=False, disable=not progress, file=sys.stderr)
+        try:
+            train_loss, train_acc, lr = _train_epoch(
+                run.forward, run.loss_fn, run.train_loader, run.optimizer, run.scheduler,
+                config.amp, bar, f"epoch {epoch}")
+        except TrainingDiverged as err:
+            kept = (f"the checkpoint of epoch {epoch - 1}" if epoch > 1
+                    else "no checkpoint (it diverged in the first epoch)")
+            message = (f"{err}; stopped, keeping {kept} in {out_dir}. Lower --lr, or check "
+                       f"the loss {config.loss!r}")
+            result = _result(run, "diverged", history, seconds, message=message,
+                             diverged_epoch=epoch, test_acc=None, test_loss=None)
+            atomic_write_text(result_path, json.dumps(result, indent=2) + "\n")
+            raise TrainingDiverged(message) from None
+        finally:
+            bar.close()
+        val_loss = val_acc = None
+        if run.val_loader is not None:
+            val_loss, val_acc = evaluate(run.forward, run.val_loader, config.amp)
+        elapsed = time.perf_counter() - t0
+        seconds += elapsed
+        history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                        "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": elapsed})
+        with open(epochs_path, "a") as f:
+            f.write(json.dumps(history[-1]) + "\n")
+        atomic_torch_save(_checkpoint(run, epoch, history, seconds), ckpt_path)
+        val_text = f"val loss {val_loss:.4f} acc {val_acc:.4f}" if val_acc is not None else "no val"
+        _log(progress, f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f} "
+                       f"acc {train_acc:.4f}  {val_text}  lr {lr:.4g}  {elapsed:.1f}s")
+        if stop_after is not None and epoch - start >= stop_after and epoch < config.epochs:
+            return _result(run, "incomplete", history, seconds, test_acc=None, test_loss=None)
+
+    t0 = time.perf_counter()
+    test_loss, test_acc = evaluate(run.forward, run.test_loader, config.amp)
+    seconds += time.perf_counter() - t0
+    result = _result(run, "finished", history, seconds, test_loss=test_loss, test_acc=test_acc)
+    atomic_write_text(result_path, json.dumps(result, indent=2) + "\n")
+    _log(progress, f"done: val acc {history[-1]['val_acc']}  test acc {test_acc:.4f}  "
+                   f"({seconds:.0f}s) -> {result_path}")
+    return result
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``train`` and ``compare``: data, optimiser, schedule, hardware."""
+    d = TrainConfig
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset, help="cifar10 or cifar100 (default %(default)s)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder holding cifar-10-batches-py/ (default: $EDLOSS_DATA, then ./data)")
+    g.add_argument("--download", action="store_true",
+                   help="download the data set (md5-verified) if the folder lacks it")
+    g.add_argument("--val-size", type=int, default=d.val_size,
+                   help="validation images cut from the end of the training set (default %(default)s)")
+    g.add_argument("--train-subset", type=int, default=None, metavar="N",
+                   help="train on the first N images of the training part only (CPU budgets)")
+    g.add_argument("--balanced-subset", action="store_true",
+                   help="with --train-subset: take the first N/K images of each class")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random crop / flip")
+    g = parser.add_argument_group("recipe")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="default %(default)s")
+    g.add_argument("--no-nesterov", dest="nesterov", action="store_false",
+                   help="plain instead of Nesterov momentum")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
+    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                   help="per-step lr schedule (default %(default)s)")
+    g.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear warmup length (default: 0 for cosine, 25%% of training for onecycle)")
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    g = parser.add_argument_group("hardware and output")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 (default %(default)s)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="no bf16 autocast on CUDA")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from parsed flags (every flag named like a field), plus overrides."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    apply_threads(args)
+    label, spec = parse_loss_arm(args.loss)
+    config = config_from_args(args, loss=spec)
+    out = Path(args.out) if args.out else Path("runs") / config.model / label / f"seed{config.seed}"
+    try:
+        result = train(config, out, progress=not args.quiet, resume=not args.fresh,
+                       stop_after=args.stop_after)
+    except TrainingDiverged as err:
+        print(f"edloss train: diverged: {err}", file=sys.stderr)
+        return 1
+    if result["status"] == "incomplete":
+        print(f"stopped after epoch {result['epochs_completed']}/{config.epochs} as asked; "
+              f"rerun the same command to continue ({out})")
+    elif args.quiet:
+        print(json.dumps({k: result[k] for k in ("final_val_acc", "test_acc", "wall_seconds")}))
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``edloss train``."""
+    p = subparsers.add_parser(
+        "train", help="train a CIFAR ResNet with one loss",
+        description="Train a CIFAR ResNet with one loss (SGD + Nesterov, per-step schedule); "
+                    "resumes from OUT/checkpoint.pt when rerun with the same options.")
+    p.add_argument("--model", default=TrainConfig.model,
+                   help=f"one of {', '.join(model_names())} (default %(default)s)")
+    p.add_argument("--loss", default=TrainConfig.loss,
+                   help="loss spec: ce, label_smoothing[:eps], focal[:gamma=2], poly1[:epsilon=1], "
+                        "mae, edl, edl:PATH (default %(default)s)")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--out", default=None,
+                   help="run folder (default runs/<model>/<loss>/seed<k>)")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete this run's checkpoint/results in OUT and start over")
+    p.add_argument("--stop-after", type=int, default=None, metavar="E",
+                   help="stop this call after E epochs (resume later by rerunning)")
+    add_recipe_args(p)
+    p.set_defaults(func=_cli)

@@ -1,0 +1,190 @@
+"""edloss.train: smoke runs for every loss, exact resume, refusals, NaN stop, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _cifar_fixtures import (_one_thread, make_edl_checkpoint, pretrained_edl_or_skip,  # noqa: F401
+                             shared_data_dir, tiny_cifar, tiny_config)
+from edloss.cli import main as cli_main
+from edloss.losses import LOSSES, loss_names, register_loss
+from edloss.train import (CHECKPOINT, EPOCHS, RESULT, TrainConfig, TrainingDiverged, lr_factor,
+                          train)
+
+
+def _epochs(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / EPOCHS).read_text().splitlines()]
+
+
+def _without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_lr_schedules() -> None:
+    cosine = [lr_factor(s, 100, "cosine", 0) for s in range(100)]
+    assert cosine[0] == 1 and all(a > b for a, b in zip(cosine, cosine[1:])) and 0 < cosine[-1] < 0.01
+    warm = [lr_factor(s, 100, "cosine", 10) for s in range(100)]
+    assert warm[0] == pytest.approx(0.1) and warm[9] == 1 and warm[10] == 1
+    one = [lr_factor(s, 100, "onecycle", 25) for s in range(100)]
+    assert max(one) == 1 and one.index(1.0) == 24 and 0 < one[-1] < 0.05
+
+
+def test_config_validation(tiny_config: TrainConfig) -> None:
+    for bad, match in [(dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"),
+                       (dict(schedule="step"), "cosine"), (dict(model="vgg"), "resnet20"),
+                       (dict(loss="hinge"), "focal"), (dict(train_subset=1), "subset")]:
+        with pytest.raises(ValueError, match=match):
+            replace(tiny_config, **bad).validate()
+
+
+@pytest.mark.parametrize("loss", [name for name in loss_names() if name != "edl"])
+def test_one_epoch_smoke_every_loss(loss: str, tiny_config: TrainConfig, tmp_path: Path) -> None:
+    result = train(replace(tiny_config, loss=loss), tmp_path, progress=False)
+    assert result["status"] == "finished" and result["epochs_completed"] == 1
+    assert 0 <= result["test_acc"] <= 1 and math.isfinite(result["final_train_loss"])
+    saved = json.loads((tmp_path / RESULT).read_text())
+    assert saved["config"]["loss"] == loss and saved["versions"]["torch"] == torch.__version__
+    assert saved["test_acc"] == result["test_acc"] and saved["seed"] == 0
+    rows = _epochs(tmp_path)
+    assert len(rows) == 1 and set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss",
+                                               "val_acc", "lr", "seconds"}
+    assert (tmp_path / CHECKPOINT).is_file()
+
+
+def test_smoke_edl_checkpoint(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    folder = make_edl_checkpoint(tmp_path / "loss")
+    result = train(replace(tiny_config, loss=f"edl:{folder}"), tmp_path / "run", progress=False)
+    assert result["status"] == "finished" and "EDLLoss" in result["loss"]
+
+
+def test_smoke_edl_pretrained(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    pretrained_edl_or_skip()
+    result = train(replace(tiny_config, loss="edl"), tmp_path, progress=False)
+    assert result["status"] == "finished" and math.isfinite(result["final_train_loss"])
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    config = replace(tiny_config, epochs=2, schedule="onecycle")
+    straight = train(config, tmp_path / "a", progress=False)
+    partial = train(config, tmp_path / "b", progress=False, stop_after=1)
+    assert partial["status"] == "incomplete" and not (tmp_path / "b" / RESULT).exists()
+    assert len(_epochs(tmp_path / "b")) == 1
+    resumed = train(config, tmp_path / "b", progress=False)
+    assert _without_seconds(_epochs(tmp_path / "a")) == _without_seconds(_epochs(tmp_path / "b"))
+    for key in ("test_acc", "test_loss", "final_val_acc", "final_val_loss", "final_train_loss"):
+        assert straight[key] == resumed[key], key
+    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # a finished run is returned, not retrained
+    again = train(config, tmp_path / "b", progress=False)
+    assert again == json.loads((tmp_path / "b" / RESULT).read_text())
+
+
+def test_same_seed_same_numbers_and_paired_init(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    one = train(tiny_config, tmp_path / "one", progress=False)
+    two = train(tiny_config, tmp_path / "two", progress=False)
+    assert _without_seconds(_epochs(tmp_path / "one")) == _without_seconds(_epochs(tmp_path / "two"))
+    assert one["test_acc"] == two["test_acc"]
+
+
+def test_config_mismatch_is_refused(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    config = replace(tiny_config, epochs=2)
+    train(config, tmp_path, progress=False, stop_after=1)
+    with pytest.raises(ValueError) as err:
+        train(replace(config, lr=0.01, batch_size=16), tmp_path, progress=False)
+    message = str(err.value)
+    assert "lr: 0.05" in message and "batch_size: 32" in message and "--fresh" in message
+    # a different data folder is not a different config
+    train(replace(config, data_dir=config.data_dir + "/"), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="epochs: 2 in the saved run, 3 now"):
+        train(replace(config, epochs=3), tmp_path, progress=False)
+    assert train(replace(config, epochs=3), tmp_path, progress=False, resume=False)["status"] == "finished"
+
+
+class _NanAfter(torch.nn.Module):
+    """Cross-entropy until ``steps`` calls, NaN afterwards."""
+
+    def __init__(self, steps: int = 2) -> None:
+        super().__init__()
+        self.steps, self.calls = steps, 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = F.cross_entropy(logits, target)
+        return loss * math.nan if self.calls > self.steps else loss
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    register_loss("nan_test", _NanAfter, primary="steps")
+    try:
+        config = replace(tiny_config, loss="nan_test:2", epochs=3)  # 2 steps/epoch: epoch 2 fails
+        with pytest.raises(TrainingDiverged, match="epoch 2.*checkpoint of epoch 1"):
+            train(config, tmp_path, progress=False)
+        ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+        assert ckpt["epoch"] == 1 and len(_epochs(tmp_path)) == 1
+        result = json.loads((tmp_path / RESULT).read_text())
+        assert result["status"] == "diverged" and result["diverged_epoch"] == 2
+        with pytest.raises(TrainingDiverged, match="--fresh"):
+            train(config, tmp_path, progress=False)
+    finally:
+        LOSSES.pop("nan_test")
+
+
+def test_cli_train(tiny_config: TrainConfig, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["train", "--data-dir", tiny_config.data_dir, "--epochs", "1", "--batch-size", "32",
+            "--val-size", "32", "--train-subset", "64", "--eval-batch-size", "64",
+            "--device", "cpu", "--out", str(tmp_path), "--quiet"]
+    assert cli_main(base + ["--loss", "focal:gamma=1", "--schedule", "onecycle"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    result = json.loads((tmp_path / RESULT).read_text())
+    assert out["test_acc"] == result["test_acc"]
+    assert result["config"]["loss"] == "focal:gamma=1" and result["config"]["schedule"] == "onecycle"
+    assert result["config"]["nesterov"] and result["config"]["weight_decay"] == 5e-4
+    assert cli_main(base + ["--loss", "ce"]) == 2
+    assert "loss: 'focal:gamma=1' in the saved run, 'ce' now" in capsys.readouterr().err
+    assert cli_main(base + ["--model", "resnet7"]) == 2
+    assert "valid names" in capsys.readouterr().err
+    assert cli_main(base + ["--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "--download" in capsys.readouterr().err
+
+
+def test_real_cifar10_slice_trains(tmp_path: Path) -> None:
+    """A few steps on real CIFAR-10: the full loader, splits and one ResNet-20 epoch."""
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("real CIFAR-10 not found in ../shared/data or $EDLOSS_DATA")
+    from edloss.data import BatchLoader, load_splits
+    from edloss.models import build_model
+    from edloss.train import evaluate
+
+    splits = load_splits("cifar10", root, train_subset=200, balanced=True)
+    assert splits.val_x.shape[0] == 5000 and splits.test_x.shape[0] == 10_000
+    assert torch.bincount(splits.train_y).tolist() == [20] * 10
+    assert torch.allclose(splits.mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=3e-3)
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    loader = BatchLoader(splits.train_x, splits.train_y, 50, splits.mean, splits.std, train=True,
+                         generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(2):
+        model.train()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    val = BatchLoader(splits.val_x[:200], splits.val_y[:200], 100, splits.mean, splits.std,
+                      train=False)
+    val_loss, val_acc = evaluate(model, val)
+    assert math.isfinite(val_loss) and 0 <= val_acc <= 1
