@@ -1,0 +1,58 @@
+"""``edloss inspect CKPT``: what a loss checkpoint is, where it came from and how it is shaped."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edloss.loss import CONFIG_FILE, EDLLoss
+from edloss.pretrain import loss_rows
+from edloss.shapes import format_shape_table, shape_table
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """Accept a loss folder, its files, or a pretraining run folder holding ``loss/``."""
+    if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / "loss" / CONFIG_FILE).exists():
+        return path / "loss"
+    return path
+
+
+def describe(loss: EDLLoss, k: int = 10) -> str:
+    cfg = loss.net.config
+    meta = loss.metadata
+    lines = [
+        f"loss network: features {list(cfg.features)}, hidden {list(cfg.hidden)}, {cfg.activation}, {cfg.num_params} parameters",
+        f"scale: {float(loss.scale):.6g} (gradient norm at the uniform prediction matched to cross-entropy's)",
+    ]
+    if meta.get("command"):
+        lines.append(f"made by: {meta['command']}  (seed {meta.get('seed')}; real-data stage: {meta.get('real_data_stage', False)})")
+    if meta.get("versions"):
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "platform"))
+    config = meta.get("config")
+    if config:
+        lines.append("pretraining config:")
+        lines += [f"  {section}: {json.dumps(value)}" for section, value in config.items()]
+    if meta.get("heldout_metrics"):
+        lines.append("held-out synthetic metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in meta["heldout_metrics"].items()))
+    lines.append(f"shape at K = {k} (remaining mass spread evenly):")
+    lines.append(format_shape_table(shape_table(loss_rows(loss), k)))
+    return "\n".join(lines)
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="print a loss checkpoint's config, synthetic metrics and shape")
+    p.add_argument("checkpoint", type=Path, help="loss folder (loss.json + loss.safetensors), a pretraining run folder, or 'default'")
+    p.add_argument("--classes", type=int, default=10, help="class count for the shape table")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if str(args.checkpoint) == "default" and not args.checkpoint.exists():
+        loss = EDLLoss.pretrained()
+    else:
+        loss = EDLLoss.from_file(resolve_checkpoint(args.checkpoint))
+    if args.classes < 2:
+        raise ValueError(f"--classes must be >= 2, got {args.classes}")
+    print(describe(loss, args.classes))
+    return 0

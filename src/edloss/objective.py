@@ -1,0 +1,260 @@
+"""The ranking-consistency objective: what makes a loss network a good loss, with no real data.
+
+Two readings (EDL_METHOD.md, "Measured"):
+
+* **per-sample** (the paper read literally): over random pairs of synthetic (p, y), a more
+  erroneous prediction (severity 1 - p_y, or margin, or rank) must get the larger loss. Any
+  decreasing function of p_y satisfies it, so the fitness saturates at once and the losses it
+  selects are degenerate; kept to reproduce that finding.
+* **expectation** (the default): for a synthetic truth q, the *expected* penalty
+  E_{y~q} l(p, y) must rank predictions p by their divergence from q (KL or total variation).
+  Comparisons are made between predictions of the same q, so the objective asks for a proper
+  loss (it pays to predict the truth). Cross-entropy ranks perfectly under KL, since
+  E_q[-log p_y] = H(q) + KL(q || p); other severities ask for other shapes.
+
+Terms, each reported and weighted into the fitness (weights are configuration):
+
+* ``value``: fraction of ordered pairs whose losses are in severity order (or a soft version);
+* ``gradient``: the same for the norm of d(loss)/d(logits), so wrong predictions pull hardest;
+* ``anchor``: -|log(grad norm at the uniform prediction / cross-entropy's)|;
+* ``margin``: -mean hinge(gamma * severity gap - loss gap), loss in CE-anchored units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from edloss.features import compute_features
+from edloss.lossnet import LossNetConfig, population_forward
+from edloss.synthetic import ExpectationConfig, MixtureConfig, sample_class_count, sample_expectation, sample_mixture
+
+KINDS = ("expectation", "per_sample")
+SEVERITIES = {"expectation": ("kl", "tv"), "per_sample": ("one_minus_py", "margin", "rank")}
+TERMS = ("value", "gradient", "anchor", "margin")
+
+# penalty(logp (B, I, K), labels (B, I) or None) -> (B, I, L): L = 1 per-sample, L = K for every label
+Penalty = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The fitness: which ranking, which severity, which terms with which weights, on what data."""
+
+    kind: str = "expectation"
+    severity: str = "kl"
+    value_weight: float = 1.0
+    gradient_weight: float = 0.0
+    anchor_weight: float = 0.0
+    margin_weight: float = 0.0
+    soft: bool = False  # soft ranking (mean sigmoid) instead of the hard fraction
+    temperature: float = 0.1  # of the soft ranking, relative to each individual's loss spread
+    delta: float = 1e-3  # a pair counts only if its severities differ by more than this
+    margin_gamma: float = 1.0
+    classes: tuple[int, int] = (2, 1000)  # class count K drawn log-uniform from this range ...
+    blocks: int = 1  # ... this many times per generation
+    evals_per_block: int = 4096  # loss evaluations per block: pairs, or predictions x labels
+    min_items: int = 16  # at least this many predictions per block, even at large K
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    expectation: ExpectationConfig = field(default_factory=ExpectationConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"objective kind must be one of {KINDS}, got {self.kind!r}")
+        if self.severity not in SEVERITIES[self.kind]:
+            raise ValueError(f"severity {self.severity!r} is not valid for the {self.kind} objective; valid: {SEVERITIES[self.kind]}")
+        weights = [self.value_weight, self.gradient_weight, self.anchor_weight, self.margin_weight]
+        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) == 0:
+            raise ValueError(f"term weights must be finite, >= 0 and not all zero, got {dict(zip(TERMS, weights))}")
+        lo, hi = self.classes
+        if not (2 <= lo <= hi):
+            raise ValueError(f"classes must be a range (lo, hi) with 2 <= lo <= hi, got {self.classes}")
+        if self.blocks < 1 or self.evals_per_block < 16 or self.min_items < 2:
+            raise ValueError("need blocks >= 1, evals_per_block >= 16 and min_items >= 2")
+        if self.temperature <= 0 or self.delta < 0:
+            raise ValueError("temperature must be > 0 and delta >= 0")
+
+    @property
+    def needs_gradients(self) -> bool:
+        return self.gradient_weight > 0 or self.margin_weight > 0
+
+
+@dataclass
+class RankingBatch:
+    """Synthetic items at one class count, and the ordered pairs (worse, better) to compare."""
+
+    logits: torch.Tensor  # (I, K) float32
+    labels: torch.Tensor | None  # (I,) per-sample; None = every label, weighted by ``weights``
+    weights: torch.Tensor | None  # (I, K) the truth q of each prediction (expectation only)
+    severity: torch.Tensor  # (I,)
+    pairs: torch.Tensor  # (M, 2) long: severity[pairs[:, 0]] > severity[pairs[:, 1]] + delta
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[1]
+
+
+# ---------------------------------------------------------------------- batches
+def _orient(severity: torch.Tensor, i: torch.Tensor, j: torch.Tensor, delta: float) -> torch.Tensor:
+    """Keep pairs whose severities differ by more than delta, worse one first."""
+    gap = severity[i] - severity[j]
+    keep = gap.abs() > delta
+    i, j, gap = i[keep], j[keep], gap[keep]
+    return torch.stack([torch.where(gap > 0, i, j), torch.where(gap > 0, j, i)], dim=1)
+
+
+def _per_sample_severity(logp: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    logp_y = logp.gather(1, labels[:, None]).squeeze(1)
+    rival = logp.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    rank = (logp > logp_y[:, None]).sum(dim=1).to(logp.dtype) / (logp.shape[1] - 1)
+    if kind == "one_minus_py":  # ties (p_y ~ 1 or ~ 0) broken by rank, then by margin
+        return -torch.expm1(logp_y) + 1e-6 * (rank + torch.sigmoid(rival - logp_y))
+    if kind == "margin":
+        return rival.exp() - logp_y.exp()
+    return rank + 1e-6 * torch.sigmoid(rival - logp_y)
+
+
+def make_batch(cfg: ObjectiveConfig, k: int, gen: torch.Generator) -> RankingBatch:
+    """One block of synthetic items at class count k, sized to ~cfg.evals_per_block evaluations."""
+    if cfg.kind == "per_sample":
+        n = max(cfg.min_items, cfg.evals_per_block)
+        logits, labels, _ = sample_mixture(n, k, cfg.mixture, gen)
+        severity = _per_sample_severity(torch.log_softmax(logits, 1), labels, cfg.severity)
+        i, j = torch.randint(0, n, (2, 2 * n), generator=gen)
+        return RankingBatch(logits.float(), labels, None, severity.float(), _orient(severity, i, j, cfg.delta))
+    r = cfg.expectation.predictions_per_truth
+    n_truths = max(-(-cfg.min_items // r), cfg.evals_per_block // (k * r))
+    log_q, logits, truth = sample_expectation(n_truths, k, cfg.expectation, gen)
+    q = log_q.exp()[truth]
+    logp = torch.log_softmax(logits, 1)
+    if cfg.severity == "kl":
+        severity = (q * (log_q[truth] - logp)).sum(1)
+    else:
+        severity = 0.5 * (q - logp.exp()).abs().sum(1)
+    a, b = torch.triu_indices(r, r, offset=1)
+    base = (torch.arange(n_truths) * r)[:, None]
+    pairs = _orient(severity, (base + a).flatten(), (base + b).flatten(), cfg.delta)
+    return RankingBatch(logits.float(), None, q.float(), severity.float(), pairs)
+
+
+def sample_batches(cfg: ObjectiveConfig, gen: torch.Generator, class_counts: list[int] | None = None) -> list[RankingBatch]:
+    """A generation's fresh synthetic data: cfg.blocks blocks at log-uniform class counts."""
+    ks = class_counts or [sample_class_count(*cfg.classes, gen) for _ in range(cfg.blocks)]
+    return [make_batch(cfg, k, gen) for k in ks]
+
+
+def heldout_batches(cfg: ObjectiveConfig, seed: int = 20260528) -> list[RankingBatch]:
+    """A fixed synthetic set (K = 2, 10, 100, 1000 within the configured range), so runs compare."""
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = cfg.classes
+    ks = sorted({min(max(k, lo), hi) for k in (2, 10, 100, 1000)})
+    bigger = ObjectiveConfig(**{**cfg.__dict__, "evals_per_block": 4 * cfg.evals_per_block, "min_items": 4 * cfg.min_items})
+    return [make_batch(bigger, k, gen) for k in ks]
+
+
+# ---------------------------------------------------------------------- penalties
+def population_penalty(theta: torch.Tensor, net: LossNetConfig) -> Penalty:
+    """The penalty function of P loss networks given as flat parameter vectors (P, D)."""
+
+    def penalty(logp: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        feats = compute_features(logp, labels, net.features)
+        if labels is not None:
+            feats = feats.unsqueeze(-2)  # (B, I, 1, F)
+        b, i, l, f = feats.shape
+        flat = feats.reshape(b, i * l, f)
+        out = population_forward(theta, flat if b == theta.shape[0] else flat[0], net)
+        return out.reshape(theta.shape[0], i, l)
+
+    return penalty
+
+
+def cross_entropy_penalty(logp: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy as a reference penalty: proper, and perfect under the KL expectation ranking."""
+    return -(logp if labels is None else logp.gather(-1, labels.unsqueeze(-1)))
+
+
+def mae_penalty(logp: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """1 - p_y (mean absolute error up to a factor 2): improper, a reference that should rank worse."""
+    return 1 - (logp if labels is None else logp.gather(-1, labels.unsqueeze(-1))).exp()
+
+
+def _item_losses(penalty: Penalty, batch: RankingBatch, population: int, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Expected (or per-sample) loss of every item for every individual, and its logit-gradient norm."""
+    b = population if with_grad else 1
+    z = batch.logits.unsqueeze(0).expand(b, -1, -1)
+    if with_grad:
+        z = z.clone().requires_grad_(True)
+    with torch.enable_grad() if with_grad else torch.no_grad():
+        logp = torch.log_softmax(z, dim=-1)
+        labels = None if batch.labels is None else batch.labels.unsqueeze(0).expand(b, -1)
+        out = penalty(logp, labels)  # (P, I, L)
+        losses = out.squeeze(-1) if batch.weights is None else (out * batch.weights).sum(-1)
+        if not with_grad:
+            return losses.detach(), None
+        (grad,) = torch.autograd.grad(losses.sum(), z)
+    return losses.detach(), grad.norm(dim=-1)
+
+
+def anchor_gradient_norm(penalty: Penalty, population: int, k: int = 10) -> torch.Tensor:
+    """Norm of d(loss)/d(logits) at the uniform prediction, per individual (label 0 by symmetry)."""
+    z = torch.zeros(population, 1, k, requires_grad=True)
+    with torch.enable_grad():
+        out = penalty(torch.log_softmax(z, -1), torch.zeros(population, 1, dtype=torch.long))
+        (grad,) = torch.autograd.grad(out.sum(), z)
+    return grad.norm(dim=-1).reshape(population)
+
+
+def ce_anchor_norm(k: int = 10) -> float:
+    """Cross-entropy's gradient norm at the uniform prediction: |softmax - onehot| = sqrt((K-1)/K)."""
+    return math.sqrt((k - 1) / k)
+
+
+def _consistency(diff: torch.Tensor, soft: bool, temperature: torch.Tensor) -> torch.Tensor:
+    if soft:
+        return torch.sigmoid(diff / temperature).mean(-1)
+    return (diff > 0).to(diff.dtype).mean(-1)
+
+
+def evaluate(penalty: Penalty, population: int, batches: list[RankingBatch], cfg: ObjectiveConfig, all_metrics: bool = False) -> dict[str, torch.Tensor]:
+    """Fitness and its terms for each of ``population`` individuals, averaged over blocks by pair count.
+
+    ``all_metrics`` computes the gradient terms and Kendall tau even when their weight is zero
+    (for reports on the held-out set); the ES loop leaves it off to stay fast.
+    """
+    with_grad = all_metrics or cfg.needs_gradients
+    anchor_norm = anchor_gradient_norm(penalty, population).clamp_min(1e-12)
+    to_ce = ce_anchor_norm() / anchor_norm  # per-individual factor putting losses in CE units
+    sums: dict[str, torch.Tensor] = {}
+    total = 0
+    for batch in batches:
+        if batch.pairs.shape[0] == 0:
+            continue
+        losses, gnorm = _item_losses(penalty, batch, population, with_grad)
+        worse, better = batch.pairs[:, 0], batch.pairs[:, 1]
+        diff = losses[:, worse] - losses[:, better]
+        spread = losses.std(dim=1, keepdim=True).clamp_min(1e-12) * cfg.temperature
+        terms = {"value": _consistency(diff, cfg.soft, spread), "value_hard": _consistency(diff, False, spread)}
+        if gnorm is not None:
+            gdiff = gnorm[:, worse] - gnorm[:, better]
+            gspread = gnorm.std(dim=1, keepdim=True).clamp_min(1e-12) * cfg.temperature
+            terms["gradient"] = _consistency(gdiff, cfg.soft, gspread)
+            gap = (batch.severity[worse] - batch.severity[better]).unsqueeze(0)
+            terms["margin"] = -torch.relu(cfg.margin_gamma * gap - to_ce[:, None] * diff).mean(-1)
+        if all_metrics:
+            terms["kendall_tau"] = torch.sign(diff).mean(-1)
+        weight = batch.pairs.shape[0]
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0) + weight * value
+        total += weight
+    if total == 0:
+        raise ValueError("no comparable pairs in the synthetic batches; lower delta or raise evals_per_block")
+    metrics = {name: value / total for name, value in sums.items()}
+    metrics["anchor"] = -torch.log(anchor_norm / ce_anchor_norm()).abs()
+    fitness = cfg.value_weight * metrics["value"] + cfg.anchor_weight * metrics["anchor"]
+    if "gradient" in metrics:
+        fitness = fitness + cfg.gradient_weight * metrics["gradient"] + cfg.margin_weight * metrics["margin"]
+    metrics["fitness"] = fitness
+    return metrics

@@ -1,0 +1,293 @@
+"""``edloss pretrain``: evolve a loss network on synthetic data and export it as an ``EDLLoss``.
+
+A run folder holds:
+
+* ``config.json``: the resolved config, the command line, versions and seed;
+* ``checkpoint.pt``: ES state every ``checkpoint_every`` generations (resume continues exactly);
+* ``metrics.jsonl`` / ``metrics.csv``: one row per generation (fitness on the fresh batch, and
+  every ``heldout_every`` generations the held-out synthetic metrics of the generation's best);
+* ``loss/``: the exported loss (``EDLLoss.from_file``), best held-out elite of the last generation;
+* ``loss_shape.png``: the loss and its gradient norm against p_y beside cross-entropy;
+* ``summary.json``: held-out metrics of the exported loss and of cross-entropy, wall time.
+
+Each generation's synthetic batch is drawn from a generator seeded by (seed, generation), and
+the ES state carries its own generator, so a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from edloss import evolve
+from edloss.configs import diff_dicts, from_dict, load_file, to_dict, versions
+from edloss.evolve import ESConfig, ESState
+from edloss.loss import EDLLoss, atomic_write_bytes, atomic_write_json
+from edloss.lossnet import LossNet, LossNetConfig, init_scale
+from edloss.objective import (
+    ObjectiveConfig,
+    anchor_gradient_norm,
+    ce_anchor_norm,
+    cross_entropy_penalty,
+    evaluate,
+    heldout_batches,
+    population_penalty,
+    sample_batches,
+)
+from edloss.shapes import format_shape_table, plot_shapes, shape_table
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that decides a pretraining run's numbers."""
+
+    lossnet: LossNetConfig = field(default_factory=LossNetConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    es: ESConfig = field(default_factory=ESConfig)
+    heldout_every: int = 10
+    checkpoint_every: int = 10
+    heldout_seed: int = 20260528
+
+    def __post_init__(self) -> None:
+        if self.heldout_every < 1 or self.checkpoint_every < 1:
+            raise ValueError("heldout_every and checkpoint_every must be >= 1")
+
+
+def batch_seed(seed: int, generation: int) -> int:
+    """Seed of a generation's synthetic batch: independent of everything before it."""
+    return (seed * 1_000_003 + generation * 7_919 + 17) % (2**63 - 1)
+
+
+def _summarise(metrics: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
+    fit = metrics["fitness"]
+    best = int(torch.argmax(fit))
+    row = {f"{prefix}fitness_best": float(fit[best]), f"{prefix}fitness_mean": float(fit.mean())}
+    for name, value in metrics.items():
+        if name != "fitness":
+            row[f"{prefix}{name}"] = float(value[best])
+    return row
+
+
+class Run:
+    """One pretraining run in a folder: start or resume, step generations, export."""
+
+    def __init__(self, cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False) -> None:
+        self.cfg, self.out, self.command = cfg, out, command
+        self.heldout = heldout_batches(cfg.objective, cfg.heldout_seed)
+        if fresh and out.exists():
+            for name in ("checkpoint.pt", "metrics.jsonl", "metrics.csv", "summary.json"):
+                (out / name).unlink(missing_ok=True)
+        self.state = self._resume_or_init()
+
+    # -------------------------------------------------------------- state
+    def _resume_or_init(self) -> ESState:
+        path = self.out / "checkpoint.pt"
+        if not path.exists():
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "config.json", {"config": to_dict(self.cfg), "command": self.command, "seed": self.cfg.es.seed, "versions": versions()})
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            return evolve.init(self.cfg.es, init_scale(self.cfg.lossnet))
+        try:
+            saved = torch.load(path, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure to read means a damaged file
+            raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it or pass --fresh to start over") from err
+        if saved.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint {path} has version {saved.get('version')}, expected {CHECKPOINT_VERSION}")
+        differences = diff_dicts(json.loads(saved["config"]), to_dict(self.cfg))
+        if differences:
+            raise ValueError(f"{self.out} holds a run with a different config; pass --fresh to overwrite it or use another --out. Differences: " + "; ".join(differences))
+        state = ESState.from_dict(saved["state"])
+        self._truncate_metrics(state.generation)
+        return state
+
+    def _truncate_metrics(self, generation: int) -> None:
+        """Drop metric rows written after the checkpoint: they will be recomputed identically."""
+        path = self.out / "metrics.jsonl"
+        if path.exists():
+            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["generation"] < generation]
+            atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode())
+
+    def save_checkpoint(self) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save({"version": CHECKPOINT_VERSION, "config": json.dumps(to_dict(self.cfg)), "state": self.state.to_dict()}, buffer)
+        atomic_write_bytes(self.out / "checkpoint.pt", buffer.getvalue())
+
+    @property
+    def done(self) -> bool:
+        return self.state.generation >= self.cfg.es.generations
+
+    # -------------------------------------------------------------- generations
+    def step(self) -> dict[str, float]:
+        """Evaluate the current population on a fresh batch, select and mutate; return the row."""
+        cfg, t = self.cfg, self.state.generation
+        start = time.perf_counter()
+        batches = sample_batches(cfg.objective, torch.Generator().manual_seed(batch_seed(cfg.es.seed, t)))
+        theta = evolve.ask(self.state)
+        metrics = evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], batches, cfg.objective)
+        row: dict[str, Any] = {"generation": t, "sigma": evolve.sigma_at(cfg.es, t), "classes": [b.num_classes for b in batches]}
+        row.update(_summarise(metrics))
+        if t % cfg.heldout_every == 0 or t == cfg.es.generations - 1:
+            best = theta[int(torch.argmax(metrics["fitness"]))][None]
+            row.update(_summarise(evaluate(population_penalty(best, cfg.lossnet), 1, self.heldout, cfg.objective, all_metrics=True), "heldout_"))
+        self.state = evolve.tell(self.state, metrics["fitness"], cfg.es)
+        row["reseeds"] = self.state.reseeds
+        row["seconds"] = time.perf_counter() - start
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.state.generation % cfg.checkpoint_every == 0 or self.done:
+            self.save_checkpoint()
+        return row
+
+    # -------------------------------------------------------------- export
+    def export(self, wall_seconds: float) -> tuple[EDLLoss, dict[str, Any]]:
+        """Pick the population member with the best held-out fitness, anchor its scale, save it."""
+        cfg = self.cfg
+        theta = self.state.population
+        metrics = evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], self.heldout, cfg.objective, all_metrics=True)
+        best = int(torch.argmax(metrics["fitness"]))
+        chosen = theta[best]
+        norm = float(anchor_gradient_norm(population_penalty(chosen[None], cfg.lossnet), 1)[0])
+        scale = ce_anchor_norm() / max(norm, 1e-12)
+        heldout = {name: float(value[best]) for name, value in metrics.items()}
+        ce = {name: float(v[0]) for name, v in evaluate(cross_entropy_penalty, 1, self.heldout, cfg.objective, all_metrics=True).items()}
+        provenance = {"command": self.command, "seed": cfg.es.seed, "config": to_dict(cfg), "heldout_metrics": heldout, "versions": versions(), "real_data_stage": False}
+        loss = EDLLoss(LossNet.from_flat(chosen, cfg.lossnet), scale=scale, metadata=provenance)
+        loss.save(self.out / "loss")
+        summary = {
+            "generations": self.state.generation,
+            "seed": cfg.es.seed,
+            "mutation": cfg.es.mutation,
+            "heldout": heldout,
+            "cross_entropy_heldout": ce,
+            "scale": scale,
+            "chaos_reseeds": self.state.reseeds,
+            "wall_seconds": wall_seconds,
+            "shape": shape_table(loss_rows(loss)),
+        }
+        atomic_write_json(self.out / "summary.json", summary)
+        write_csv(self.out / "metrics.jsonl", self.out / "metrics.csv")
+        plot_shapes({f"EDL ({cfg.es.mutation}, seed {cfg.es.seed})": loss_rows(loss)}, self.out / "loss_shape.png")
+        return loss, summary
+
+
+def loss_rows(loss: EDLLoss):
+    """A per-row view of an EDLLoss, for shape tables and plots."""
+    unreduced = EDLLoss(loss.net, scale=float(loss.scale), reduction="none", check_inputs=False)
+    return lambda logits, target: unreduced(logits, target)
+
+
+def write_csv(jsonl: Path, csv_path: Path) -> None:
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+    tmp.replace(csv_path)
+
+
+def pretrain(cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False, progress: bool = True) -> tuple[EDLLoss, dict[str, Any]]:
+    """Run (or resume) pretraining in ``out`` and export the loss; returns it with its summary."""
+    run = Run(cfg, Path(out), command, fresh)
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.es.generations, initial=run.state.generation, disable=not progress, desc=f"pretrain {cfg.es.mutation}", unit="gen")
+    while not run.done:
+        row = run.step()
+        postfix = {"fit": f"{row['fitness_best']:.4f}"}
+        if "heldout_fitness_best" in row:
+            postfix["heldout"] = f"{row['heldout_fitness_best']:.4f}"
+        bar.set_postfix(postfix)
+        bar.update(1)
+    bar.close()
+    return run.export(time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------- CLI
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    data: dict[str, Any] = load_file(Path(args.config)) if args.config else {}
+    es = dict(data.get("es", {}))
+    objective = dict(data.get("objective", {}))
+    lossnet = dict(data.get("lossnet", {}))
+    for key, value in (("seed", args.seed), ("generations", args.generations), ("population", args.population), ("mutation", args.mutation), ("sigma_init", args.sigma)):
+        if value is not None:
+            es[key] = value
+    for key, value in (("kind", args.objective), ("severity", args.severity)):
+        if value is not None:
+            objective[key] = value
+    if args.classes is not None:
+        objective["classes"] = _parse_range(args.classes)
+    if args.features is not None:
+        lossnet["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
+    if args.objective == "per_sample" and args.severity is None and "severity" not in data.get("objective", {}):
+        objective["severity"] = "one_minus_py"
+    return from_dict(PretrainConfig, {**data, "es": es, "objective": objective, "lossnet": lossnet})
+
+
+def _parse_range(text: str) -> list[int]:
+    parts = text.replace(":", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--classes takes K or LO,HI (integers), got {text!r}") from None
+    return values * 2 if len(values) == 1 else values
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="evolve a loss on synthetic data (no real data) and export it", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="JSON or TOML file with sections lossnet, objective, es (flags override it)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/pretrain-MUTATION-seedSEED)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--generations", type=int)
+    p.add_argument("--population", type=int)
+    p.add_argument("--mutation", choices=evolve.MUTATIONS)
+    p.add_argument("--sigma", type=float, help="initial mutation scale (the schedule decays it)")
+    p.add_argument("--objective", choices=("expectation", "per_sample"))
+    p.add_argument("--severity", help="expectation: kl|tv; per_sample: one_minus_py|margin|rank")
+    p.add_argument("--classes", help="class count range for synthetic data, LO,HI (or one K)")
+    p.add_argument("--features", help="comma-separated loss-network features")
+    p.add_argument("--fresh", action="store_true", help="discard an existing run in --out instead of resuming it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    out = args.out or Path("runs") / f"pretrain-{cfg.es.mutation}-seed{cfg.es.seed}"
+    command = "edloss " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("edloss") else "edloss pretrain " + shlex.join(_argv_of(args))
+    loss, summary = pretrain(cfg, out, command=command, fresh=args.fresh, progress=not args.quiet)
+    if not args.quiet:
+        h, ce = summary["heldout"], summary["cross_entropy_heldout"]
+        print(f"\nwrote {out / 'loss'} (scale {summary['scale']:.4g}) in {summary['wall_seconds']:.1f}s")
+        print(f"held-out synthetic metrics: fitness {h['fitness']:.4f}  value {h['value_hard']:.4f}  gradient {h['gradient']:.4f}  kendall {h['kendall_tau']:.4f}")
+        print(f"cross-entropy on the same set: fitness {ce['fitness']:.4f}  value {ce['value_hard']:.4f}  gradient {ce['gradient']:.4f}")
+        print(format_shape_table(summary["shape"]))
+    return 0
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    out = []
+    for key, value in vars(args).items():
+        if key in ("func", "command") or value in (None, False):
+            continue
+        flag = "--" + key.replace("_", "-")
+        out += [flag] if value is True else [flag, str(value)]
+    return out

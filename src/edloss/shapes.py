@@ -1,0 +1,90 @@
+"""The shape of a loss: its value and logit-gradient norm against p_y, as a table and a PNG.
+
+A prediction with true-class probability p_y is placed at ``logits = log p`` with the remaining
+mass spread evenly over the other K - 1 classes, so one curve per loss summarises its shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, target) -> per-row loss
+
+TABLE_POINTS = (1e-6, 1e-3, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999)
+
+
+def logits_for(p_y: torch.Tensor, k: int) -> torch.Tensor:
+    """Logits whose softmax gives p_y to class 0 and (1 - p_y)/(K - 1) to each other class."""
+    p_y = p_y.double().clamp(1e-12, 1 - 1e-12)
+    rest = torch.log1p(-p_y) - math.log(k - 1)
+    logits = rest[:, None].expand(-1, k).clone()
+    logits[:, 0] = torch.log(p_y)
+    return logits.float()
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def loss_profile(loss_fn: LossFn, p_y: torch.Tensor, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss value and |d loss / d logits| at each p_y (true class 0)."""
+    z = logits_for(p_y, k).requires_grad_(True)
+    target = torch.zeros(len(p_y), dtype=torch.long)
+    with torch.enable_grad():
+        values = loss_fn(z, target)
+        (grad,) = torch.autograd.grad(values.sum(), z)
+    return values.detach(), grad.norm(dim=1)
+
+
+def shape_table(loss_fn: LossFn, k: int = 10, points: tuple[float, ...] = TABLE_POINTS) -> list[dict[str, float]]:
+    """Rows of p_y, loss, grad norm for the loss and for cross-entropy, for a printed summary."""
+    p = torch.tensor(points, dtype=torch.float64)
+    value, grad = loss_profile(loss_fn, p, k)
+    ce_value, ce_grad = loss_profile(cross_entropy, p, k)
+    return [
+        {"p_y": float(p[i]), "loss": float(value[i]), "grad_norm": float(grad[i]), "ce_loss": float(ce_value[i]), "ce_grad_norm": float(ce_grad[i])}
+        for i in range(len(points))
+    ]
+
+
+def format_shape_table(rows: list[dict[str, float]]) -> str:
+    lines = [f"{'p_y':>8} {'loss':>10} {'|grad|':>10} {'CE loss':>10} {'CE |grad|':>10}"]
+    for r in rows:
+        lines.append(f"{r['p_y']:>8.3g} {r['loss']:>10.4g} {r['grad_norm']:>10.4g} {r['ce_loss']:>10.4g} {r['ce_grad_norm']:>10.4g}")
+    return "\n".join(lines)
+
+
+def plot_shapes(losses: dict[str, LossFn], path: Path, k: int = 10, title: str = "") -> Path:
+    """PNG: loss (left) and |d loss/d logits| (right) against p_y, every loss beside cross-entropy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = torch.logspace(-6, math.log10(1 - 1e-4), 300, dtype=torch.float64)
+    fig, (ax_value, ax_grad) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, fn in {"cross-entropy": cross_entropy, **losses}.items():
+        value, grad = loss_profile(fn, p, k)
+        style = {"color": "black", "linestyle": "--"} if name == "cross-entropy" else {}
+        ax_value.plot(p, value, label=name, **style)
+        ax_grad.plot(p, grad, label=name, **style)
+    for ax, ylabel in ((ax_value, "loss"), (ax_grad, "|d loss / d logits|")):
+        ax.set_xscale("logit")
+        ax.set_xlabel("p_y (probability of the true class)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    ax_value.set_yscale("symlog", linthresh=1.0)
+    ax_value.legend()
+    fig.suptitle(title or f"loss shape at K = {k} (remaining mass spread evenly)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from edloss.lossnet import LossNetConfig, init_scale
+from edloss.objective import (
+    ObjectiveConfig,
+    cross_entropy_penalty,
+    evaluate,
+    heldout_batches,
+    mae_penalty,
+    population_penalty,
+    sample_batches,
+)
+
+SMALL = {"evals_per_block": 1024, "min_items": 16}
+
+
+def metrics(penalty, cfg, population=1):
+    return {k: v[0].item() for k, v in evaluate(penalty, population, heldout_batches(cfg), cfg, all_metrics=True).items()}
+
+
+def test_expectation_objective_recognises_cross_entropy_as_proper():
+    cfg = ObjectiveConfig(**SMALL)
+    ce, mae = metrics(cross_entropy_penalty, cfg), metrics(mae_penalty, cfg)
+    assert ce["value"] == 1.0 and ce["kendall_tau"] == 1.0  # E_q CE = H(q) + KL(q || p)
+    assert mae["value"] < 0.7  # 1 - p_y is improper: it pays to over-predict the top class
+    assert ce["anchor"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_per_sample_objective_cannot_tell_good_losses_from_bad():
+    """The paper read literally: any decreasing function of p_y scores perfectly."""
+    cfg = ObjectiveConfig(kind="per_sample", severity="one_minus_py", **SMALL)
+    assert metrics(cross_entropy_penalty, cfg)["value"] == pytest.approx(1.0, abs=1e-3)
+    assert metrics(mae_penalty, cfg)["value"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_soft_value_consistency_tracks_the_hard_one():
+    cfg = ObjectiveConfig(soft=True, temperature=0.01, **SMALL)
+    assert metrics(cross_entropy_penalty, cfg)["value"] > 0.9
+    assert metrics(mae_penalty, cfg)["value"] < 0.75
+
+
+def test_population_metrics_equal_one_at_a_time():
+    net = LossNetConfig()
+    theta = torch.randn(5, net.num_params, generator=torch.Generator().manual_seed(0)) * init_scale(net)
+    cfg = ObjectiveConfig(gradient_weight=0.5, margin_weight=0.1, anchor_weight=0.1, **SMALL)
+    batches = sample_batches(cfg, torch.Generator().manual_seed(1), class_counts=[3, 40])
+    together = evaluate(population_penalty(theta, net), 5, batches, cfg)
+    for i in range(5):
+        alone = evaluate(population_penalty(theta[i : i + 1], net), 1, batches, cfg)
+        for name in together:
+            torch.testing.assert_close(together[name][i], alone[name][0], rtol=1e-4, atol=1e-5)
+
+
+def test_fitness_is_the_weighted_sum_of_terms():
+    net = LossNetConfig()
+    theta = torch.randn(3, net.num_params, generator=torch.Generator().manual_seed(2)) * init_scale(net)
+    cfg = ObjectiveConfig(value_weight=1.0, gradient_weight=0.5, anchor_weight=0.25, margin_weight=2.0, **SMALL)
+    m = evaluate(population_penalty(theta, net), 3, sample_batches(cfg, torch.Generator().manual_seed(3)), cfg)
+    expected = m["value"] + 0.5 * m["gradient"] + 0.25 * m["anchor"] + 2.0 * m["margin"]
+    torch.testing.assert_close(m["fitness"], expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"kind": "pairwise"}, "kind"),
+        ({"severity": "one_minus_py"}, "not valid for the expectation"),
+        ({"value_weight": 0.0}, "not all zero"),
+        ({"gradient_weight": -1.0}, ">= 0"),
+        ({"classes": (1, 10)}, "classes"),
+        ({"classes": (20, 10)}, "classes"),
+        ({"temperature": 0.0}, "temperature"),
+    ],
+)
+def test_bad_objective_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ObjectiveConfig(**kwargs)
