@@ -1,0 +1,325 @@
+"""Compare losses under one recipe: ``edloss compare`` runs a grid of losses x seeds x models.
+
+Every run lives in ``OUT/<model>/<label>/seed<k>/`` and is an ordinary ``edloss train`` run,
+so a half-finished grid resumes where it stopped: finished runs (result.json present, same
+config) are skipped, interrupted ones continue from their checkpoint. The summary is rewritten
+after every run, so a grid that is still going already has a table:
+
+- ``summary.md``: loss, seeds, mean ± std test and validation accuracy, Δ vs cross-entropy,
+  mean wall time;
+- ``summary.json``: the same plus every run;
+- ``val_accuracy.png``: validation accuracy per epoch, mean over seeds with a ±std band.
+
+Losses are arms ``LABEL=SPEC`` (``edl-chaotic=edl:runs/chaotic/loss``) or bare specs (``ce``,
+``focal:gamma=3``), whose label is derived from the spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edloss.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec
+from edloss.models import model_names
+from edloss.train import (CHECKPOINT, EPOCHS, TrainConfig, TrainingDiverged, add_recipe_args,
+                          apply_threads, atomic_write_text, config_diff, config_from_args,
+                          read_result, train)
+
+DEFAULT_LOSSES = ("ce", "label_smoothing", "focal", "poly1", "edl")
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One loss of the comparison: a folder-safe label and the spec that builds it."""
+
+    label: str
+    spec: str
+
+
+@dataclass(frozen=True)
+class GridRun:
+    model: str
+    arm: Arm
+    seed: int
+    config: TrainConfig
+    out_dir: Path
+
+
+def parse_arms(texts: list[str] | tuple[str, ...]) -> list[Arm]:
+    """``["ce", "edl-chaotic=edl:runs/x/loss"]`` -> arms; duplicate labels are an error."""
+    arms = [Arm(*parse_loss_arm(t)) for t in texts]
+    labels = [a.label for a in arms]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ValueError(f"duplicate loss labels {dupes}; name arms LABEL=SPEC, "
+                         "e.g. edl-chaotic=edl:runs/a/loss edl-gauss=edl:runs/b/loss")
+    if not arms:
+        raise ValueError("no losses given; e.g. --losses ce focal edl")
+    return arms
+
+
+def plan(recipe: TrainConfig, arms: list[Arm], seeds: list[int], models: list[str],
+         out_dir: Path) -> list[GridRun]:
+    """All runs in execution order: seed outermost, so a partial grid covers every loss."""
+    return [GridRun(model, arm, seed, replace(recipe, model=model, loss=arm.spec, seed=seed),
+                    out_dir / model / arm.label / f"seed{seed}")
+            for seed in seeds for model in models for arm in arms]
+
+
+def _mismatches(runs: list[GridRun]) -> list[str]:
+    """Runs whose folders hold results or checkpoints of another config."""
+    import torch
+
+    problems = []
+    for run in runs:
+        result = read_result(run.out_dir)
+        saved = result.get("config") if result else None
+        if saved is None and (run.out_dir / CHECKPOINT).is_file():
+            try:
+                saved = torch.load(run.out_dir / CHECKPOINT, map_location="cpu",
+                                   weights_only=True).get("config")
+            except Exception:
+                saved = None  # train() explains unreadable checkpoints itself
+        diff = config_diff(saved, asdict(run.config)) if saved else []
+        if diff:
+            problems.append(f"{run.out_dir}: {'; '.join(diff)}")
+    return problems
+
+
+def _check_arms(arms: list[Arm]) -> None:
+    """Build every loss once, so a missing EDL checkpoint fails now, not hours into the grid."""
+    for arm in arms:
+        try:
+            build_loss_from_spec(arm.spec)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            raise type(err)(f"loss {arm.label}={arm.spec}: {err}") from None
+
+
+def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: Path,
+            models: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or finish) the grid and write the summary; returns the summary dict.
+
+    ``recipe`` supplies everything but model, loss and seed. Diverged runs are recorded and
+    the grid goes on; a run folder holding another config is refused before anything trains.
+    """
+    out_dir = Path(out_dir)
+    arms = parse_arms(losses)
+    models = list(models or [recipe.model])
+    if not seeds:
+        raise ValueError("no seeds given; e.g. --seeds 0 1 2")
+    runs = plan(recipe, arms, list(seeds), models, out_dir)
+    for run in runs:
+        run.config.validate()
+    problems = _mismatches(runs)
+    if problems:
+        raise ValueError("run folders hold results of a different config (use another --out, "
+                         "or the same recipe flags as before):\n  " + "\n  ".join(problems))
+    _check_arms(arms)
+    for i, run in enumerate(runs, 1):
+        name = f"[{i}/{len(runs)}] {run.model} {run.arm.label} seed {run.seed}"
+        result = read_result(run.out_dir)
+        if result is not None:  # same config, checked above
+            _say(progress, f"{name}: finished earlier, skipped")
+            continue
+        _say(progress, f"{name} -> {run.out_dir}")
+        try:
+            train(run.config, run.out_dir, progress=progress)
+        except TrainingDiverged as err:
+            _say(True, f"{name}: diverged ({err}); continuing with the grid")
+        write_summary(out_dir, recipe, arms, list(seeds), models, plot=False)
+    summary = write_summary(out_dir, recipe, arms, list(seeds), models, plot=True)
+    _say(progress, f"summary: {out_dir / 'summary.md'}")
+    return summary
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / EPOCHS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _is_ce(spec: str) -> bool:
+    name, options = parse_loss_spec(spec)
+    return name == "ce" and not options
+
+
+def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int],
+            models: list[str]) -> dict[str, Any]:
+    """Read every run's result and build the summary rows (accuracies in percent)."""
+    runs, rows = [], []
+    for model in models:
+        reference = None
+        for arm in arms:
+            done = []
+            for seed in seeds:
+                run_dir = out_dir / model / arm.label / f"seed{seed}"
+                result = read_result(run_dir) or {}
+                status = result.get("status", "missing")
+                runs.append({"model": model, "label": arm.label, "spec": arm.spec, "seed": seed,
+                             "status": status, "dir": str(run_dir),
+                             "test_acc": result.get("test_acc"),
+                             "val_acc": result.get("final_val_acc"),
+                             "wall_seconds": result.get("wall_seconds")})
+                if status == "finished":
+                    done.append(runs[-1])
+            test = [100 * r["test_acc"] for r in done]
+            val = [100 * r["val_acc"] for r in done if r["val_acc"] is not None]
+            row = {"model": model, "label": arm.label, "spec": arm.spec, "n": len(done),
+                   "diverged": sum(r["status"] == "diverged" for r in runs[-len(seeds):]),
+                   "test_mean": _mean_std(test)[0], "test_std": _mean_std(test)[1],
+                   "val_mean": _mean_std(val)[0], "val_std": _mean_std(val)[1],
+                   "wall_mean": _mean_std([r["wall_seconds"] for r in done])[0]}
+            if reference is None and _is_ce(arm.spec):
+                reference = row
+            rows.append(row)
+        for row in rows:
+            if row["model"] == model:
+                ok = reference and row["test_mean"] is not None and reference["test_mean"] is not None
+                row["delta_vs_ce"] = row["test_mean"] - reference["test_mean"] if ok else None
+    shared = {k: v for k, v in asdict(recipe).items() if k not in ("model", "loss", "seed")}
+    return {"recipe": shared, "seeds": seeds, "models": models,
+            "arms": [asdict(a) for a in arms], "rows": rows, "runs": runs}
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return "—" if mean is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    r = summary["recipe"]
+    subset = f"first {r['train_subset']}" + (" (class-balanced)" if r["balanced_subset"] else "") \
+        if r["train_subset"] else "all"
+    lines = [
+        "# Loss comparison", "",
+        f"Recipe: {r['dataset']}, {r['epochs']} epochs, batch {r['batch_size']}, SGD lr {r['lr']} "
+        f"(momentum {r['momentum']}{', Nesterov' if r['nesterov'] else ''}), weight decay "
+        f"{r['weight_decay']}, {r['schedule']} schedule, augmentation {'on' if r['augment'] else 'off'}; "
+        f"training images: {subset}; validation: last {r['val_size']} training images. "
+        f"Seeds: {', '.join(map(str, summary['seeds']))}.", "",
+        "Accuracies in percent, mean ± sample std over finished seeds; test accuracy is measured "
+        "once, after the last epoch; validation accuracy is the last epoch's. Δ vs CE is the "
+        "difference of mean test accuracies in points.", "",
+    ]
+    for model in summary["models"]:
+        lines += [f"## {model}", "",
+                  "| loss | spec | seeds | test acc | val acc | Δ vs CE | wall time (s) |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in summary["rows"]:
+            if row["model"] != model:
+                continue
+            seeds = f"{row['n']}" + (f" (+{row['diverged']} diverged)" if row["diverged"] else "")
+            delta = "—" if row["delta_vs_ce"] is None else f"{row['delta_vs_ce']:+.2f}"
+            wall = "—" if row["wall_mean"] is None else f"{row['wall_mean']:.0f}"
+            lines.append(f"| {row['label']} | `{row['spec']}` | {seeds} | "
+                         f"{_pm(row['test_mean'], row['test_std'])} | "
+                         f"{_pm(row['val_mean'], row['val_std'])} | {delta} | {wall} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_val_accuracy(summary: dict[str, Any], out_dir: Path, path: Path) -> None:
+    """Validation accuracy per epoch per loss: mean over finished seeds with a ±std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    import numpy as np
+
+    models = summary["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for arm in summary["arms"]:
+            curves = [[100 * (h["val_acc"] or 0) for h in _read_history(Path(run["dir"]))]
+                      for run in summary["runs"] if run["model"] == model
+                      and run["label"] == arm["label"] and run["status"] == "finished"]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            length = min(map(len, curves))
+            acc = np.array([c[:length] for c in curves])
+            epochs = np.arange(1, length + 1)
+            mean, std = acc.mean(0), acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(length)
+            (line,) = ax.plot(epochs, mean, label=f"{arm['label']} (n={len(acc)})")
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        ax.set(title=f"{model}: mean ± std over seeds", xlabel="epoch",
+               ylabel="validation accuracy (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_summary(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int],
+                  models: list[str], plot: bool = True) -> dict[str, Any]:
+    """Write summary.md, summary.json and (with ``plot``) val_accuracy.png; return the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = collect(out_dir, recipe, arms, seeds, models)
+    atomic_write_text(out_dir / "summary.md", render_markdown(summary))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if plot:
+        plot_val_accuracy(summary, out_dir, out_dir / "val_accuracy.png")
+    return summary
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _cli(args: argparse.Namespace) -> int:
+    apply_threads(args)
+    recipe = config_from_args(args)
+    out = Path(args.out)
+    if args.summary_only:
+        arms = parse_arms(args.losses)
+        write_summary(out, recipe, arms, args.seeds, args.models or [recipe.model])
+        print(out / "summary.md")
+        return 0
+    compare(recipe, args.losses, args.seeds, out, args.models, progress=not args.quiet)
+    print((out / "summary.md").read_text())
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``edloss compare``."""
+    p = subparsers.add_parser(
+        "compare", help="train a grid of losses x seeds x models and summarise it",
+        description="Train every loss with every seed (and model) under one recipe; rerunning "
+                    "skips finished runs and resumes interrupted ones.")
+    p.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), metavar="[LABEL=]SPEC",
+                   help="loss arms, e.g. ce focal:gamma=3 edl-chaotic=edl:runs/a/loss "
+                        f"(default: {' '.join(DEFAULT_LOSSES)})")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
+                   help="default: %(default)s")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help=f"any of {', '.join(model_names())} (default resnet20)")
+    p.add_argument("--out", default="runs/compare", help="grid folder (default %(default)s)")
+    p.add_argument("--summary-only", action="store_true",
+                   help="only rewrite the summary from the runs present")
+    add_recipe_args(p)
+    p.set_defaults(func=_cli, model=TrainConfig.model)

@@ -1,0 +1,119 @@
+"""edloss.compare: the grid layout, skipping finished runs, summaries, refusals, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch.nn.functional as F
+
+from _cifar_fixtures import _one_thread, make_edl_checkpoint, tiny_cifar, tiny_config  # noqa: F401
+from edloss import compare as C
+from edloss.cli import main as cli_main
+from edloss.losses import LOSSES, register_loss
+from edloss.train import RESULT, TrainConfig
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record every run compare() actually trains."""
+    calls: list[Path] = []
+    real = C.train
+
+    def spy(config, out_dir, progress=True, **kw):
+        calls.append(Path(out_dir))
+        return real(config, out_dir, progress, **kw)
+
+    monkeypatch.setattr(C, "train", spy)
+    return calls
+
+
+def test_grid_runs_skips_finished_and_summarises(tiny_config: TrainConfig, tmp_path: Path,
+                                                 counted: list[Path]) -> None:
+    losses = ["ce", "f1=focal:gamma=1"]
+    summary = C.compare(tiny_config, losses, [0, 1], tmp_path, progress=False)
+    expected = {tmp_path / "resnet20" / label / f"seed{s}" for label in ("ce", "f1") for s in (0, 1)}
+    assert set(counted) == expected and all((d / RESULT).is_file() for d in expected)
+    assert counted[:2] == [tmp_path / "resnet20" / "ce" / "seed0", tmp_path / "resnet20" / "f1" / "seed0"]
+
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert rows["ce"]["n"] == 2 and rows["ce"]["delta_vs_ce"] == 0
+    results = [json.loads((tmp_path / "resnet20" / "f1" / f"seed{s}" / RESULT).read_text())
+               for s in (0, 1)]
+    mean = 100 * sum(r["test_acc"] for r in results) / 2
+    assert rows["f1"]["test_mean"] == pytest.approx(mean)
+    assert rows["f1"]["delta_vs_ce"] == pytest.approx(mean - rows["ce"]["test_mean"])
+    md = (tmp_path / "summary.md").read_text()
+    assert "| f1 | `focal:gamma=1` | 2 |" in md and "Δ vs CE" in md and "±" in md
+    assert json.loads((tmp_path / "summary.json").read_text())["rows"] == summary["rows"]
+    png = (tmp_path / "val_accuracy.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+    counted.clear()
+    C.compare(tiny_config, losses, [0, 1], tmp_path, progress=False)
+    assert counted == []  # everything finished: nothing retrained
+    (tmp_path / "resnet20" / "f1" / "seed1" / RESULT).unlink()
+    C.compare(tiny_config, losses, [0, 1], tmp_path, progress=False)
+    assert counted == [tmp_path / "resnet20" / "f1" / "seed1"]
+
+
+def test_half_finished_run_resumes(tiny_config: TrainConfig, tmp_path: Path, counted) -> None:
+    config = replace(tiny_config, epochs=2)
+    run_dir = tmp_path / "resnet20" / "ce" / "seed0"
+    C.train(config, run_dir, progress=False, stop_after=1)
+    C.compare(config, ["ce"], [0], tmp_path, progress=False)
+    lines = (run_dir / "epochs.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads((run_dir / RESULT).read_text())["epochs_completed"] == 2
+
+
+def test_grid_with_another_recipe_is_refused(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    C.compare(tiny_config, ["ce"], [0], tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"resnet20/ce/seed0: lr: 0.05 in the saved run, 0.1 now"):
+        C.compare(replace(tiny_config, lr=0.1), ["ce"], [0], tmp_path, progress=False)
+
+
+def test_arms_are_checked_before_training(tiny_config: TrainConfig, tmp_path: Path,
+                                          counted) -> None:
+    with pytest.raises(ValueError, match="duplicate loss labels"):
+        C.compare(tiny_config, ["ce", "ce"], [0], tmp_path, progress=False)
+    with pytest.raises(FileNotFoundError, match="edl-x=edl:"):
+        C.compare(tiny_config, ["ce", f"edl-x=edl:{tmp_path / 'nope'}"], [0], tmp_path,
+                  progress=False)
+    assert counted == []
+
+
+def test_diverged_run_is_recorded_and_the_grid_goes_on(tiny_config: TrainConfig,
+                                                       tmp_path: Path) -> None:
+    import torch
+
+    class Nan(torch.nn.Module):
+        def forward(self, logits, target):
+            return F.cross_entropy(logits, target) * math.nan
+
+    register_loss("always_nan", Nan)
+    try:
+        summary = C.compare(tiny_config, ["always_nan", "ce"], [0], tmp_path, progress=False)
+    finally:
+        LOSSES.pop("always_nan")
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert rows["always_nan"]["diverged"] == 1 and rows["always_nan"]["n"] == 0
+    assert rows["ce"]["n"] == 1
+    assert "0 (+1 diverged)" in (tmp_path / "summary.md").read_text()
+
+
+def test_cli_compare_two_models_and_edl_arm(tiny_config: TrainConfig, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    ckpt = make_edl_checkpoint(tmp_path / "loss")
+    out = tmp_path / "grid"
+    args = ["compare", "--data-dir", tiny_config.data_dir, "--epochs", "1", "--batch-size", "32",
+            "--val-size", "32", "--train-subset", "64", "--eval-batch-size", "64",
+            "--device", "cpu", "--out", str(out), "--quiet", "--seeds", "0",
+            "--models", "resnet20", "resnet32", "--losses", "ce", f"edl-rand=edl:{ckpt}"]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "## resnet32" in printed and "| edl-rand |" in printed
+    assert (out / "resnet32" / "edl-rand" / "seed0" / RESULT).is_file()
+    assert cli_main(args + ["--summary-only"]) == 0
