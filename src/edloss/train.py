@@ -70,7 +70,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available, else cpu
-    channels_last: bool = False
+    channels_last: bool = True  # 1.3x faster ResNet-20 steps on CPU (bench_training.py)
     compile: bool = False  # torch.compile the model
     amp: bool = True  # bf16 autocast (CUDA only; ignored on CPU)
 
@@ -492,7 +492,8 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     g = parser.add_argument_group("hardware and output")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 (default %(default)s)")
-    g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   default=d.channels_last, help="channels-last memory format (default on)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--no-amp", dest="amp", action="store_false",
                    help="no bf16 autocast on CUDA")
