@@ -28,7 +28,7 @@ from edloss.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec
 from edloss.models import model_names
 from edloss.train import (CHECKPOINT, EPOCHS, TrainConfig, TrainingDiverged, add_recipe_args,
                           apply_threads, atomic_write_text, config_diff, config_from_args,
-                          read_result, train)
+                          is_finished, read_result, train)
 
 DEFAULT_LOSSES = ("ce", "label_smoothing", "focal", "poly1", "edl")
 DEFAULT_SEEDS = (0, 1, 2)
@@ -123,8 +123,7 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
     _check_arms(arms)
     for i, run in enumerate(runs, 1):
         name = f"[{i}/{len(runs)}] {run.model} {run.arm.label} seed {run.seed}"
-        result = read_result(run.out_dir)
-        if result is not None:  # same config, checked above
+        if is_finished(run.out_dir, run.config):  # result.json with this config
             _say(progress, f"{name}: finished earlier, skipped")
             continue
         _say(progress, f"{name} -> {run.out_dir}")

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from edloss.data import BatchLoader, Splits, load_splits
+from edloss.data import BatchLoader, Splits, load_splits, resolve_data_dir
 from edloss.losses import LOSSES, build_loss_from_spec, parse_loss_arm, parse_loss_spec
 from edloss.models import build_model, model_names
 
@@ -205,7 +205,7 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True) -> tuple[f
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         count += y.numel()
-    return (loss_sum / count).item(), (correct / count).item()
+    return (loss_sum / count).item(), (correct.double() / count).item()
 
 
 def _train_epoch(model: nn.Module, loss_fn: nn.Module, loader: BatchLoader,
@@ -246,7 +246,7 @@ def _train_epoch(model: nn.Module, loss_fn: nn.Module, loader: BatchLoader,
         bar.update(1)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}", refresh=False)
-    return (loss_sum / count).item(), (correct / count).item(), lr
+    return (loss_sum / count).item(), (correct.double() / count).item(), lr
 
 
 # ----------------------------------------------------------------------------- the run
@@ -361,6 +361,7 @@ def _result(run: _Run, status: str, history: list[dict], seconds: float,
         "status": status, "config": asdict(run.config), "seed": run.config.seed,
         "versions": versions(), "device": str(run.device), "threads": torch.get_num_threads(),
         "loss": repr(run.loss_fn), "epochs_completed": len(history),
+        "data_path": str(resolve_data_dir(run.config.data_dir)),
         "num_train": int(run.data.train_x.shape[0]), "num_val": int(run.data.val_x.shape[0]),
         "num_test": int(run.data.test_x.shape[0]),
         "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
