@@ -167,7 +167,7 @@ def time_loss(loss_fn: nn.Module, batch: int, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=4, help="timed training steps per round")
+    ap.add_argument("--steps", type=int, default=6, help="timed training steps per round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration")
     ap.add_argument("--pipeline-batches", type=int, default=20,

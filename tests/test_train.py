@@ -58,6 +58,18 @@ def test_one_epoch_smoke_every_loss(loss: str, tiny_config: TrainConfig, tmp_pat
     assert (tmp_path / CHECKPOINT).is_file()
 
 
+def test_smoke_cifar100(tmp_path: Path) -> None:
+    from _cifar_fixtures import write_cifar
+
+    write_cifar(tmp_path / "data", "cifar100", per_batch=20, test=40)
+    config = TrainConfig(dataset="cifar100", data_dir=str(tmp_path / "data"), epochs=1,
+                         batch_size=32, val_size=20, train_subset=64, device="cpu")
+    result = train(config, tmp_path / "run", progress=False)
+    assert result["status"] == "finished" and result["num_test"] == 40
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    assert ckpt["model"]["fc.weight"].shape == (100, 64)
+
+
 def test_smoke_edl_checkpoint(tiny_config: TrainConfig, tmp_path: Path) -> None:
     folder = make_edl_checkpoint(tmp_path / "loss")
     result = train(replace(tiny_config, loss=f"edl:{folder}"), tmp_path / "run", progress=False)
