@@ -55,7 +55,7 @@ class ESConfig:
     sigma_init: float = 0.1
     sigma_final: float = 0.01
     schedule: str = "cosine"
-    generations: int = 120
+    generations: int = 500
     match_variance: bool = True  # Gaussian step N(0,1)/sqrt(2): same variance as 2c - 1
     seed: int = 0
 

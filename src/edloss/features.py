@@ -9,9 +9,9 @@ Every feature is computed from log-probabilities (``log_softmax`` of the logits)
 to p_y = 1e-30 stay finite and differentiable; logarithms are softly floored at ``LOG_FLOOR`` so
 logits of +-1e4 still give finite features and gradients.
 
-Each feature takes ``logp`` of shape (..., K) and ``target`` of shape (...) and returns (...).
-With ``target=None`` it returns (..., K): the feature for *every* label at once, which is what
-the expectation objective needs (E_{y~q} l(p, y) sums over all labels) at O(K) cost per row.
+Each feature takes ``logp`` of shape (..., K) and ``labels`` of shape (..., L) and returns the
+feature of every listed label, (..., L): L = 1 for ordinary (prediction, label) pairs, L = K for
+every label at once (the expectation objective sums over labels), or L sampled labels.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 LOG_FLOOR = -40.0  # log-probabilities below this are softly floored (p < 4e-18 carries no news)
 FEATURE_SCALE = 8.0  # log-domain features are divided by this so they sit roughly in [-5, 1]
 
-Feature = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+Feature = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def soft_floor(x: torch.Tensor, floor: float = LOG_FLOOR) -> torch.Tensor:
@@ -33,62 +33,48 @@ def soft_floor(x: torch.Tensor, floor: float = LOG_FLOOR) -> torch.Tensor:
     return floor + F.softplus(x - floor)
 
 
-def _at_label(values: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """values[..., y] for each row, or all of ``values`` when every label is wanted."""
-    if target is None:
-        return values
-    return values.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+def _at_label(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p_y for every listed label."""
+    return logp.gather(-1, labels)
 
 
-def _per_label(row_value: torch.Tensor, logp: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """Broadcast a per-row value to every label when ``target`` is None."""
-    return row_value if target is not None else row_value.unsqueeze(-1).expand_as(logp)
-
-
-def _rival(logp: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+def _rival(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log max_{j != y} p_j: the best wrong class is the top class unless y is the top."""
     top2 = logp.topk(2, dim=-1)
-    best, second = top2.values[..., 0], top2.values[..., 1]
-    if target is None:
-        is_top = torch.zeros_like(logp, dtype=torch.bool).scatter_(-1, top2.indices[..., :1], True)
-        return torch.where(is_top, second.unsqueeze(-1), best.unsqueeze(-1))
-    return torch.where(target == top2.indices[..., 0], second, best)
+    best, second = top2.values[..., :1], top2.values[..., 1:]
+    return torch.where(labels == top2.indices[..., :1], second, best)
 
 
-def log_kpy(logp: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+def log_kpy(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log(K p_y): 0 at the uniform prediction for every K, positive when y is favoured."""
-    return (soft_floor(_at_label(logp, target)) + math.log(logp.shape[-1])) / FEATURE_SCALE
+    return (soft_floor(_at_label(logp, labels)) + math.log(logp.shape[-1])) / FEATURE_SCALE
 
 
-def margin(logp: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+def margin(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p_y - log max_{j != y} p_j: the logit margin of the true class, K-free by construction."""
-    return (soft_floor(_at_label(logp, target)) - soft_floor(_rival(logp, target))) / FEATURE_SCALE
+    return (soft_floor(_at_label(logp, labels)) - soft_floor(_rival(logp, labels))) / FEATURE_SCALE
 
 
-def log_krival(logp: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+def log_krival(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log(K max_{j != y} p_j): how strongly the best wrong class is favoured."""
-    return (soft_floor(_rival(logp, target)) + math.log(logp.shape[-1])) / FEATURE_SCALE
+    return (soft_floor(_rival(logp, labels)) + math.log(logp.shape[-1])) / FEATURE_SCALE
 
 
-def entropy(logp: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+def entropy(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Normalised entropy H(p) / log K in [0, 1]: 1 at the uniform prediction for every K."""
-    h = -(logp.exp() * logp.clamp_min(-1e4)).sum(dim=-1) / math.log(logp.shape[-1])
-    return _per_label(h, logp, target)
+    h = -(logp.exp() * logp.clamp_min(-1e4)).sum(dim=-1, keepdim=True) / math.log(logp.shape[-1])
+    return h.expand(labels.shape)
 
 
-def p_y(logp: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+def p_y(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """p_y itself (not K-free: its uniform value is 1/K; kept for comparison)."""
-    return _at_label(logp, target).exp()
+    return _at_label(logp, labels).exp()
 
 
-def rank(logp: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+def rank(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Normalised rank of the true class, 0 = top. Piecewise constant: no gradient of its own."""
-    k = logp.shape[-1]
-    if target is None:
-        above = (logp.unsqueeze(-2) > logp.unsqueeze(-1)).sum(dim=-1)
-    else:
-        above = (logp > _at_label(logp, target).unsqueeze(-1)).sum(dim=-1)
-    return above.to(logp.dtype) / (k - 1)
+    above = (logp.unsqueeze(-2) > _at_label(logp, labels).unsqueeze(-1)).sum(dim=-1)
+    return above.to(logp.dtype) / (logp.shape[-1] - 1)
 
 
 FEATURES: dict[str, Feature] = {
@@ -116,6 +102,12 @@ def check_feature_names(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return names
 
 
-def compute_features(logp: torch.Tensor, target: torch.Tensor | None, names: tuple[str, ...]) -> torch.Tensor:
-    """Stack the named features: (..., F) for a target, (..., K, F) for every label."""
-    return torch.stack([FEATURES[n](logp, target) for n in names], dim=-1)
+def label_features(logp: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+    """Features of every listed label: logp (..., K), labels (..., L) -> (..., L, F)."""
+    labels = labels.expand(*logp.shape[:-1], labels.shape[-1])
+    return torch.stack([FEATURES[n](logp, labels) for n in names], dim=-1)
+
+
+def compute_features(logp: torch.Tensor, target: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+    """Features of (prediction, label) pairs: logp (..., K), target (...) -> (..., F)."""
+    return label_features(logp, target.unsqueeze(-1), names).squeeze(-2)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from edloss.features import compute_features
+from edloss.features import label_features
 from edloss.lossnet import LossNetConfig, population_forward
 from edloss.synthetic import ExpectationConfig, MixtureConfig, sample_class_count, sample_expectation, sample_mixture
 
@@ -36,8 +36,8 @@ KINDS = ("expectation", "per_sample")
 SEVERITIES = {"expectation": ("kl", "tv"), "per_sample": ("one_minus_py", "margin", "rank")}
 TERMS = ("value", "gradient", "anchor", "margin")
 
-# penalty(logp (B, I, K), labels (B, I) or None) -> (B, I, L): L = 1 per-sample, L = K for every label
-Penalty = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+# penalty(logp (B, I, K), labels (B, I, L)) -> (P, I, L); B = 1 broadcasts over the population
+Penalty = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,10 @@ class ObjectiveConfig:
     delta: float = 1e-3  # a pair counts only if its severities differ by more than this
     margin_gamma: float = 1.0
     classes: tuple[int, int] = (2, 1000)  # class count K drawn log-uniform from this range ...
-    blocks: int = 1  # ... this many times per generation
+    blocks: int = 4  # ... this many times per generation
     evals_per_block: int = 4096  # loss evaluations per block: pairs, or predictions x labels
     min_items: int = 16  # at least this many predictions per block, even at large K
+    max_labels: int = 64  # above this K, E_{y~q} is estimated from this many labels drawn from q
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     expectation: ExpectationConfig = field(default_factory=ExpectationConfig)
 
@@ -72,8 +73,8 @@ class ObjectiveConfig:
         lo, hi = self.classes
         if not (2 <= lo <= hi):
             raise ValueError(f"classes must be a range (lo, hi) with 2 <= lo <= hi, got {self.classes}")
-        if self.blocks < 1 or self.evals_per_block < 16 or self.min_items < 2:
-            raise ValueError("need blocks >= 1, evals_per_block >= 16 and min_items >= 2")
+        if self.blocks < 1 or self.evals_per_block < 16 or self.min_items < 2 or self.max_labels < 2:
+            raise ValueError("need blocks >= 1, evals_per_block >= 16, min_items >= 2 and max_labels >= 2")
         if self.temperature <= 0 or self.delta < 0:
             raise ValueError("temperature must be > 0 and delta >= 0")
 
@@ -87,8 +88,8 @@ class RankingBatch:
     """Synthetic items at one class count, and the ordered pairs (worse, better) to compare."""
 
     logits: torch.Tensor  # (I, K) float32
-    labels: torch.Tensor | None  # (I,) per-sample; None = every label, weighted by ``weights``
-    weights: torch.Tensor | None  # (I, K) the truth q of each prediction (expectation only)
+    labels: torch.Tensor  # (I, L): the label per sample (L = 1), or the labels an expectation sums over
+    weights: torch.Tensor  # (I, L): 1 per sample; q_y (every label) or 1/L (labels drawn from q)
     severity: torch.Tensor  # (I,)
     pairs: torch.Tensor  # (M, 2) long: severity[pairs[:, 0]] > severity[pairs[:, 1]] + delta
 
@@ -124,20 +125,27 @@ def make_batch(cfg: ObjectiveConfig, k: int, gen: torch.Generator) -> RankingBat
         logits, labels, _ = sample_mixture(n, k, cfg.mixture, gen)
         severity = _per_sample_severity(torch.log_softmax(logits, 1), labels, cfg.severity)
         i, j = torch.randint(0, n, (2, 2 * n), generator=gen)
-        return RankingBatch(logits.float(), labels, None, severity.float(), _orient(severity, i, j, cfg.delta))
+        pairs = _orient(severity, i, j, cfg.delta)
+        return RankingBatch(logits.float(), labels[:, None], torch.ones(n, 1), severity.float(), pairs)
     r = cfg.expectation.predictions_per_truth
-    n_truths = max(-(-cfg.min_items // r), cfg.evals_per_block // (k * r))
+    n_labels = min(k, cfg.max_labels)
+    n_truths = max(-(-cfg.min_items // r), cfg.evals_per_block // (n_labels * r))
     log_q, logits, truth = sample_expectation(n_truths, k, cfg.expectation, gen)
-    q = log_q.exp()[truth]
+    q = log_q.exp()
     logp = torch.log_softmax(logits, 1)
     if cfg.severity == "kl":
-        severity = (q * (log_q[truth] - logp)).sum(1)
+        severity = (q[truth] * (log_q[truth] - logp)).sum(1)
     else:
-        severity = 0.5 * (q - logp.exp()).abs().sum(1)
+        severity = 0.5 * (q[truth] - logp.exp()).abs().sum(1)
+    if k <= cfg.max_labels:  # exact expectation over every label
+        labels, weights = torch.arange(k).expand(len(truth), k), q[truth]
+    else:  # labels drawn from q, shared by the predictions of one truth (common random numbers)
+        labels = torch.multinomial(q, n_labels, replacement=True, generator=gen)[truth]
+        weights = torch.full(labels.shape, 1.0 / n_labels, dtype=torch.float64)
     a, b = torch.triu_indices(r, r, offset=1)
     base = (torch.arange(n_truths) * r)[:, None]
     pairs = _orient(severity, (base + a).flatten(), (base + b).flatten(), cfg.delta)
-    return RankingBatch(logits.float(), None, q.float(), severity.float(), pairs)
+    return RankingBatch(logits.float(), labels, weights.float(), severity.float(), pairs)
 
 
 def sample_batches(cfg: ObjectiveConfig, gen: torch.Generator, class_counts: list[int] | None = None) -> list[RankingBatch]:
@@ -147,11 +155,14 @@ def sample_batches(cfg: ObjectiveConfig, gen: torch.Generator, class_counts: lis
 
 
 def heldout_batches(cfg: ObjectiveConfig, seed: int = 20260528) -> list[RankingBatch]:
-    """A fixed synthetic set (K = 2, 10, 100, 1000 within the configured range), so runs compare."""
+    """A fixed synthetic set (K = 2, 10, 100, 1000 within the configured range), so runs compare.
+
+    Four times the items of a training block, and expectations exact over every label.
+    """
     gen = torch.Generator().manual_seed(seed)
     lo, hi = cfg.classes
     ks = sorted({min(max(k, lo), hi) for k in (2, 10, 100, 1000)})
-    bigger = ObjectiveConfig(**{**cfg.__dict__, "evals_per_block": 4 * cfg.evals_per_block, "min_items": 4 * cfg.min_items})
+    bigger = ObjectiveConfig(**{**cfg.__dict__, "evals_per_block": 4 * cfg.evals_per_block, "min_items": 4 * cfg.min_items, "max_labels": hi})
     return [make_batch(bigger, k, gen) for k in ks]
 
 
@@ -159,10 +170,8 @@ def heldout_batches(cfg: ObjectiveConfig, seed: int = 20260528) -> list[RankingB
 def population_penalty(theta: torch.Tensor, net: LossNetConfig) -> Penalty:
     """The penalty function of P loss networks given as flat parameter vectors (P, D)."""
 
-    def penalty(logp: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        feats = compute_features(logp, labels, net.features)
-        if labels is not None:
-            feats = feats.unsqueeze(-2)  # (B, I, 1, F)
+    def penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        feats = label_features(logp, labels, net.features)  # (B, I, L, F)
         b, i, l, f = feats.shape
         flat = feats.reshape(b, i * l, f)
         out = population_forward(theta, flat if b == theta.shape[0] else flat[0], net)
@@ -171,14 +180,14 @@ def population_penalty(theta: torch.Tensor, net: LossNetConfig) -> Penalty:
     return penalty
 
 
-def cross_entropy_penalty(logp: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+def cross_entropy_penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy as a reference penalty: proper, and perfect under the KL expectation ranking."""
-    return -(logp if labels is None else logp.gather(-1, labels.unsqueeze(-1)))
+    return -logp.gather(-1, labels.expand(*logp.shape[:-1], labels.shape[-1]))
 
 
-def mae_penalty(logp: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+def mae_penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """1 - p_y (mean absolute error up to a factor 2): improper, a reference that should rank worse."""
-    return 1 - (logp if labels is None else logp.gather(-1, labels.unsqueeze(-1))).exp()
+    return 1 - logp.gather(-1, labels.expand(*logp.shape[:-1], labels.shape[-1])).exp()
 
 
 def _item_losses(penalty: Penalty, batch: RankingBatch, population: int, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -189,9 +198,8 @@ def _item_losses(penalty: Penalty, batch: RankingBatch, population: int, with_gr
         z = z.clone().requires_grad_(True)
     with torch.enable_grad() if with_grad else torch.no_grad():
         logp = torch.log_softmax(z, dim=-1)
-        labels = None if batch.labels is None else batch.labels.unsqueeze(0).expand(b, -1)
-        out = penalty(logp, labels)  # (P, I, L)
-        losses = out.squeeze(-1) if batch.weights is None else (out * batch.weights).sum(-1)
+        out = penalty(logp, batch.labels.unsqueeze(0))  # (P, I, L)
+        losses = (out * batch.weights).sum(-1)
         if not with_grad:
             return losses.detach(), None
         (grad,) = torch.autograd.grad(losses.sum(), z)
@@ -202,7 +210,7 @@ def anchor_gradient_norm(penalty: Penalty, population: int, k: int = 10) -> torc
     """Norm of d(loss)/d(logits) at the uniform prediction, per individual (label 0 by symmetry)."""
     z = torch.zeros(population, 1, k, requires_grad=True)
     with torch.enable_grad():
-        out = penalty(torch.log_softmax(z, -1), torch.zeros(population, 1, dtype=torch.long))
+        out = penalty(torch.log_softmax(z, -1), torch.zeros(1, 1, 1, dtype=torch.long))
         (grad,) = torch.autograd.grad(out.sum(), z)
     return grad.norm(dim=-1).reshape(population)
 

@@ -155,9 +155,9 @@ class Run:
 
     # -------------------------------------------------------------- export
     def export(self, wall_seconds: float) -> tuple[EDLLoss, dict[str, Any]]:
-        """Pick the population member with the best held-out fitness, anchor its scale, save it."""
+        """Pick the elite with the best held-out fitness, anchor its scale, save it."""
         cfg = self.cfg
-        theta = self.state.population
+        theta = self.state.population[: max(cfg.es.elites, 1)]
         metrics = evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], self.heldout, cfg.objective, all_metrics=True)
         best = int(torch.argmax(metrics["fitness"]))
         chosen = theta[best]
