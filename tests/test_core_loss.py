@@ -203,3 +203,26 @@ def test_shipped_default_loads_and_trains():
     assert z.grad.norm().item() == pytest.approx(ce_z.grad.norm().item(), rel=1e-3)
     with pytest.raises(FileNotFoundError, match="available"):
         EDLLoss.pretrained("no-such-loss")
+
+
+@given(
+    k=st.integers(2, 300),
+    n=st.integers(1, 16),
+    magnitude=st.sampled_from([1e-3, 1.0, 10.0, 100.0]),
+    features=st.lists(st.sampled_from(["log_kpy", "margin", "log_krival", "entropy", "p_y", "rank"]), min_size=1, max_size=6, unique=True).filter(lambda f: f != ["rank"]),
+    activation=st.sampled_from(["tanh", "relu"]),
+    seed=st.integers(0, 2**16),
+)
+def test_closed_form_gradient_equals_autograd(k, n, magnitude, features, activation, seed):
+    cfg = LossNetConfig(features=tuple(features), activation=activation)
+    g = torch.Generator().manual_seed(seed)
+    net = LossNet.from_flat(torch.randn(cfg.num_params, generator=g) * init_scale(cfg), cfg)
+    logits = (torch.randn(n, k, generator=g) * magnitude).requires_grad_(True)
+    target = torch.randint(0, k, (n,), generator=g)
+    weights = torch.rand(n, generator=g)  # a non-uniform upstream gradient
+    grads = []
+    for fused in (True, False):
+        loss = EDLLoss(net, scale=0.7, reduction="none", fused=fused)(logits, target)
+        grads.append((loss, torch.autograd.grad((loss * weights).sum(), logits)[0]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)

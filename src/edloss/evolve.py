@@ -49,8 +49,8 @@ class ESConfig:
     """Evolution strategy settings; ``seed`` fixes everything the strategy draws."""
 
     population: int = 64
-    parents: int = 16
-    elites: int = 4
+    parents: int | None = None  # default: population // 4
+    elites: int | None = None  # default: population // 16 (at least 1)
     mutation: str = "chaotic"
     sigma_init: float = 0.1
     sigma_final: float = 0.01
@@ -66,6 +66,10 @@ class ESConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.population < 2:
             raise ValueError(f"population must be >= 2, got {self.population}")
+        if self.parents is None:
+            object.__setattr__(self, "parents", max(1, self.population // 4))
+        if self.elites is None:
+            object.__setattr__(self, "elites", max(1, self.population // 16))
         if not 1 <= self.parents <= self.population:
             raise ValueError(f"parents must be in [1, population={self.population}], got {self.parents}")
         if not 0 <= self.elites < self.population:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,8 @@ def check_feature_names(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         raise ValueError(f"unknown feature(s) {unknown}; valid features: {', '.join(FEATURES)}")
     if len(set(names)) != len(names):
         raise ValueError(f"feature names repeat in {list(names)}; list each once")
+    if set(names) <= {"rank"}:
+        raise ValueError("'rank' is piecewise constant: a loss of it alone has no gradient; add a smooth feature such as log_kpy")
     return names
 
 
@@ -111,3 +114,53 @@ def label_features(logp: torch.Tensor, labels: torch.Tensor, names: tuple[str, .
 def compute_features(logp: torch.Tensor, target: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
     """Features of (prediction, label) pairs: logp (..., K), target (...) -> (..., F)."""
     return label_features(logp, target.unsqueeze(-1), names).squeeze(-2)
+
+
+# ---------------------------------------------------------------------- closed-form logit gradients
+# Every feature's gradient with respect to the logits lies in span{e_y, e_c, p, p * log p}, where c is
+# the best wrong class: d log p_y / dz = e_y - p, d log p_c / dz = e_c - p, and
+# d H / dz = -p * (log p + H). So a feature's gradient is four per-row coefficients, and the loss
+# gradient is assembled with two scatters and two (N, K) products instead of an autograd graph.
+@dataclass
+class RowStats:
+    """Per-row quantities shared by every feature and its gradient (rows = samples)."""
+
+    logp: torch.Tensor  # (N, K)
+    target: torch.Tensor  # (N,)
+    p: torch.Tensor  # (N, K)
+    logp_y: torch.Tensor  # (N,)
+    logp_c: torch.Tensor  # (N,) best wrong class
+    rival: torch.Tensor  # (N,) its index
+
+
+def row_stats(logp: torch.Tensor, target: torch.Tensor) -> RowStats:
+    logp_y = logp.gather(1, target[:, None]).squeeze(1)
+    logp_c, rival = logp.scatter(1, target[:, None], float("-inf")).max(dim=1)
+    return RowStats(logp, target, logp.exp(), logp_y, logp_c, rival)
+
+
+def _soft_floor_slope(x: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(x - LOG_FLOOR)
+
+
+def feature_with_gradient(name: str, s: RowStats) -> tuple[torch.Tensor, tuple[torch.Tensor | float, ...]]:
+    """A feature's value (N,) and the coefficients (on e_y, e_c, p, p * log p) of its logit gradient."""
+    k = s.logp.shape[1]
+    if name in ("log_kpy", "margin", "log_krival"):
+        fy, fc = soft_floor(s.logp_y), soft_floor(s.logp_c)
+        gy, gc = _soft_floor_slope(s.logp_y) / FEATURE_SCALE, _soft_floor_slope(s.logp_c) / FEATURE_SCALE
+        if name == "log_kpy":
+            return (fy + math.log(k)) / FEATURE_SCALE, (gy, 0.0, -gy, 0.0)
+        if name == "log_krival":
+            return (fc + math.log(k)) / FEATURE_SCALE, (0.0, gc, -gc, 0.0)
+        return (fy - fc) / FEATURE_SCALE, (gy, -gc, gc - gy, 0.0)
+    if name == "entropy":
+        h = -(s.p * s.logp.clamp_min(-1e4)).sum(dim=1)
+        return h / math.log(k), (0.0, 0.0, -h / math.log(k), -1.0 / math.log(k))
+    if name == "p_y":
+        py = s.logp_y.exp()
+        return py, (py, 0.0, -py, 0.0)
+    if name == "rank":
+        return rank(s.logp, s.target[:, None]).squeeze(1), (0.0, 0.0, 0.0, 0.0)
+    raise ValueError(f"unknown feature {name!r}")
+

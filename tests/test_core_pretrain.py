@@ -1,0 +1,125 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from edloss import EDLLoss
+from edloss.cli import main
+from edloss.evolve import ESConfig
+from edloss.objective import ObjectiveConfig
+from edloss.pretrain import PretrainConfig, Run, pretrain
+
+
+def rows(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_pretrain_config):
+    cfg = tiny_pretrain_config
+    straight, _ = pretrain(cfg, tmp_path / "straight", progress=False)
+
+    run = Run(cfg, tmp_path / "killed")
+    for _ in range(5):  # checkpoint_every = 2: the 5th generation is lost with the kill
+        run.step()
+    del run
+    assert len(rows(tmp_path / "killed")) == 5
+    resumed, _ = pretrain(cfg, tmp_path / "killed", progress=False)
+
+    torch.testing.assert_close(resumed.net.flat(), straight.net.flat(), rtol=0, atol=0)
+    a, b = rows(tmp_path / "straight"), rows(tmp_path / "killed")
+    assert [r["generation"] for r in b] == list(range(cfg.es.generations))
+    for x, y in zip(a, b):
+        x.pop("seconds"), y.pop("seconds")
+        assert x == y
+
+
+def test_a_short_run_improves_heldout_fitness(tmp_path):
+    cfg = PretrainConfig(
+        objective=ObjectiveConfig(classes=(2, 20), evals_per_block=1024, blocks=2),
+        es=ESConfig(population=24, parents=6, elites=2, generations=40, seed=1),
+        heldout_every=39,
+    )
+    _, summary = pretrain(cfg, tmp_path, progress=False)
+    first = rows(tmp_path)[0]["heldout_fitness_best"]  # best of the random initial population
+    assert summary["heldout"]["fitness"] > first + 0.02
+    assert summary["heldout"]["fitness"] <= summary["cross_entropy_heldout"]["fitness"] + 1e-6
+
+
+def test_run_folder_has_everything(tmp_path, tiny_pretrain_config):
+    loss, summary = pretrain(tiny_pretrain_config, tmp_path, command="edloss pretrain --test", progress=False)
+    for name in ("config.json", "checkpoint.pt", "metrics.jsonl", "metrics.csv", "summary.json", "loss_shape.png", "loss/loss.json", "loss/loss.safetensors"):
+        assert (tmp_path / name).is_file(), name
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["seed"] == 3 and config["command"] == "edloss pretrain --test" and "torch" in config["versions"]
+    back = EDLLoss.from_file(tmp_path / "loss")
+    assert back.metadata["seed"] == 3 and back.metadata["real_data_stage"] is False
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == tiny_pretrain_config.es.generations + 1
+    assert summary["heldout"]["fitness"] == pytest.approx(back.metadata["heldout_metrics"]["fitness"])
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path, tiny_pretrain_config):
+    pretrain(tiny_pretrain_config, tmp_path, progress=False)
+    changed = replace(tiny_pretrain_config, es=replace(tiny_pretrain_config.es, seed=4))
+    with pytest.raises(ValueError, match=r"es.seed: 3 -> 4"):
+        Run(changed, tmp_path)
+    Run(changed, tmp_path, fresh=True)  # --fresh starts over
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path, tiny_pretrain_config):
+    pretrain(tiny_pretrain_config, tmp_path, progress=False)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="unreadable"):
+        Run(tiny_pretrain_config, tmp_path)
+
+
+def test_cli_pretrain_then_inspect(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["pretrain", "--generations", "3", "--population", "8", "--classes", "2,12", "--seed", "5", "--out", str(out), "--quiet"])
+    assert code == 0 and (out / "loss" / "loss.json").exists()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "held-out synthetic metrics" in text and "p_y" in text and "seed 5" in text
+
+
+def test_cli_reads_a_toml_config(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[es]\ngenerations = 2\npopulation = 6\nparents = 2\nelites = 1\n[objective]\nclasses = [3, 9]\nseverity = "tv"\n')
+    assert main(["pretrain", "--config", str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert saved["objective"]["severity"] == "tv" and saved["objective"]["classes"] == [3, 9]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--population", "1"], "population"),
+        (["--mutation", "levy"], "invalid choice"),
+        (["--classes", "1,5"], "classes"),
+        (["--classes", "a,b"], "--classes"),
+        (["--features", "p_y,bogus"], "unknown feature"),
+        (["--severity", "rank"], "not valid for the expectation"),
+        (["--config", "/nonexistent.toml"], "does not exist"),
+    ],
+)
+def test_invalid_configuration_fails_before_the_run(tmp_path, capsys, argv, message):
+    out = tmp_path / "never"
+    try:
+        code = main(["pretrain", "--out", str(out), "--quiet", *argv])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"es": {"generation": 3}}))
+    assert main(["pretrain", "--config", str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "unknown key(s) ['generation'] in config.es" in capsys.readouterr().err
+
+
+def test_per_sample_objective_runs(tmp_path):
+    assert main(["pretrain", "--objective", "per_sample", "--generations", "2", "--population", "6", "--classes", "5", "--out", str(tmp_path), "--quiet"]) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["objective"]["severity"] == "one_minus_py"
