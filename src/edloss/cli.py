@@ -12,6 +12,8 @@ COMMANDS: dict[str, str] = {
     "inspect": "edloss.inspect",
     "train": "edloss.train",
     "compare": "edloss.compare",
+    "ablate": "edloss.ablate",
+    "report": "edloss.report",
 }
 
 
