@@ -26,8 +26,9 @@ from typing import Any
 
 from edloss.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec
 from edloss.models import model_names
+from edloss.files import atomic_write_text
 from edloss.train import (CHECKPOINT, EPOCHS, TrainConfig, TrainingDiverged, add_recipe_args,
-                          apply_threads, atomic_write_text, config_diff, config_from_args,
+                          apply_threads, config_diff, config_from_args,
                           is_finished, read_result, train)
 
 DEFAULT_LOSSES = ("ce", "label_smoothing", "focal", "poly1", "edl")

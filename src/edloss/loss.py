@@ -25,6 +25,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from edloss.features import feature_with_gradient, row_stats
+from edloss.files import atomic_write_bytes, atomic_write_json
 from edloss.lossnet import LossNet, LossNetConfig
 
 FORMAT_NAME = "edloss-loss"
@@ -32,18 +33,6 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "loss.safetensors"
 CONFIG_FILE = "loss.json"
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 class EDLLoss(nn.Module):

@@ -13,7 +13,7 @@ The flat layout is that of ``nn.Linear`` layers in order: weight (out, in) row-m
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn

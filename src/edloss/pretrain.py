@@ -20,10 +20,9 @@ import argparse
 import csv
 import json
 import shlex
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,8 @@ from tqdm import tqdm
 from edloss import evolve
 from edloss.configs import diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig, ESState
-from edloss.loss import EDLLoss, atomic_write_bytes, atomic_write_json
+from edloss.files import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from edloss.loss import EDLLoss
 from edloss.lossnet import LossNet, LossNetConfig, init_scale
 from edloss.objective import (
     ObjectiveConfig,
@@ -121,11 +121,8 @@ class Run:
             atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode())
 
     def save_checkpoint(self) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        torch.save({"version": CHECKPOINT_VERSION, "config": json.dumps(to_dict(self.cfg)), "state": self.state.to_dict()}, buffer)
-        atomic_write_bytes(self.out / "checkpoint.pt", buffer.getvalue())
+        checkpoint = {"version": CHECKPOINT_VERSION, "config": json.dumps(to_dict(self.cfg)), "state": self.state.to_dict()}
+        atomic_torch_save(checkpoint, self.out / "checkpoint.pt")
 
     @property
     def done(self) -> bool:

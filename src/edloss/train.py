@@ -19,8 +19,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -32,7 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from edloss.configs import versions
 from edloss.data import BatchLoader, Splits, load_splits, resolve_data_dir
+from edloss.files import atomic_torch_save, atomic_write_text
 from edloss.losses import LOSSES, build_loss_from_spec, parse_loss_arm, parse_loss_spec
 from edloss.models import build_model, model_names
 
@@ -146,18 +146,6 @@ def _refuse(out_dir: Path, what: str, diff: list[str]) -> ValueError:
     )
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def read_result(out_dir: Path) -> dict[str, Any] | None:
     path = Path(out_dir) / RESULT
     if not path.is_file():
@@ -172,15 +160,6 @@ def is_finished(out_dir: Path, config: TrainConfig) -> bool:
     """True when ``out_dir`` holds a result (finished or diverged) for exactly this config."""
     result = read_result(out_dir)
     return bool(result) and not config_diff(result.get("config", {}), asdict(config))
-
-
-def versions() -> dict[str, str]:
-    import numpy
-
-    from edloss import __version__
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "edloss": __version__}
 
 
 # ----------------------------------------------------------------------------- one epoch
