@@ -1,0 +1,666 @@
+"""``edloss report RUN_DIR... [--out DIR]``: a markdown report with PNG figures.
+
+Accepts, in any mix:
+
+* an ablation folder (``edloss ablate``; holds ``ablation.json``): setup, final held-out metrics
+  per arm and sigma, generations to each fitness level, the tests between arms, convergence
+  curves with bands over seeds, time-to-level curves and the per-seed final metrics; its
+  ``compare/`` grid (from the printed ``edloss compare`` command) is picked up when present;
+* a pretraining run (``edloss pretrain``; holds ``config.json`` and ``metrics.jsonl``);
+* a comparison grid (``edloss compare``; holds ``summary.json``): accuracy table with Δ vs
+  cross-entropy and a bar chart.
+
+Every learned loss found (each ablation arm's best, each finished pretraining run) is drawn
+beside cross-entropy, focal loss and label smoothing: the loss and its gradient norm against
+p_y, and a heat map over (p_y, largest other probability).
+
+Unfinished inputs are reported as such (what is missing) and contribute what they have; a folder
+that is none of the above is named in the report and skipped. The statistics are recomputed from
+the run folders, so a report of a running ablation shows the runs finished so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from edloss.loss import atomic_write_bytes
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+HEATMAP_K = 10
+MAIN_TEST_METRICS = ("final_fitness", "final_kendall_tau", "final_gradient", "heldout_auc")
+
+
+# ---------------------------------------------------------------------- inputs
+@dataclass
+class Source:
+    """One input folder: what it is, whether it is finished, and what it holds."""
+
+    path: Path
+    kind: str  # ablation | pretrain | compare | invalid
+    status: str = ""
+    notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def inspect_source(path: Path) -> Source:
+    """Classify a folder and load what can be loaded from it."""
+    path = Path(path)
+    if not path.exists():
+        return Source(path, "invalid", "does not exist")
+    if not path.is_dir():
+        return Source(path, "invalid", "is a file, not a run folder")
+    ablation = _read_json(path / "ablation.json")
+    if isinstance(ablation, dict) and ablation.get("format") == "edloss-ablation":
+        return _ablation_source(path, ablation)
+    summary = _read_json(path / "summary.json")
+    if isinstance(summary, dict) and "rows" in summary and "recipe" in summary:
+        return _compare_source(path, summary)
+    config = _read_json(path / "config.json")
+    if isinstance(config, dict) and isinstance(config.get("config"), dict) and "es" in config["config"]:
+        return _pretrain_source(path, config)
+    hint = ""
+    if any((path / arm).is_dir() for arm in ("chaotic", "gaussian", "cmaes")):
+        hint = " (it has arm folders but no ablation.json: rerun edloss ablate with the same --out to rewrite it)"
+    return Source(path, "invalid", "is not a run: expected ablation.json (edloss ablate), summary.json of a compare grid "
+                                   "(edloss compare) or config.json + metrics.jsonl (edloss pretrain)" + hint)
+
+
+def _ablation_source(path: Path, saved: dict[str, Any]) -> Source:
+    from edloss.ablate import AblationConfig, best_losses, collect
+    from edloss.configs import from_dict
+
+    try:
+        cfg = from_dict(AblationConfig, saved["config"])
+    except (KeyError, ValueError, TypeError) as err:
+        return Source(path, "invalid", f"has an ablation.json this version cannot read ({err})")
+    collected = collect(path, cfg)  # fresh from the run folders: a running ablation shows what has finished
+    st = collected["status"]
+    source = Source(path, "ablation", data={**saved, **collected, "cfg": cfg, "best": best_losses(collected["groups"])})
+    if st["complete"]:
+        source.status = f"finished ({st['finished']} runs)"
+    else:
+        source.status = f"unfinished: {st['finished']} of {st['planned']} runs finished"
+        if st["unfinished"]:
+            source.notes.append(f"{len(st['unfinished'])} run(s) started but not finished, e.g. {st['unfinished'][0]}")
+        if st["missing"]:
+            source.notes.append(f"{len(st['missing'])} run(s) not started")
+        source.notes.append("statistics and figures below use the finished runs only; rerun the ablation's command to finish it")
+    compare_dir = path / "compare"
+    if compare_dir.is_dir():
+        source.data["compare_dir"] = compare_dir
+    return source
+
+
+def _compare_source(path: Path, summary: dict[str, Any]) -> Source:
+    runs = summary.get("runs", [])
+    done = sum(r.get("status") == "finished" for r in runs)
+    diverged = sum(r.get("status") == "diverged" for r in runs)
+    source = Source(path, "compare", data=summary)
+    if runs and done + diverged == len(runs):
+        source.status = f"finished ({done} runs" + (f", {diverged} diverged)" if diverged else ")")
+    else:
+        source.status = f"unfinished: {done} of {len(runs)} runs finished" + (f", {diverged} diverged" if diverged else "")
+        source.notes.append("the accuracy table uses finished seeds only")
+    return source
+
+
+def _pretrain_source(path: Path, config: dict[str, Any]) -> Source:
+    from edloss.ablate import read_jsonl
+
+    rows = read_jsonl(path / "metrics.jsonl")
+    planned = int(config["config"]["es"].get("generations", 0))
+    summary = _read_json(path / "summary.json")
+    finished = isinstance(summary, dict) and (path / "loss" / "loss.json").is_file()
+    source = Source(path, "pretrain", data={"config": config, "rows": rows, "summary": summary if finished else None})
+    if finished:
+        source.status = f"finished ({len(rows)} generations)"
+    else:
+        source.status = f"unfinished: {len(rows)} of {planned} generations, no exported loss yet"
+        command = config.get("command")
+        source.notes.append("its curve is drawn from the generations done; loss figures need the exported loss"
+                            + (f" (resume with: `{command}`)" if command else ""))
+    return source
+
+
+# ---------------------------------------------------------------------- reference losses
+def _ce_rows(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), target, reduction="none")
+
+
+def _focal_rows(gamma: float) -> LossFn:
+    def fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), 1).gather(1, target[:, None]).squeeze(1)
+        return -(1 - logp.exp()).pow(gamma) * logp
+    return fn
+
+
+def _label_smoothing_rows(eps: float) -> LossFn:
+    def fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=eps)
+    return fn
+
+
+def reference_losses() -> dict[str, LossFn]:
+    return {"focal (γ=2)": _focal_rows(2.0), "label smoothing (ε=0.1)": _label_smoothing_rows(0.1)}
+
+
+def _edl_rows(loss_dir: Path) -> LossFn:
+    from edloss.loss import EDLLoss
+    from edloss.pretrain import loss_rows
+
+    return loss_rows(EDLLoss.from_file(loss_dir))
+
+
+# ---------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    plt = _plt()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+ARM_COLORS = {"chaotic": "tab:red", "gaussian": "tab:blue", "cmaes": "tab:green"}
+
+
+def plot_convergence(groups: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """Held-out fitness (top) and smoothed training fitness (bottom) per generation, one column per sigma."""
+    plt = _plt()
+    groups = [g for g in groups if g.get("curves")]
+    if not groups:
+        return None
+    sigmas = sorted({g["sigma"] for g in groups})
+    fig, axes = plt.subplots(2, len(sigmas), figsize=(5.2 * len(sigmas), 7.5), squeeze=False, sharey="row")
+    for col, sigma in enumerate(sigmas):
+        for g in (g for g in groups if g["sigma"] == sigma):
+            c, color = g["curves"], ARM_COLORS.get(g["arm"])
+            for row, (xkey, ykey) in enumerate((("heldout_generation", "heldout_fitness_best"), ("generation", "train_fitness_best_smoothed"))):
+                x, band = c[xkey], c[ykey]
+                mean = [math.nan if v is None else v for v in band["mean"]]
+                std = [math.nan if v is None else v for v in band["std"]]
+                ax = axes[row][col]
+                (line,) = ax.plot(x, mean, color=color, label=f"{g['arm']} (n={c['n']})")
+                ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=line.get_color(), alpha=0.18)
+        axes[0][col].set_title(f"σ = {sigma:g}" + (" (CMA-ES: σ₀ = σ/√2, adapted)" if any(g['arm'] == 'cmaes' and g['sigma'] == sigma for g in groups) else ""), fontsize=9)
+        axes[1][col].set_xlabel("generation")
+        for row in range(2):
+            axes[row][col].grid(alpha=0.3)
+            axes[row][col].legend(fontsize=8, loc="lower right")
+    axes[0][0].set_ylabel("held-out fitness of the generation's best\n(mean ± std over seeds)")
+    axes[1][0].set_ylabel("training fitness, best of population\n(running mean, mean ± std over seeds)")
+    fig.suptitle(title or "convergence per arm", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_time_to_level(groups: list[dict[str, Any]], levels: list[float], heldout_smooth: int, budget: int, path: Path) -> Path | None:
+    """Fraction of seeds whose smoothed held-out fitness has reached each level, against generation."""
+    plt = _plt()
+    groups = [g for g in groups if g["n"]]
+    if not groups or not levels:
+        return None
+    sigmas = sorted({g["sigma"] for g in groups})
+    fig, axes = plt.subplots(1, len(sigmas), figsize=(5.2 * len(sigmas), 3.8), squeeze=False, sharey=True)
+    styles = ["-", "--", ":", "-."]
+    for col, sigma in enumerate(sigmas):
+        ax = axes[0][col]
+        for g in (g for g in groups if g["sigma"] == sigma):
+            for i, level in enumerate(levels):
+                values = g["gens_to_level"][f"heldout_{level:g}"]["values"]
+                xs = list(range(budget + 1))
+                ys = [sum(v is not None and v <= x for v in values) / len(values) for x in xs]
+                ax.step(xs, ys, where="post", color=ARM_COLORS.get(g["arm"]), linestyle=styles[i % len(styles)],
+                        label=f"{g['arm']} ≥ {level:g}")
+        ax.set(title=f"σ = {sigma:g}", xlabel="generation", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel(f"fraction of seeds at level\n(held-out, running mean of {heldout_smooth})")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_final_metrics(groups: list[dict[str, Any]], path: Path) -> Path | None:
+    """Per-seed final held-out metrics of the exported losses: one dot per seed, mean as a bar."""
+    plt = _plt()
+    groups = [g for g in groups if g["n"]]
+    if not groups:
+        return None
+    metrics = (("fitness", "held-out fitness"), ("gradient", "gradient consistency"), ("kendall_tau", "Kendall τ"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 4.0), squeeze=False)
+    labels = [f"{g['arm']}\nσ={g['sigma']:g}" for g in groups]
+    for ax, (key, name) in zip(axes[0], metrics):
+        for x, g in enumerate(groups):
+            values = [v for v in g["final"][key]["values"] if v is not None]
+            color = ARM_COLORS.get(g["arm"])
+            jitter = [x + 0.25 * ((i % 5) - 2) / 2.5 for i in range(len(values))]
+            ax.scatter(jitter, values, s=14, color=color, alpha=0.75)
+            if values:
+                ax.hlines(sum(values) / len(values), x - 0.3, x + 0.3, color="black", linewidth=1.5)
+        ax.set_xticks(range(len(groups)), labels, fontsize=7)
+        ax.set_title(name)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("exported loss of every seed on the held-out synthetic set (bar: mean)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_run_curve(rows: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """One pretraining run: training fitness (best, mean) and held-out fitness per generation."""
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    gen = [r["generation"] for r in rows]
+    ax.plot(gen, [r["fitness_best"] for r in rows], label="training, best of population", alpha=0.8)
+    ax.plot(gen, [r["fitness_mean"] for r in rows], label="training, population mean", alpha=0.8)
+    held = [(r["generation"], r["heldout_fitness_best"]) for r in rows if "heldout_fitness_best" in r]
+    if held:
+        ax.plot(*zip(*held), "o-", markersize=3, label="held-out, generation's best")
+    ax.set(xlabel="generation", ylabel="fitness", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def heatmap_grid(k: int = HEATMAP_K, n: int = 161) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Predictions at K classes over a grid of (p_y, r = max other probability), the rest spread evenly.
+
+    Returns the grid axes, the logits of the valid points (r <= 1 - p_y and r at least the other
+    classes' share) and the validity mask.
+    """
+    axis = torch.linspace(0.0025, 0.9975, n, dtype=torch.float64)
+    py, r = torch.meshgrid(axis, axis, indexing="xy")  # x: p_y, y: r
+    rest = 1 - py - r
+    valid = (rest >= -1e-12) & (r >= rest / (k - 2) - 1e-12)
+    other = (rest.clamp_min(0) / (k - 2)).clamp_min(1e-12)
+    probs = torch.stack([py, r] + [other] * (k - 2), dim=-1)[valid]
+    return axis, axis, probs.log().float(), valid
+
+
+def plot_heatmap(losses: dict[str, LossFn], path: Path, k: int = HEATMAP_K) -> Path | None:
+    """Loss over (p_y, largest other probability) at K classes: one panel per loss, each with its own log colour scale.
+
+    Losses differ by additive constants and scales that do not matter for training, so every panel
+    gets its own colour range (1st to 99th percentile) and six log-spaced contour lines: vertical
+    contours mean the loss looks at p_y only; tilted ones mean a strong rival class changes it.
+    """
+    if not losses:
+        return None
+    plt = _plt()
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    xs, ys, logits, valid = heatmap_grid(k)
+    target = torch.zeros(len(logits), dtype=torch.long)
+    cols = min(3, len(losses))
+    rows = -(-len(losses) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.9 * cols, 4.1 * rows), squeeze=False, layout="constrained")
+    for ax, (name, fn) in zip(axes.flat, losses.items()):
+        with torch.no_grad():
+            values = fn(logits, target).double().clamp_min(1e-8)
+        grid = np.full(tuple(valid.shape), np.nan)
+        grid[valid.numpy()] = values.numpy()
+        lo, hi = np.quantile(values.numpy(), [0.01, 0.99])
+        hi = max(hi, lo * 1.0001)
+        norm = LogNorm(vmin=lo, vmax=hi)
+        mesh = ax.pcolormesh(xs.numpy(), ys.numpy(), grid, norm=norm, cmap="viridis", shading="auto")
+        try:
+            ax.contour(xs.numpy(), ys.numpy(), grid, levels=np.geomspace(lo, hi, 6)[1:-1], colors="white", linewidths=0.7)
+        except (ValueError, TypeError):
+            pass
+        fig.colorbar(mesh, ax=ax, shrink=0.9)
+        ax.set_title(name, fontsize=9)
+        ax.set(xlabel="p_y (true class)", ylabel="max other probability", xlim=(0, 1), ylim=(0, 1))
+    for ax in list(axes.flat)[len(losses):]:
+        ax.axis("off")
+    fig.suptitle(f"loss over (p_y, max other probability), K = {k}, the other classes share the rest evenly "
+                 "(log colour scale per panel; white: log-spaced contours)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_accuracy(summary: dict[str, Any], path: Path) -> Path | None:
+    """Test accuracy per loss: mean over finished seeds with ±std error bars, CE as a dashed line."""
+    rows = [r for r in summary.get("rows", []) if r.get("test_mean") is not None]
+    if not rows:
+        return None
+    plt = _plt()
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(max(5.0, 1.1 * len(rows) / len(models) + 2) * len(models), 4.0), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model]
+        ax.bar(range(len(mine)), [r["test_mean"] for r in mine], yerr=[r["test_std"] or 0 for r in mine], capsize=3,
+               color=[ARM_COLORS.get(r["label"], "tab:gray") for r in mine])
+        ce = next((r for r in mine if r.get("delta_vs_ce") == 0 and r["label"] in ("ce", "cross_entropy")), None)
+        if ce:
+            ax.axhline(ce["test_mean"], color="black", linestyle="--", linewidth=1)
+        low = min(r["test_mean"] - (r["test_std"] or 0) for r in mine)
+        ax.set_ylim(max(0.0, low - 3), None)
+        ax.set_xticks(range(len(mine)), [f"{r['label']}\n(n={r['n']})" for r in mine], fontsize=8)
+        ax.set(title=model, ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------- markdown
+def _pm(d: dict[str, Any] | None, digits: int = 4) -> str:
+    if not d or d.get("mean") is None:
+        return "—"
+    return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _slug(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.resolve().name or "root").strip("_") or "run"
+
+
+def _image(path: Path | None, out: Path, alt: str) -> list[str]:
+    return [f"![{alt}]({path.relative_to(out).as_posix()})", ""] if path else []
+
+
+def _ablation_markdown(src: Source, out: Path, prefix: str) -> tuple[list[str], dict[str, LossFn]]:
+    d, cfg = src.data, src.data["cfg"]
+    base = cfg.base
+    budget = d.get("budget", {})
+    lines = [f"## Ablation: `{src.path}`", "", f"Status: {src.status}.", ""]
+    lines += [f"- {n}" for n in src.notes] + ([""] if src.notes else [])
+    if d.get("command"):
+        lines += ["Command:", "", f"```\n{d['command']}\n```", ""]
+    lines += [
+        f"Setup: arms {', '.join(cfg.arms)}; seeds {', '.join(map(str, cfg.seeds))} ({len(cfg.seeds)} per arm and sigma); "
+        f"ES sigmas {', '.join(f'{s:g}' for s in cfg.sigmas)}"
+        + (f"; CMA-ES sigma₀ from {', '.join(f'{s:g}' for s in cfg.cmaes_sigmas)} (divided by √2, then adapted)" if "cmaes" in cfg.arms else "")
+        + f". Budget per run: {base.es.generations} generations × population {base.es.population} "
+        f"= {base.es.generations * base.es.population} fitness evaluations, each on {base.objective.blocks} fresh synthetic "
+        f"blocks of {base.objective.evals_per_block} loss evaluations (objective {base.objective.kind}/{base.objective.severity}), "
+        f"the same batches for every arm of a seed. ES: {base.es.parents} parents, {base.es.elites} elites, "
+        f"{budget.get('sigma_schedule', base.es.schedule)}; Gaussian step {budget.get('gaussian_step', '')}. "
+        f"Held-out synthetic set evaluated every {base.heldout_every} generations.", ""]
+    groups = d["groups"]
+    lines += ["### Final held-out synthetic metrics of the exported loss", "",
+              "Mean ± sample std over seeds. *Run mean* is the held-out fitness averaged over the run (higher = better and sooner).", "",
+              "| arm | σ | seeds | fitness | value | gradient | Kendall τ | run mean | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for g in groups:
+        f = g["final"]
+        wall = g["wall_seconds"]["mean"]
+        lines.append(f"| {g['arm']} | {g['sigma']:g} | {g['n']} | {_pm(f['fitness'])} | {_pm(f['value_hard'])} | {_pm(f['gradient'])} | "
+                     f"{_pm(f['kendall_tau'])} | {_pm(g['heldout_auc'])} | {'—' if wall is None else f'{wall:.1f}'} |")
+    lines += ["", "### Generations to reach a fitness level", "",
+              f"Median generation (seeds that reached it / seeds). Held-out: running mean of {cfg.heldout_smooth} held-out "
+              f"evaluations ({cfg.heldout_smooth * base.heldout_every} generations); training: running mean of "
+              f"{cfg.smooth_window} generations of the best training fitness (best of the population on a fresh batch, "
+              "biased upwards, hence higher levels). A median of — means fewer than half the seeds reached it.", ""]
+    keys = [f"heldout_{lv:g}" for lv in cfg.levels] + [f"train_smoothed_{lv:g}" for lv in cfg.train_levels]
+    header = [f"held-out ≥ {lv:g}" for lv in cfg.levels] + [f"training ≥ {lv:g}" for lv in cfg.train_levels]
+    lines += ["| arm | σ | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(header)]
+    for g in groups:
+        cells = []
+        for key in keys:
+            s = g["gens_to_level"][key]
+            cells.append(f"{'—' if s['median'] is None else format(s['median'], 'g')} ({s['reached']}/{g['n']})")
+        lines.append(f"| {g['arm']} | {g['sigma']:g} | " + " | ".join(cells) + " |")
+    lines += ["", "### Tests between arms", "",
+              "Per σ and pair of arms: difference of means a − b with a bootstrap 95% interval (10,000 resamples), "
+              "Mann–Whitney U two-sided p (and Holm-adjusted within the metric over all σ and pairs), and a Wilcoxon "
+              "signed-rank p on same-seed pairs (same initial population and batches). For generations-to-level a seed that "
+              "never reached the level counts as the budget; lower is better there. All metrics and levels are in "
+              "`ablation.json`.", "",
+              "| σ | a vs b | metric | mean a | mean b | a − b [95% CI] | MW p | MW p (Holm) | Wilcoxon p | better mean |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    shown = set(MAIN_TEST_METRICS) | {f"gens_to_heldout_{lv:g}" for lv in cfg.levels}
+    for t in d["tests"]:
+        if t["metric"] not in shown:
+            continue
+        bs, mw, wx = t["bootstrap"], t["mann_whitney"], t["wilcoxon_paired"]
+        digits = 1 if t["metric"].startswith("gens_to") else 4
+        ci = "—" if bs["diff"] is None else f"{bs['diff']:+.{digits}f} [{bs['lo']:+.{digits}f}, {bs['hi']:+.{digits}f}]"
+        ma, mb = t["a_stats"]["mean"], t["b_stats"]["mean"]
+        lines.append(f"| {t['sigma']:g} | {t['a']} vs {t['b']} | {t['metric']} | {'—' if ma is None else f'{ma:.{digits}f}'} | "
+                     f"{'—' if mb is None else f'{mb:.{digits}f}'} | {ci} | {_p(mw['p'])} | {_p(mw.get('p_holm'))} | {_p(wx['p'])} | "
+                     f"{t.get('better_mean') or '—'} |")
+    lines += ["", *verdict(d["tests"], cfg), ""]
+    figures = [
+        (plot_convergence(groups, out / f"{prefix}convergence.png", f"convergence per arm, {len(cfg.seeds)} seeds"), "convergence curves per arm"),
+        (plot_time_to_level(groups, list(cfg.levels), cfg.heldout_smooth, base.es.generations, out / f"{prefix}time_to_level.png"), "fraction of seeds at each level"),
+        (plot_final_metrics(groups, out / f"{prefix}final_metrics.png"), "final held-out metrics per seed"),
+    ]
+    lines += ["### Figures", ""]
+    for path, alt in figures:
+        lines += _image(path, out, alt)
+    losses: dict[str, LossFn] = {}
+    best = d.get("best", {})
+    if best:
+        lines += ["### Best loss of each arm", "", "Best held-out fitness over all of the arm's σ and seeds; these are the losses "
+                  "for the CIFAR-10 check.", "", "| arm | σ | seed | held-out fitness | run |", "|---|---|---|---|---|"]
+        for arm, info in best.items():
+            lines.append(f"| {arm} | {info['sigma']:g} | {info['seed']} | {info['heldout_fitness']:.4f} | `{info['run']}` |")
+            try:
+                losses[f"EDL {arm} (σ={info['sigma']:g}, seed {info['seed']})"] = _edl_rows(Path(info["run"]) / "loss")
+            except (OSError, ValueError) as err:
+                lines.append(f"| {arm} | | | | loss unreadable: {err} |")
+        lines.append("")
+    if d.get("compare_command"):
+        lines += ["Downstream check (CIFAR-10, same recipe and budget for every arm):", "", f"```\n{d['compare_command']}\n```", ""]
+    return lines, losses
+
+
+def verdict(tests: list[dict[str, Any]], cfg: Any, alpha: float = 0.05) -> list[str]:
+    """One sentence per sigma on chaotic vs Gaussian, as measured (no claim beyond the p-values)."""
+    out = []
+    for metric, what in (("final_fitness", "final held-out fitness"), ("heldout_auc", "run-mean held-out fitness"),
+                         *((f"gens_to_heldout_{lv:g}", f"generations to held-out {lv:g}") for lv in cfg.levels)):
+        for t in tests:
+            if t["metric"] != metric or {t["a"], t["b"]} != {"chaotic", "gaussian"}:
+                continue
+            p = t["mann_whitney"]["p"]
+            if p is None:
+                continue
+            ma, mb = t["a_stats"]["mean"], t["b_stats"]["mean"]
+            word = "significant" if p < alpha else "not significant"
+            out.append(f"- σ = {t['sigma']:g}, {what}: {t['a']} {ma:.4g} vs {t['b']} {mb:.4g} "
+                       f"(better mean: {t.get('better_mean') or 'tie'}; Mann–Whitney p = {_p(p)}, {word} at {alpha}).")
+    if out:
+        out.insert(0, f"**Chaotic vs Gaussian, as measured** ({len(cfg.seeds)} seeds per arm):")
+        out.insert(1, "")
+    return out
+
+
+def _pretrain_markdown(src: Source, out: Path, prefix: str) -> tuple[list[str], dict[str, LossFn]]:
+    cfg = src.data["config"]
+    es = cfg["config"]["es"]
+    lines = [f"## Pretraining run: `{src.path}`", "", f"Status: {src.status}.", ""]
+    lines += [f"- {n}" for n in src.notes] + ([""] if src.notes else [])
+    if cfg.get("command"):
+        lines += ["Command:", "", f"```\n{cfg['command']}\n```", ""]
+    lines += [f"Mutation {es.get('mutation')}, seed {es.get('seed')}, population {es.get('population')}, "
+              f"{es.get('generations')} generations, σ {es.get('sigma_init')} → {es.get('sigma_final')} ({es.get('schedule')}).", ""]
+    summary = src.data["summary"]
+    losses: dict[str, LossFn] = {}
+    if summary:
+        h, ce = summary["heldout"], summary["cross_entropy_heldout"]
+        lines += ["| held-out metric | this loss | cross-entropy |", "|---|---|---|"]
+        for key in ("fitness", "value_hard", "gradient", "kendall_tau"):
+            if key in h:
+                lines.append(f"| {key} | {h[key]:.4f} | {ce.get(key, float('nan')):.4f} |")
+        lines.append("")
+        try:
+            losses[f"EDL {src.path.name}"] = _edl_rows(src.path / "loss")
+        except (OSError, ValueError) as err:
+            lines += [f"Its loss could not be read: {err}", ""]
+    lines += _image(plot_run_curve(src.data["rows"], out / f"{prefix}curve.png", f"{src.path.name}: fitness per generation"), out, "fitness per generation")
+    return lines, losses
+
+
+def _compare_markdown(src: Source, out: Path, prefix: str, synthetic: dict[str, float] | None = None) -> list[str]:
+    s = src.data
+    lines = [f"## CIFAR comparison grid: `{src.path}`", "", f"Status: {src.status}.", ""]
+    lines += [f"- {n}" for n in src.notes] + ([""] if src.notes else [])
+    r = s.get("recipe", {})
+    if r:
+        lines += [f"Recipe: {r.get('dataset')}, {r.get('epochs')} epochs, batch {r.get('batch_size')}, lr {r.get('lr')}, "
+                  f"{r.get('schedule')} schedule, training images: {r.get('train_subset') or 'all'}; seeds "
+                  f"{', '.join(map(str, s.get('seeds', [])))}.", ""]
+    has_synth = bool(synthetic) and any(row["label"] in synthetic for row in s.get("rows", []))
+    head = "| model | loss | spec | seeds | test acc (%) | val acc (%) | Δ vs CE |" + (" held-out fitness of the loss |" if has_synth else "")
+    lines += ["Accuracy in percent, mean ± std over finished seeds; Δ vs CE in points of mean test accuracy.", "",
+              head, "|---|---|---|---|---|---|---|" + ("---|" if has_synth else "")]
+    for row in s.get("rows", []):
+        delta = "—" if row.get("delta_vs_ce") is None else f"{row['delta_vs_ce']:+.2f}"
+        test = _pm({"mean": row.get("test_mean"), "std": row.get("test_std")}, 2)
+        val = _pm({"mean": row.get("val_mean"), "std": row.get("val_std")}, 2)
+        seeds = f"{row.get('n', 0)}" + (f" (+{row['diverged']} diverged)" if row.get("diverged") else "")
+        cell = ""
+        if has_synth:
+            cell = f" {synthetic[row['label']]:.4f} |" if row["label"] in synthetic else " — |"
+        lines.append(f"| {row['model']} | {row['label']} | `{row['spec']}` | {seeds} | {test} | {val} | {delta} |{cell}")
+    lines.append("")
+    if has_synth:
+        lines += agreement(s.get("rows", []), synthetic) + [""]
+    lines += _image(plot_accuracy(s, out / f"{prefix}accuracy.png"), out, "test accuracy per loss")
+    return lines
+
+
+def agreement(rows: list[dict[str, Any]], synthetic: dict[str, float]) -> list[str]:
+    """Does the order of the arms by held-out synthetic fitness match their order by test accuracy?"""
+    pairs = [(synthetic[r["label"]], r["test_mean"]) for r in rows if r["label"] in synthetic and r.get("test_mean") is not None]
+    if len(pairs) < 2:
+        return ["Synthetic vs downstream: fewer than two EDL arms have finished CIFAR runs; no ordering to compare yet."]
+    concordant = discordant = 0
+    for (s1, a1), (s2, a2) in ((pairs[i], pairs[j]) for i in range(len(pairs)) for j in range(i + 1, len(pairs))):
+        sign = (s1 - s2) * (a1 - a2)
+        concordant += sign > 0
+        discordant += sign < 0
+    total = len(pairs) * (len(pairs) - 1) // 2
+    tau = (concordant - discordant) / total
+    return [f"Synthetic vs downstream: over the {len(pairs)} EDL arms, Kendall τ between held-out synthetic fitness and "
+            f"mean test accuracy is {tau:+.2f} ({concordant} of {total} pairs ordered alike). With this few arms and seeds it "
+            "is a description, not a test."]
+
+
+def build_report(paths: list[Path], out: Path, progress: bool = True) -> dict[str, Any]:
+    """Write ``out/report.md`` and its figures; returns what was built and what was skipped."""
+    out = Path(out)
+    sources = [inspect_source(Path(p)) for p in paths]
+    seen = {s.path.resolve() for s in sources}
+    for s in list(sources):  # an ablation's compare/ grid joins the report unless given already
+        extra = s.data.get("compare_dir") if s.kind == "ablation" else None
+        if extra and Path(extra).resolve() not in seen:
+            found = inspect_source(Path(extra))
+            if found.kind == "compare":
+                sources.append(found)
+                seen.add(Path(extra).resolve())
+    usable = [s for s in sources if s.kind != "invalid"]
+    for s in sources:
+        if s.kind == "invalid":
+            _say(True, f"edloss report: {s.path} {s.status}; skipped")
+        elif s.status.startswith("unfinished"):
+            _say(progress, f"edloss report: {s.path} ({s.kind}) is {s.status}; reporting the finished parts")
+    if not usable:
+        raise ValueError("nothing to report: " + "; ".join(f"{s.path} {s.status}" for s in sources))
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# EDL report", "", "| input | kind | status |", "|---|---|---|"]
+    lines += [f"| `{s.path}` | {s.kind} | {s.status} |" for s in sources]
+    lines.append("")
+    skipped = [s for s in sources if s.kind == "invalid"]
+    if skipped:
+        lines += ["Skipped:", ""] + [f"- `{s.path}` {s.status}" for s in skipped] + [""]
+    losses: dict[str, LossFn] = {}
+    synthetic: dict[str, float] = {}
+    body: list[str] = []
+    multiple = len(usable) > 1
+    for i, s in enumerate(usable):
+        prefix = f"{i + 1}_{_slug(s.path)}_" if multiple else ""
+        if s.kind == "ablation":
+            part, found = _ablation_markdown(s, out, prefix)
+            losses.update(found)
+            synthetic.update({arm: info["heldout_fitness"] for arm, info in s.data.get("best", {}).items()})
+        elif s.kind == "pretrain":
+            part, found = _pretrain_markdown(s, out, prefix)
+            losses.update(found)
+        else:
+            continue
+        body += part
+    for i, s in enumerate(usable):
+        if s.kind == "compare":
+            prefix = f"{i + 1}_{_slug(s.path)}_" if multiple else ""
+            body += _compare_markdown(s, out, prefix, synthetic)
+    figures: list[Path] = []
+    if losses:
+        body += ["## Learned losses beside cross-entropy, focal loss and label smoothing", "",
+                 "Left: loss against p_y at K = 10 with the remaining mass spread evenly; right: its gradient norm "
+                 "with respect to the logits. EDL losses are scale-anchored: their gradient norm at the uniform "
+                 "prediction equals cross-entropy's.", ""]
+        from edloss.shapes import plot_shapes
+
+        shapes = plot_shapes({**reference_losses(), **losses}, out / "loss_shapes.png")
+        heat = plot_heatmap({"cross-entropy": _ce_rows, **reference_losses(), **losses}, out / "loss_heatmap.png")
+        figures += [shapes, heat]
+        body += _image(shapes, out, "loss and gradient norm against p_y")
+        body += ["Loss over (p_y, largest other probability) at K = 10, other classes sharing the rest evenly "
+                 "(white: impossible predictions). A proper loss grows towards the lower left (true class unlikely) and, "
+                 "at fixed p_y, its shape along the vertical says how it treats a single strong rival versus spread-out mass.", ""]
+        body += _image(heat, out, "loss heat map over p_y and max other probability")
+    text = "\n".join(lines + body).rstrip() + "\n"
+    atomic_write_bytes(out / "report.md", text.encode())
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    _say(progress, f"wrote {out / 'report.md'} with {len(pngs)} figure(s)")
+    return {"report": str(out / "report.md"), "figures": pngs, "sources": [(str(s.path), s.kind, s.status) for s in sources]}
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="markdown report with figures from ablation, pretraining and compare folders",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="ablation folders, pretraining runs, compare grids")
+    p.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/report for one input, runs/report for several)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, args.threads))
+    out = args.out or (args.runs[0] / "report" if len(args.runs) == 1 else Path("runs/report"))
+    result = build_report(args.runs, out, progress=not args.quiet)
+    if not args.quiet:
+        print(result["report"])
+    skipped = [s for s in result["sources"] if s[1] == "invalid"]
+    return 1 if skipped else 0
