@@ -335,6 +335,13 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    try:  # Linux: end with the parent, so a killed ablation leaves no orphan writing into a run folder
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
@@ -757,16 +764,17 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> AblationConfig:
     data = to_dict(default_base())
-    if args.config:
-        data = _merge(data, load_file(Path(args.config)))
-    for key, value in (("generations", args.generations), ("population", args.population)):
-        if value is not None:
-            data["es"][key] = value
+    from_file = load_file(Path(args.config)) if args.config else {}
+    data = _merge(data, from_file)
+    if args.generations is not None:
+        data["es"]["generations"] = args.generations
+    if args.population is not None:
+        data["es"]["population"] = args.population
+        for key in ("parents", "elites"):  # derived from the population unless the config file sets them
+            if key not in from_file.get("es", {}):
+                data["es"][key] = None
     if args.heldout_every is not None:
         data["heldout_every"] = args.heldout_every
-    if args.population is not None:  # keep the default selection pressure: parents P/4, elites P/16
-        data["es"]["parents"] = max(1, min(data["es"]["parents"], args.population // 4))
-        data["es"]["elites"] = max(0, min(data["es"]["elites"], args.population // 16))
     base = from_dict(PretrainConfig, data)
     return AblationConfig(base=base, arms=tuple(args.arms), sigmas=tuple(args.sigmas), seeds=tuple(args.seeds),
                           levels=tuple(args.levels), train_levels=tuple(args.train_levels), smooth_window=args.smooth_window,
@@ -807,8 +815,10 @@ def _main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     command = "edloss " + shlex.join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name == "edloss" else "edloss ablate " + shlex.join(_argv_of(args))
     if args.summary_only:
-        if read_ablation(args.out) is None:
+        saved = read_ablation(args.out)
+        if saved is None:
             raise FileNotFoundError(f"{args.out / ABLATION_FILE} does not exist; run edloss ablate first")
+        cfg = from_dict(AblationConfig, saved["config"])  # the recorded grid, whatever the flags say
         summary = write_summary(args.out, cfg, "", compare_args=args.compare_args, materialise_best=True)
     else:
         summary = ablate(cfg, args.out, command, jobs=args.jobs, threads=args.threads, progress=not args.quiet, compare_args=args.compare_args)
