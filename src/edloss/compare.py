@@ -149,7 +149,7 @@ def _say(progress: bool, message: str) -> None:
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _read_history(run_dir: Path) -> list[dict]:
@@ -203,7 +203,9 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
 
 
 def _pm(mean: float | None, std: float | None) -> str:
-    return "—" if mean is None else f"{mean:.2f} ± {std:.2f}"
+    if mean is None:
+        return "—"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
