@@ -61,7 +61,8 @@ import torch
 from edloss import evolve, stats
 from edloss.configs import diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig
-from edloss.loss import EDLLoss, atomic_write_bytes, atomic_write_json
+from edloss.files import atomic_write_bytes, atomic_write_json
+from edloss.loss import EDLLoss
 from edloss.lossnet import LossNet, init_scale
 from edloss.objective import (anchor_gradient_norm, ce_anchor_norm, cross_entropy_penalty, evaluate,
                               heldout_batches, population_penalty, sample_batches)

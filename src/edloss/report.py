@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from edloss.loss import atomic_write_bytes
+from edloss.files import atomic_write_bytes
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 HEATMAP_K = 10
