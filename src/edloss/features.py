@@ -131,36 +131,38 @@ class RowStats:
     logp_y: torch.Tensor  # (N,)
     logp_c: torch.Tensor  # (N,) best wrong class
     rival: torch.Tensor  # (N,) its index
+    floor_y: torch.Tensor  # soft_floor(log p_y)
+    floor_c: torch.Tensor
+    slope_y: torch.Tensor  # d soft_floor(log p_y) / d log p_y, over FEATURE_SCALE
+    slope_c: torch.Tensor
 
 
 def row_stats(logp: torch.Tensor, target: torch.Tensor) -> RowStats:
     logp_y = logp.gather(1, target[:, None]).squeeze(1)
     logp_c, rival = logp.scatter(1, target[:, None], float("-inf")).max(dim=1)
-    return RowStats(logp, target, logp.exp(), logp_y, logp_c, rival)
+    both = torch.stack([logp_y, logp_c])
+    floors, slopes = soft_floor(both), torch.sigmoid(both - LOG_FLOOR) / FEATURE_SCALE
+    return RowStats(logp, target, logp.exp(), logp_y, logp_c, rival, floors[0], floors[1], slopes[0], slopes[1])
 
 
-def _soft_floor_slope(x: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(x - LOG_FLOOR)
+Coefficients = dict[str, torch.Tensor]  # non-zero coefficients on "y" (e_y), "c" (e_c), "p", "plogp"
 
 
-def feature_with_gradient(name: str, s: RowStats) -> tuple[torch.Tensor, tuple[torch.Tensor | float, ...]]:
-    """A feature's value (N,) and the coefficients (on e_y, e_c, p, p * log p) of its logit gradient."""
-    k = s.logp.shape[1]
-    if name in ("log_kpy", "margin", "log_krival"):
-        fy, fc = soft_floor(s.logp_y), soft_floor(s.logp_c)
-        gy, gc = _soft_floor_slope(s.logp_y) / FEATURE_SCALE, _soft_floor_slope(s.logp_c) / FEATURE_SCALE
-        if name == "log_kpy":
-            return (fy + math.log(k)) / FEATURE_SCALE, (gy, 0.0, -gy, 0.0)
-        if name == "log_krival":
-            return (fc + math.log(k)) / FEATURE_SCALE, (0.0, gc, -gc, 0.0)
-        return (fy - fc) / FEATURE_SCALE, (gy, -gc, gc - gy, 0.0)
+def feature_with_gradient(name: str, s: RowStats) -> tuple[torch.Tensor, Coefficients]:
+    """A feature's value (N,) and the coefficients of its logit gradient on e_y, e_c, p, p * log p."""
+    log_k = math.log(s.logp.shape[1])
+    if name == "log_kpy":
+        return (s.floor_y + log_k) / FEATURE_SCALE, {"y": s.slope_y, "p": -s.slope_y}
+    if name == "log_krival":
+        return (s.floor_c + log_k) / FEATURE_SCALE, {"c": s.slope_c, "p": -s.slope_c}
+    if name == "margin":
+        return (s.floor_y - s.floor_c) / FEATURE_SCALE, {"y": s.slope_y, "c": -s.slope_c, "p": s.slope_c - s.slope_y}
     if name == "entropy":
-        h = -(s.p * s.logp.clamp_min(-1e4)).sum(dim=1)
-        return h / math.log(k), (0.0, 0.0, -h / math.log(k), -1.0 / math.log(k))
+        h = -(s.p * s.logp.clamp_min(-1e4)).sum(dim=1) / log_k
+        return h, {"p": -h, "plogp": torch.full_like(h, -1.0 / log_k)}
     if name == "p_y":
         py = s.logp_y.exp()
-        return py, (py, 0.0, -py, 0.0)
+        return py, {"y": py, "p": -py}
     if name == "rank":
-        return rank(s.logp, s.target[:, None]).squeeze(1), (0.0, 0.0, 0.0, 0.0)
+        return rank(s.logp, s.target[:, None]).squeeze(1), {}
     raise ValueError(f"unknown feature {name!r}")
-

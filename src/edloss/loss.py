@@ -172,13 +172,18 @@ class _ClosedFormLoss(torch.autograd.Function):
         stats = row_stats(torch.log_softmax(logits, dim=1), target)
         values, coefficients = zip(*(feature_with_gradient(name, stats) for name in net.config.features))
         loss, feature_grad = net.value_and_input_grad(torch.stack(values, dim=1))
-        on_y = on_c = on_p = on_plogp = 0.0
-        for f, (a_y, a_c, a_p, a_plogp) in enumerate(coefficients):
-            g = feature_grad[:, f]
-            on_y, on_c, on_p, on_plogp = on_y + g * a_y, on_c + g * a_c, on_p + g * a_p, on_plogp + g * a_plogp
-        grad = stats.p * (_column(on_p, stats.p) + _column(on_plogp, stats.p) * stats.logp.clamp_min(-1e4))
-        grad.scatter_add_(1, target[:, None], _column(on_y, stats.p).expand(-1, 1).contiguous())
-        grad.scatter_add_(1, stats.rival[:, None], _column(on_c, stats.p).expand(-1, 1).contiguous())
+        total: dict[str, torch.Tensor] = {}
+        for f, coefs in enumerate(coefficients):
+            for key, coef in coefs.items():
+                term = feature_grad[:, f] * coef
+                total[key] = total[key] + term if key in total else term
+        zero = feature_grad.new_zeros(())
+        grad = stats.p * (total.get("p", zero)[..., None] + total.get("plogp", zero)[..., None] * stats.logp.clamp_min(-1e4))
+        grad = grad.expand_as(stats.p).contiguous() if grad.shape != stats.p.shape else grad
+        if "y" in total:
+            grad.scatter_add_(1, target[:, None], total["y"][:, None])
+        if "c" in total:
+            grad.scatter_add_(1, stats.rival[:, None], total["c"][:, None])
         ctx.save_for_backward(grad * scale)
         return loss * scale
 
@@ -186,13 +191,6 @@ class _ClosedFormLoss(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
         return grad_output[:, None] * grad, None, None, None
-
-
-def _column(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """A per-row coefficient as an (N, 1) column (scalars broadcast)."""
-    if isinstance(value, torch.Tensor):
-        return value[:, None]
-    return like.new_full((like.shape[0], 1), value)
 
 
 def _check_types(logits: torch.Tensor, target: torch.Tensor) -> None:
