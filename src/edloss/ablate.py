@@ -63,11 +63,10 @@ from edloss.configs import diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig
 from edloss.files import atomic_write_bytes, atomic_write_json
 from edloss.loss import EDLLoss
-from edloss.lossnet import LossNet, init_scale
-from edloss.objective import (anchor_gradient_norm, ce_anchor_norm, cross_entropy_penalty, evaluate,
+from edloss.lossnet import init_scale
+from edloss.objective import (evaluate,
                               heldout_batches, population_penalty, sample_batches)
-from edloss.pretrain import PretrainConfig, _summarise, batch_seed, loss_rows, pretrain, write_csv
-from edloss.shapes import plot_shapes, shape_table
+from edloss.pretrain import PretrainConfig, append_row, batch_seed, export_best, generation_row, pretrain, truncate_metrics
 
 ARMS = ("chaotic", "gaussian", "cmaes")
 ES_ARMS = ("chaotic", "gaussian")
@@ -215,10 +214,7 @@ class CMARun:
             raise ValueError(f"{self.out} holds a run with a different config; use another --out. Differences: " + "; ".join(differences))
         self.es, self.np_state, self.generation = saved["es"], saved["np_random"], saved["generation"]
         self.population, self.fitness = torch.from_numpy(saved["population"]), torch.from_numpy(saved["fitness"])
-        path = self.out / "metrics.jsonl"
-        if path.exists():
-            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["generation"] < self.generation]
-            atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode())
+        truncate_metrics(self.out, self.generation)
 
     def save_checkpoint(self) -> None:
         payload = {"version": CMA_CHECKPOINT_VERSION, "config": json.dumps(to_dict(self.cfg)), "strategy": self.strategy,
@@ -247,11 +243,7 @@ class CMARun:
         if not bool(torch.isfinite(fitness).all()):
             raise ValueError("fitness contains NaN or Inf; check the objective configuration")
         sigma = self.strategy["sigma0"] if self.es is None else float(self.es.sigma)
-        row: dict[str, Any] = {"generation": t, "sigma": sigma, "classes": [b.num_classes for b in batches]}
-        row.update(_summarise(metrics))
-        if t % cfg.heldout_every == 0 or t == cfg.es.generations - 1:
-            best = theta[int(torch.argmax(fitness))][None]
-            row.update(_summarise(evaluate(population_penalty(best, cfg.lossnet), 1, self.heldout, cfg.objective, all_metrics=True), "heldout_"))
+        row = generation_row(cfg, t, sigma, batches, theta, metrics, self.heldout)
         if t == 0:
             import cma
 
@@ -266,8 +258,7 @@ class CMARun:
         row["seconds"] = time.perf_counter() - start
         self.population, self.fitness = theta.detach().clone(), fitness.detach().clone()
         self.generation = t + 1
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(self.out, row)
         if self.generation % cfg.checkpoint_every == 0 or self.done:
             self.save_checkpoint()
         return row
@@ -279,35 +270,13 @@ class CMARun:
         mean = torch.as_tensor(self.es.mean, dtype=torch.float32)[None]
         candidates = torch.cat([self.population[order], mean])
         names = [f"elite{i}" for i in range(len(order))] + ["mean"]
-        metrics = evaluate(population_penalty(candidates, cfg.lossnet), candidates.shape[0], self.heldout, cfg.objective, all_metrics=True)
-        best = int(torch.argmax(metrics["fitness"]))
-        chosen = candidates[best]
-        norm = float(anchor_gradient_norm(population_penalty(chosen[None], cfg.lossnet), 1)[0])
-        scale = ce_anchor_norm() / max(norm, 1e-12)
-        heldout = {name: float(value[best]) for name, value in metrics.items()}
-        ce = {name: float(v[0]) for name, v in evaluate(cross_entropy_penalty, 1, self.heldout, cfg.objective, all_metrics=True).items()}
-        provenance = {"command": self.command, "seed": cfg.es.seed, "config": to_dict(cfg), "strategy": self.strategy,
-                      "heldout_metrics": heldout, "versions": {**versions(), "cma": _cma_version()}, "real_data_stage": False}
-        loss = EDLLoss(LossNet.from_flat(chosen, cfg.lossnet), scale=scale, metadata=provenance)
-        loss.save(self.out / "loss")
-        summary = {
-            "generations": self.generation,
-            "seed": cfg.es.seed,
-            "mutation": "cmaes",
-            "strategy": self.strategy,
-            "chosen": names[best],
-            "heldout": heldout,
-            "cross_entropy_heldout": ce,
-            "scale": scale,
-            "chaos_reseeds": 0,
-            "cma_final_sigma": float(self.es.sigma),
-            "cma_stop_conditions": {str(k): str(v) for k, v in dict(self.es.stop()).items()},
-            "wall_seconds": wall_seconds,
-            "shape": shape_table(loss_rows(loss)),
-        }
+        extra = {"generations": self.generation, "mutation": "cmaes", "strategy": self.strategy, "chaos_reseeds": 0,
+                 "cma_final_sigma": float(self.es.sigma), "cma_stop_conditions": {str(k): str(v) for k, v in dict(self.es.stop()).items()}}
+        versions_extra = {"strategy": self.strategy, "versions": {**versions(), "cma": _cma_version()}}
+        loss, summary, best = export_best(cfg, candidates, self.heldout, self.out, self.command, wall_seconds, summary_extra=extra,
+                                          provenance_extra=versions_extra, label=f"EDL (CMA-ES, seed {cfg.es.seed})")
+        summary["chosen"] = names[best]
         atomic_write_json(self.out / "summary.json", summary)
-        write_csv(self.out / "metrics.jsonl", self.out / "metrics.csv")
-        plot_shapes({f"EDL (CMA-ES, seed {cfg.es.seed})": loss_rows(loss)}, self.out / "loss_shape.png")
         return loss, summary
 
 

@@ -71,7 +71,7 @@ def batch_seed(seed: int, generation: int) -> int:
     return (seed * 1_000_003 + generation * 7_919 + 17) % (2**63 - 1)
 
 
-def _summarise(metrics: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
+def summarise(metrics: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
     fit = metrics["fitness"]
     best = int(torch.argmax(fit))
     row = {f"{prefix}fitness_best": float(fit[best]), f"{prefix}fitness_mean": float(fit.mean())}
@@ -110,15 +110,8 @@ class Run:
         if differences:
             raise ValueError(f"{self.out} holds a run with a different config; pass --fresh to overwrite it or use another --out. Differences: " + "; ".join(differences))
         state = ESState.from_dict(saved["state"])
-        self._truncate_metrics(state.generation)
+        truncate_metrics(self.out, state.generation)
         return state
-
-    def _truncate_metrics(self, generation: int) -> None:
-        """Drop metric rows written after the checkpoint: they will be recomputed identically."""
-        path = self.out / "metrics.jsonl"
-        if path.exists():
-            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["generation"] < generation]
-            atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode())
 
     def save_checkpoint(self) -> None:
         checkpoint = {"version": CHECKPOINT_VERSION, "config": json.dumps(to_dict(self.cfg)), "state": self.state.to_dict()}
@@ -136,16 +129,11 @@ class Run:
         batches = sample_batches(cfg.objective, torch.Generator().manual_seed(batch_seed(cfg.es.seed, t)))
         theta = evolve.ask(self.state)
         metrics = evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], batches, cfg.objective)
-        row: dict[str, Any] = {"generation": t, "sigma": evolve.sigma_at(cfg.es, t), "classes": [b.num_classes for b in batches]}
-        row.update(_summarise(metrics))
-        if t % cfg.heldout_every == 0 or t == cfg.es.generations - 1:
-            best = theta[int(torch.argmax(metrics["fitness"]))][None]
-            row.update(_summarise(evaluate(population_penalty(best, cfg.lossnet), 1, self.heldout, cfg.objective, all_metrics=True), "heldout_"))
+        row = generation_row(cfg, t, evolve.sigma_at(cfg.es, t), batches, theta, metrics, self.heldout)
         self.state = evolve.tell(self.state, metrics["fitness"], cfg.es)
         row["reseeds"] = self.state.reseeds
         row["seconds"] = time.perf_counter() - start
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(self.out, row)
         if self.state.generation % cfg.checkpoint_every == 0 or self.done:
             self.save_checkpoint()
         return row
@@ -153,33 +141,66 @@ class Run:
     # -------------------------------------------------------------- export
     def export(self, wall_seconds: float) -> tuple[EDLLoss, dict[str, Any]]:
         """Pick the elite with the best held-out fitness, anchor its scale, save it."""
-        cfg = self.cfg
-        theta = self.state.population[: max(cfg.es.elites, 1)]
-        metrics = evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], self.heldout, cfg.objective, all_metrics=True)
-        best = int(torch.argmax(metrics["fitness"]))
-        chosen = theta[best]
-        norm = float(anchor_gradient_norm(population_penalty(chosen[None], cfg.lossnet), 1)[0])
-        scale = ce_anchor_norm() / max(norm, 1e-12)
-        heldout = {name: float(value[best]) for name, value in metrics.items()}
-        ce = {name: float(v[0]) for name, v in evaluate(cross_entropy_penalty, 1, self.heldout, cfg.objective, all_metrics=True).items()}
-        provenance = {"command": self.command, "seed": cfg.es.seed, "config": to_dict(cfg), "heldout_metrics": heldout, "versions": versions(), "real_data_stage": False}
-        loss = EDLLoss(LossNet.from_flat(chosen, cfg.lossnet), scale=scale, metadata=provenance)
-        loss.save(self.out / "loss")
-        summary = {
-            "generations": self.state.generation,
-            "seed": cfg.es.seed,
-            "mutation": cfg.es.mutation,
-            "heldout": heldout,
-            "cross_entropy_heldout": ce,
-            "scale": scale,
-            "chaos_reseeds": self.state.reseeds,
-            "wall_seconds": wall_seconds,
-            "shape": shape_table(loss_rows(loss)),
-        }
-        atomic_write_json(self.out / "summary.json", summary)
-        write_csv(self.out / "metrics.jsonl", self.out / "metrics.csv")
-        plot_shapes({f"EDL ({cfg.es.mutation}, seed {cfg.es.seed})": loss_rows(loss)}, self.out / "loss_shape.png")
+        elites = self.state.population[: max(self.cfg.es.elites, 1)]
+        extra = {"generations": self.state.generation, "mutation": self.cfg.es.mutation, "chaos_reseeds": self.state.reseeds}
+        loss, summary, _ = export_best(self.cfg, elites, self.heldout, self.out, self.command, wall_seconds, summary_extra=extra)
         return loss, summary
+
+
+# ---------------------------------------------------------------------- shared by every strategy
+def generation_row(cfg: PretrainConfig, t: int, sigma: float, batches: list, theta: torch.Tensor, metrics: dict[str, torch.Tensor], heldout: list) -> dict[str, Any]:
+    """One metrics row: fitness on this generation's batch, and every ``heldout_every``
+    generations the held-out metrics of the generation's best individual."""
+    row: dict[str, Any] = {"generation": t, "sigma": sigma, "classes": [b.num_classes for b in batches]}
+    row.update(summarise(metrics))
+    if t % cfg.heldout_every == 0 or t == cfg.es.generations - 1:
+        best = theta[int(torch.argmax(metrics["fitness"]))][None]
+        row.update(summarise(evaluate(population_penalty(best, cfg.lossnet), 1, heldout, cfg.objective, all_metrics=True), "heldout_"))
+    return row
+
+
+def append_row(out: Path, row: dict[str, Any]) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def truncate_metrics(out: Path, generation: int) -> None:
+    """Drop metric rows written after the checkpoint: a resumed run recomputes them identically."""
+    path = out / "metrics.jsonl"
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["generation"] < generation]
+        atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode())
+
+
+def export_best(
+    cfg: PretrainConfig,
+    candidates: torch.Tensor,
+    heldout: list,
+    out: Path,
+    command: str,
+    wall_seconds: float,
+    summary_extra: dict[str, Any] | None = None,
+    provenance_extra: dict[str, Any] | None = None,
+    label: str | None = None,
+) -> tuple[EDLLoss, dict[str, Any], int]:
+    """Save the candidate with the best held-out fitness as ``out/loss`` (scale anchored to CE),
+    with ``summary.json``, ``metrics.csv`` and ``loss_shape.png``; returns it, the summary and its index."""
+    metrics = evaluate(population_penalty(candidates, cfg.lossnet), candidates.shape[0], heldout, cfg.objective, all_metrics=True)
+    best = int(torch.argmax(metrics["fitness"]))
+    chosen = candidates[best]
+    norm = float(anchor_gradient_norm(population_penalty(chosen[None], cfg.lossnet), 1)[0])
+    scale = ce_anchor_norm() / max(norm, 1e-12)
+    scores = {name: float(value[best]) for name, value in metrics.items()}
+    ce = {name: float(v[0]) for name, v in evaluate(cross_entropy_penalty, 1, heldout, cfg.objective, all_metrics=True).items()}
+    provenance = {"command": command, "seed": cfg.es.seed, "config": to_dict(cfg), "heldout_metrics": scores, "versions": versions(), "real_data_stage": False}
+    loss = EDLLoss(LossNet.from_flat(chosen, cfg.lossnet), scale=scale, metadata={**provenance, **(provenance_extra or {})})
+    loss.save(out / "loss")
+    summary = {"seed": cfg.es.seed, **(summary_extra or {}), "heldout": scores, "cross_entropy_heldout": ce, "scale": scale,
+               "wall_seconds": wall_seconds, "shape": shape_table(loss_rows(loss))}
+    atomic_write_json(out / "summary.json", summary)
+    write_csv(out / "metrics.jsonl", out / "metrics.csv")
+    plot_shapes({label or f"EDL ({cfg.es.mutation}, seed {cfg.es.seed})": loss_rows(loss)}, out / "loss_shape.png")
+    return loss, summary, best
 
 
 def loss_rows(loss: EDLLoss):

@@ -375,6 +375,8 @@ def plot_accuracy(summary: dict[str, Any], path: Path) -> Path | None:
 def _pm(d: dict[str, Any] | None, digits: int = 4) -> str:
     if not d or d.get("mean") is None:
         return "—"
+    if d.get("std") is None:  # a single seed has no spread
+        return f"{d['mean']:.{digits}f}"
     return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
 
 
