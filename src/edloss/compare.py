@@ -26,7 +26,7 @@ from typing import Any
 
 from edloss.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec
 from edloss.models import model_names
-from edloss.files import atomic_write_text
+from edloss.files import atomic_write_text, save_figure
 from edloss.train import (CHECKPOINT, EPOCHS, TrainConfig, TrainingDiverged, add_recipe_args,
                           apply_threads, config_diff, config_from_args,
                           is_finished, read_result, train)
@@ -272,10 +272,7 @@ def plot_val_accuracy(summary: dict[str, Any], out_dir: Path, path: Path) -> Non
         if ax.lines:
             ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def write_summary(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int],

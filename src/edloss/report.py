@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from edloss.files import atomic_write_bytes
+from edloss.files import atomic_write_bytes, save_figure
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 HEATMAP_K = 10
@@ -179,13 +179,7 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> Path:
-    plt = _plt()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 ARM_COLORS = {"chaotic": "tab:red", "gaussian": "tab:blue", "cmaes": "tab:green"}

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from edloss.files import save_figure
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, target) -> per-row loss
 
 TABLE_POINTS = (1e-6, 1e-3, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999)
@@ -82,9 +84,4 @@ def plot_shapes(losses: dict[str, LossFn], path: Path, k: int = 10, title: str =
     ax_value.legend()
     fig.suptitle(title or f"loss shape at K = {k} (remaining mass spread evenly)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
