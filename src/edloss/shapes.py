@@ -61,6 +61,17 @@ def format_shape_table(rows: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def logit_axis(ax) -> None:
+    """A logit-scaled p axis with plain tick labels at both tails (matplotlib's own overlap)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = [1e-6, 1e-4, 1e-2, 0.5, 1 - 1e-2, 1 - 1e-4]
+    ax.set_xscale("logit")
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels(["1e-6", "1e-4", "0.01", "0.5", "0.99", "0.9999"])
+
+
 def plot_shapes(losses: dict[str, LossFn], path: Path, k: int = 10, title: str = "") -> Path:
     """PNG: loss (left) and |d loss/d logits| (right) against p_y, every loss beside cross-entropy."""
     import matplotlib
@@ -76,11 +87,12 @@ def plot_shapes(losses: dict[str, LossFn], path: Path, k: int = 10, title: str =
         ax_value.plot(p, value, label=name, **style)
         ax_grad.plot(p, grad, label=name, **style)
     for ax, ylabel in ((ax_value, "loss"), (ax_grad, "|d loss / d logits|")):
-        ax.set_xscale("logit")
+        logit_axis(ax)
         ax.set_xlabel("p_y (probability of the true class)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     ax_value.set_yscale("symlog", linthresh=1.0)
+    ax_value.set_ylim(bottom=0)
     ax_value.legend()
     fig.suptitle(title or f"loss shape at K = {k} (remaining mass spread evenly)")
     fig.tight_layout()
