@@ -38,6 +38,11 @@ Default grid: seeds 0-9; chaotic and Gaussian at sigma 0.03, 0.1 and 0.3; CMA-ES
 cut to 100 generations (population 64, 4 blocks x 4,096 evaluations per generation), held-out
 every 5 generations. Measured: 11.5 minutes with ``--jobs 1`` on a 2-core machine that was busy
 with other training; ``--jobs 2`` on 2 free cores roughly halves it.
+
+``--ray ADDRESS`` (or ``auto``) runs every unfinished run as a Ray task of ``--threads`` CPUs
+instead of local worker processes (``edloss.distributed``), into the same run folders (on a
+file system every node shares). A task whose worker dies is retried and resumes from its
+checkpoint; a run that fails is listed under ``status.failed`` in ``ablation.json``.
 """
 
 from __future__ import annotations
@@ -356,11 +361,13 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def ablate(cfg: AblationConfig, out: Path, command: str = "", jobs: int = 1, threads: int = 1, progress: bool = True,
-           compare_args: str = DEFAULT_COMPARE_ARGS, summary_every: float = 60.0) -> dict[str, Any]:
+           compare_args: str = DEFAULT_COMPARE_ARGS, summary_every: float = 60.0, ray: str | None = None) -> dict[str, Any]:
     """Run (or finish) the ablation in ``out``; returns the summary written to ``out/ablation.json``.
 
     ``jobs`` worker processes (spawned, ``threads`` torch/BLAS threads each) run the seeds;
-    ``jobs=0`` runs them in this process (tests).
+    ``jobs=0`` runs them in this process (tests). ``ray``: a Ray cluster address (or ``auto``)
+    whose tasks of ``threads`` CPUs run them instead (``jobs`` is then unused); runs that fail
+    there are listed in ``status.failed`` and the others go on.
     """
     out = Path(out)
     tasks = plan(cfg, out)
@@ -372,8 +379,14 @@ def ablate(cfg: AblationConfig, out: Path, command: str = "", jobs: int = 1, thr
     if saved and saved.get("config") and diff_dicts(saved["config"]["base"], to_dict(cfg.base)):
         raise ValueError(f"{out / ABLATION_FILE} records an ablation with another base config; use another --out. "
                          "Differences: " + "; ".join(diff_dicts(saved["config"]["base"], to_dict(cfg.base))[:6]))
+    if ray is not None:
+        from edloss import distributed
+
+        distributed.resolve_address(ray)  # a wrong address fails now, even when nothing is left to run
+    invocation = {"jobs": jobs, "threads": threads} if ray is None else {"ray": ray, "threads": threads}
+    failures: list[dict[str, str]] = []
     started = time.perf_counter()
-    write_summary(out, cfg, command, compare_args=compare_args, invocation={"jobs": jobs, "threads": threads, "seconds": 0.0})
+    write_summary(out, cfg, command, compare_args=compare_args, invocation={**invocation, "seconds": 0.0})
     todo = [t for t in tasks if not is_finished(t.out_dir)]
     if len(todo) < len(tasks):
         _say(progress, f"{len(tasks) - len(todo)} of {len(tasks)} runs finished earlier, skipped")
@@ -388,11 +401,21 @@ def ablate(cfg: AblationConfig, out: Path, command: str = "", jobs: int = 1, thr
         _say(progress, f"[{i}/{len(todo)}] {result['arm']} sigma {result['sigma']:g} seed {result['seed']}: held-out fitness "
                        f"{result['heldout_fitness']:.4f} in {result['seconds']:.1f}s (elapsed {elapsed:.0f}s, ~{eta:.0f}s left)")
         if time.perf_counter() - last_summary > summary_every:
-            write_summary(out, cfg, command, compare_args=compare_args,
-                          invocation={"jobs": jobs, "threads": threads, "seconds": time.perf_counter() - started})
+            write_summary(out, cfg, command, compare_args=compare_args, failures=failures,
+                          invocation={**invocation, "seconds": time.perf_counter() - started})
             last_summary = time.perf_counter()
 
-    if jobs <= 0:
+    if ray is not None:
+        count = iter(range(1, len(payloads) + 1))
+
+        def failed(payload: dict[str, Any], message: str) -> None:
+            failures.append({"dir": payload["out_dir"], "error": message})
+            _say(True, f"[{next(count)}/{len(todo)}] {payload['arm']} sigma {payload['sigma']:g} seed {payload['seed']}: "
+                       f"failed on Ray ({message}); continuing")
+
+        distributed.run_tasks(run_task, payloads, address=ray, num_cpus=threads,
+                              on_result=lambda payload, result: finished(next(count), result), on_error=failed)
+    elif jobs <= 0:
         for i, payload in enumerate(payloads, 1):
             finished(i, run_task(payload))
     elif payloads:
@@ -411,8 +434,8 @@ def ablate(cfg: AblationConfig, out: Path, command: str = "", jobs: int = 1, thr
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()
-    summary = write_summary(out, cfg, command, compare_args=compare_args, materialise_best=True,
-                            invocation={"jobs": jobs, "threads": threads, "seconds": time.perf_counter() - started})
+    summary = write_summary(out, cfg, command, compare_args=compare_args, materialise_best=True, failures=failures,
+                            invocation={**invocation, "seconds": time.perf_counter() - started})
     return summary
 
 
@@ -663,10 +686,16 @@ def compare_command(out: Path, arms: list[str], compare_args: str) -> str:
 
 
 def write_summary(out: Path, cfg: AblationConfig, command: str = "", compare_args: str = DEFAULT_COMPARE_ARGS,
-                  materialise_best: bool = False, invocation: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Collect the runs, compute the statistics and write ``out/ablation.json`` atomically."""
+                  materialise_best: bool = False, invocation: dict[str, Any] | None = None,
+                  failures: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """Collect the runs, compute the statistics and write ``out/ablation.json`` atomically.
+
+    ``failures`` ({"dir", "error"} of runs that failed on Ray) are listed in ``status.failed``.
+    """
     out = Path(out)
     collected = collect(out, cfg)
+    if failures:
+        collected["status"]["failed"] = list(failures)
     base = cfg.base
     best = best_losses(collected["groups"])
     for arm, info in best.items():
@@ -777,7 +806,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heldout-smooth", type=int, default=3, help="running mean of held-out fitness, evaluations (default %(default)s)")
     p.add_argument("--config", help="JSON or TOML base pretraining config (sections lossnet, objective, es); flags override it")
     p.add_argument("--jobs", type=int, default=1, help="worker processes, one run each at a time (default %(default)s; 2 on a free 2-core machine)")
-    p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per worker (default %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per worker or Ray task (default %(default)s)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run each run as a task on a Ray cluster instead of --jobs processes: HOST:PORT, "
+                   "ray://HOST:PORT, or auto ($RAY_ADDRESS, a cluster started on this machine, else a new local one). "
+                   "Needs pip install 'edloss[ray]' and --out on storage every node shares")
     p.add_argument("--compare-args", default=DEFAULT_COMPARE_ARGS, help="recipe flags for the printed edloss compare command (default: %(default)r)")
     p.add_argument("--summary-only", action="store_true", help="only rewrite ablation.json (and best/) from the runs present")
     p.add_argument("--quiet", action="store_true", help="no progress lines or table")
@@ -797,13 +829,16 @@ def _main(args: argparse.Namespace) -> int:
         cfg = from_dict(AblationConfig, saved["config"])  # the recorded grid, whatever the flags say
         summary = write_summary(args.out, cfg, "", compare_args=args.compare_args, materialise_best=True)
     else:
-        summary = ablate(cfg, args.out, command, jobs=args.jobs, threads=args.threads, progress=not args.quiet, compare_args=args.compare_args)
+        summary = ablate(cfg, args.out, command, jobs=args.jobs, threads=args.threads, progress=not args.quiet, compare_args=args.compare_args,
+                         ray=args.ray)
     if not args.quiet:
         print(format_summary(summary))
         print(f"\nwrote {args.out / ABLATION_FILE}")
         if summary["compare_command"]:
             print(f"downstream check (CIFAR-10, same budget for every arm):\n  {summary['compare_command']}")
-    return 0
+    for failure in summary["status"].get("failed", []):
+        print(f"edloss ablate: failed: {failure['dir']}: {failure['error']}", file=sys.stderr)
+    return 1 if summary["status"].get("failed") else 0
 
 
 def _argv_of(args: argparse.Namespace) -> list[str]:

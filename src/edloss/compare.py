@@ -12,6 +12,12 @@ after every run, so a grid that is still going already has a table:
 
 Losses are arms ``LABEL=SPEC`` (``edl-chaotic=edl:runs/chaotic/loss``) or bare specs (``ce``,
 ``focal:gamma=3``), whose label is derived from the spec.
+
+``--ray ADDRESS`` (or ``auto``) runs every unfinished run as a Ray task (``edloss.distributed``)
+declaring ``--threads`` CPUs (1 by default) and a GPU when the device is cuda (or ``auto`` on a
+cluster with GPUs); the tasks write the same run folders, on a file system every node shares.
+A task whose worker dies is retried and resumes from its checkpoint; a run that fails is
+reported as ``failed`` in the summary and the grid goes on.
 """
 
 from __future__ import annotations
@@ -103,11 +109,14 @@ def _check_arms(arms: list[Arm]) -> None:
 
 
 def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: Path,
-            models: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+            models: list[str] | None = None, progress: bool = True, ray: str | None = None,
+            threads: int | None = None) -> dict[str, Any]:
     """Run (or finish) the grid and write the summary; returns the summary dict.
 
     ``recipe`` supplies everything but model, loss and seed. Diverged runs are recorded and
     the grid goes on; a run folder holding another config is refused before anything trains.
+    ``ray``: a Ray cluster address (or ``auto``) to run the runs on, as tasks of ``threads``
+    CPUs; runs that fail there are reported as ``failed`` and the grid goes on.
     """
     out_dir = Path(out_dir)
     arms = parse_arms(losses)
@@ -122,6 +131,12 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
         raise ValueError("run folders hold results of a different config (use another --out, "
                          "or the same recipe flags as before):\n  " + "\n  ".join(problems))
     _check_arms(arms)
+    if ray is not None:
+        failures = _run_on_ray(runs, ray, threads, progress,
+                               lambda f: write_summary(out_dir, recipe, arms, list(seeds), models, plot=False, failures=f))
+        summary = write_summary(out_dir, recipe, arms, list(seeds), models, plot=True, failures=failures)
+        _say(progress, f"summary: {out_dir / 'summary.md'}")
+        return summary
     for i, run in enumerate(runs, 1):
         name = f"[{i}/{len(runs)}] {run.model} {run.arm.label} seed {run.seed}"
         if is_finished(run.out_dir, run.config):  # result.json with this config
@@ -141,6 +156,56 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
 def _say(progress: bool, message: str) -> None:
     if progress:
         print(message, file=sys.stderr, flush=True)
+
+
+def run_one(payload: tuple[TrainConfig, str]) -> dict[str, Any]:
+    """One grid run, as a Ray task runs it: ``train`` into its folder; a divergence is a result."""
+    config, out_dir = payload
+    try:
+        result = train(config, Path(out_dir), progress=False)
+    except TrainingDiverged as err:
+        return {"status": "diverged", "message": str(err)}
+    return {k: result.get(k) for k in ("status", "test_acc", "wall_seconds")}
+
+
+def _run_on_ray(runs: list[GridRun], address: str, threads: int | None, progress: bool,
+                rewrite: Any) -> dict[str, str]:
+    """Run the unfinished runs as Ray tasks; returns {run folder: error} of the runs that failed."""
+    from edloss import distributed
+
+    distributed.resolve_address(address)  # a wrong address fails now, even when nothing is left to run
+    names = {run.out_dir: f"{run.model} {run.arm.label} seed {run.seed}" for run in runs}
+    todo = [run for run in runs if not is_finished(run.out_dir, run.config)]
+    if len(todo) < len(runs):
+        _say(progress, f"{len(runs) - len(todo)} of {len(runs)} runs finished earlier, skipped")
+    failures: dict[str, str] = {}
+    count = iter(range(1, len(todo) + 1))
+
+    def done(payload: tuple[TrainConfig, str], result: dict[str, Any]) -> None:
+        name = names[Path(payload[1])]
+        if result["status"] == "diverged":
+            _say(True, f"[{next(count)}/{len(todo)}] {name}: diverged ({result['message']}); continuing with the grid")
+        else:
+            _say(progress, f"[{next(count)}/{len(todo)}] {name}: test acc {result['test_acc']:.4f} "
+                           f"in {result['wall_seconds']:.0f}s -> {payload[1]}")
+        rewrite(failures)
+
+    def failed(payload: tuple[TrainConfig, str], message: str) -> None:
+        failures[payload[1]] = message
+        _say(True, f"[{next(count)}/{len(todo)}] {names[Path(payload[1])]}: failed on Ray ({message}); "
+                   "continuing with the grid")
+        rewrite(failures)
+
+    if todo:
+        _say(progress, f"running {len(todo)} runs on Ray ({address})")
+        started = distributed.connect(address)
+        try:
+            distributed.run_tasks(run_one, [(run.config, str(run.out_dir)) for run in todo], address=address,
+                                  num_cpus=threads or 1, num_gpus=distributed.gpus_for(todo[0].config.device),
+                                  on_result=done, on_error=failed)
+        finally:
+            distributed.shutdown(started)
+    return failures
 
 
 # ----------------------------------------------------------------------------- summary
@@ -165,8 +230,12 @@ def _is_ce(spec: str) -> bool:
 
 
 def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int],
-            models: list[str]) -> dict[str, Any]:
-    """Read every run's result and build the summary rows (accuracies in percent)."""
+            models: list[str], failures: dict[str, str] | None = None) -> dict[str, Any]:
+    """Read every run's result and build the summary rows (accuracies in percent).
+
+    ``failures`` ({run folder: error}, from a Ray grid) marks runs without a result as failed.
+    """
+    failures = failures or {}
     runs, rows = [], []
     for model in models:
         reference = None
@@ -175,18 +244,21 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
             for seed in seeds:
                 run_dir = out_dir / model / arm.label / f"seed{seed}"
                 result = read_result(run_dir) or {}
-                status = result.get("status", "missing")
+                status = result.get("status", "failed" if str(run_dir) in failures else "missing")
                 runs.append({"model": model, "label": arm.label, "spec": arm.spec, "seed": seed,
                              "status": status, "dir": str(run_dir),
                              "test_acc": result.get("test_acc"),
                              "val_acc": result.get("final_val_acc"),
                              "wall_seconds": result.get("wall_seconds")})
+                if status == "failed":
+                    runs[-1]["error"] = failures[str(run_dir)]
                 if status == "finished":
                     done.append(runs[-1])
             test = [100 * r["test_acc"] for r in done]
             val = [100 * r["val_acc"] for r in done if r["val_acc"] is not None]
             row = {"model": model, "label": arm.label, "spec": arm.spec, "n": len(done),
                    "diverged": sum(r["status"] == "diverged" for r in runs[-len(seeds):]),
+                   "failed": sum(r["status"] == "failed" for r in runs[-len(seeds):]),
                    "test_mean": _mean_std(test)[0], "test_std": _mean_std(test)[1],
                    "val_mean": _mean_std(val)[0], "val_std": _mean_std(val)[1],
                    "wall_mean": _mean_std([r["wall_seconds"] for r in done])[0]}
@@ -230,7 +302,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         for row in summary["rows"]:
             if row["model"] != model:
                 continue
-            seeds = f"{row['n']}" + (f" (+{row['diverged']} diverged)" if row["diverged"] else "")
+            seeds = f"{row['n']}" + (f" (+{row['diverged']} diverged)" if row["diverged"] else "") \
+                + (f" (+{row['failed']} failed)" if row.get("failed") else "")
             delta = "—" if row["delta_vs_ce"] is None else f"{row['delta_vs_ce']:+.2f}"
             wall = "—" if row["wall_mean"] is None else f"{row['wall_mean']:.0f}"
             lines.append(f"| {row['label']} | `{row['spec']}` | {seeds} | "
@@ -276,10 +349,11 @@ def plot_val_accuracy(summary: dict[str, Any], out_dir: Path, path: Path) -> Non
 
 
 def write_summary(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int],
-                  models: list[str], plot: bool = True) -> dict[str, Any]:
+                  models: list[str], plot: bool = True,
+                  failures: dict[str, str] | None = None) -> dict[str, Any]:
     """Write summary.md, summary.json and (with ``plot``) val_accuracy.png; return the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = collect(out_dir, recipe, arms, seeds, models)
+    summary = collect(out_dir, recipe, arms, seeds, models, failures)
     atomic_write_text(out_dir / "summary.md", render_markdown(summary))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if plot:
@@ -299,9 +373,13 @@ def _cli(args: argparse.Namespace) -> int:
         write_summary(out, recipe, arms, args.seeds, args.models or [recipe.model])
         print(out / "summary.md")
         return 0
-    compare(recipe, args.losses, args.seeds, out, args.models, progress=not args.quiet)
+    summary = compare(recipe, args.losses, args.seeds, out, args.models, progress=not args.quiet,
+                      ray=args.ray, threads=args.threads)
     print((out / "summary.md").read_text())
-    return 0
+    failed = [r for r in summary["runs"] if r["status"] == "failed"]
+    for run in failed:
+        print(f"edloss compare: failed: {run['dir']}: {run['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -320,5 +398,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/compare", help="grid folder (default %(default)s)")
     p.add_argument("--summary-only", action="store_true",
                    help="only rewrite the summary from the runs present")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run each training run as a task on a Ray cluster: HOST:PORT, ray://HOST:PORT, "
+                        "or auto ($RAY_ADDRESS, a cluster started on this machine, else a new local "
+                        "one); each task takes --threads CPUs (default 1) and a GPU on cuda. "
+                        "Needs pip install 'edloss[ray]' and --out on storage every node shares")
     add_recipe_args(p)
     p.set_defaults(func=_cli, model=TrainConfig.model)

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ from edloss.objective import (
     ce_anchor_norm,
     cross_entropy_penalty,
     evaluate,
+    evaluate_population,
     heldout_batches,
     population_penalty,
     sample_batches,
@@ -48,6 +50,10 @@ from edloss.objective import (
 from edloss.shapes import format_shape_table, plot_shapes, shape_table
 
 CHECKPOINT_VERSION = 1
+
+# (theta (P, D), lossnet config, batches, objective config) -> per-individual metrics, as
+# objective.evaluate_population; distributed.RayEvaluator spreads it over Ray actors.
+Evaluator = Callable[[torch.Tensor, LossNetConfig, list, ObjectiveConfig], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,9 @@ def summarise(metrics: dict[str, torch.Tensor], prefix: str = "") -> dict[str, f
 class Run:
     """One pretraining run in a folder: start or resume, step generations, export."""
 
-    def __init__(self, cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False) -> None:
+    def __init__(self, cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False, evaluator: Evaluator | None = None) -> None:
         self.cfg, self.out, self.command = cfg, out, command
+        self.evaluator = evaluator or evaluate_population  # where, not what: the numbers are the same
         self.heldout = heldout_batches(cfg.objective, cfg.heldout_seed)
         if fresh and out.exists():
             for name in ("checkpoint.pt", "metrics.jsonl", "metrics.csv", "summary.json"):
@@ -128,7 +135,7 @@ class Run:
         start = time.perf_counter()
         batches = sample_batches(cfg.objective, torch.Generator().manual_seed(batch_seed(cfg.es.seed, t)))
         theta = evolve.ask(self.state)
-        metrics = evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], batches, cfg.objective)
+        metrics = self.evaluator(theta, cfg.lossnet, batches, cfg.objective)
         row = generation_row(cfg, t, evolve.sigma_at(cfg.es, t), batches, theta, metrics, self.heldout)
         self.state = evolve.tell(self.state, metrics["fitness"], cfg.es)
         row["reseeds"] = self.state.reseeds
@@ -223,9 +230,14 @@ def write_csv(jsonl: Path, csv_path: Path) -> None:
     tmp.replace(csv_path)
 
 
-def pretrain(cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False, progress: bool = True) -> tuple[EDLLoss, dict[str, Any]]:
-    """Run (or resume) pretraining in ``out`` and export the loss; returns it with its summary."""
-    run = Run(cfg, Path(out), command, fresh)
+def pretrain(cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False, progress: bool = True,
+             evaluator: Evaluator | None = None) -> tuple[EDLLoss, dict[str, Any]]:
+    """Run (or resume) pretraining in ``out`` and export the loss; returns it with its summary.
+
+    ``evaluator`` scores each generation's population (default ``objective.evaluate_population``
+    in this process; ``distributed.RayEvaluator`` on Ray actors, with identical numbers).
+    """
+    run = Run(cfg, Path(out), command, fresh, evaluator)
     start = time.perf_counter()
     bar = tqdm(total=cfg.es.generations, initial=run.state.generation, disable=not progress, desc=f"pretrain {cfg.es.mutation}", unit="gen")
     while not run.done:
@@ -284,14 +296,33 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", help="comma-separated loss-network features")
     p.add_argument("--fresh", action="store_true", help="discard an existing run in --out instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    p.add_argument("--threads", type=int, help="torch CPU threads (here, or per Ray actor with --ray: 1 by default there)")
+    p.add_argument("--ray", metavar="ADDRESS", help="score each generation's population on Ray actors: HOST:PORT, ray://HOST:PORT, "
+                   "or auto ($RAY_ADDRESS, a cluster started on this machine, else a new local one); same numbers as without")
+    p.add_argument("--ray-actors", type=int, metavar="N", help="with --ray: actors (default: the cluster's CPUs / threads)")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.ray_actors is not None and not args.ray:
+        raise ValueError("--ray-actors needs --ray ADDRESS (or --ray auto)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / f"pretrain-{cfg.es.mutation}-seed{cfg.es.seed}"
     command = "edloss " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("edloss") else "edloss pretrain " + shlex.join(_argv_of(args))
-    loss, summary = pretrain(cfg, out, command=command, fresh=args.fresh, progress=not args.quiet)
+    evaluator = None
+    if args.ray:
+        from edloss.distributed import RayEvaluator
+
+        evaluator = RayEvaluator(args.ray_actors, address=args.ray, threads=args.threads or 1)
+    try:
+        loss, summary = pretrain(cfg, out, command=command, fresh=args.fresh, progress=not args.quiet, evaluator=evaluator)
+    finally:
+        if evaluator is not None:
+            evaluator.close()
     if not args.quiet:
         h, ce = summary["heldout"], summary["cross_entropy_heldout"]
         print(f"\nwrote {out / 'loss'} (scale {summary['scale']:.4g}) in {summary['wall_seconds']:.1f}s")
