@@ -76,3 +76,15 @@ def test_fitness_is_the_weighted_sum_of_terms():
 def test_bad_objective_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ObjectiveConfig(**kwargs)
+
+
+def test_one_hot_truths_are_ranked_like_per_sample_labels():
+    from edloss.synthetic import ExpectationConfig
+
+    cfg = ObjectiveConfig(delta=1e-5, expectation=ExpectationConfig(one_hot_fraction=1.0), **SMALL)
+    ce, mae = metrics(cross_entropy_penalty, cfg), metrics(mae_penalty, cfg)
+    assert ce["value"] == 1.0
+    assert mae["value"] > 0.99  # against a one-hot truth any decreasing function of p_y is consistent
+    mixed = ObjectiveConfig(delta=1e-5, expectation=ExpectationConfig(one_hot_fraction=0.5), **SMALL)
+    assert metrics(cross_entropy_penalty, mixed)["value"] == 1.0
+    assert metrics(mae_penalty, mixed)["value"] < 0.9

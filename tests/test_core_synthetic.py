@@ -70,3 +70,15 @@ def test_class_count_is_log_uniform_in_range():
 def test_bad_mixture_config_is_rejected(kwargs):
     with pytest.raises(ValueError):
         MixtureConfig(**kwargs)
+
+
+def test_one_hot_truths_keep_their_predictions():
+    cfg = ExpectationConfig(predictions_per_truth=3, one_hot_fraction=1.0)
+    log_q, logits, truth = sample_expectation(50, 6, cfg, gen(1))
+    soft_q, soft_logits, _ = sample_expectation(50, 6, ExpectationConfig(predictions_per_truth=3), gen(1))
+    assert torch.equal(logits, soft_logits)  # the same predictions, only the truth sharpened
+    q = log_q.exp()
+    assert torch.equal(q.max(1).values, torch.ones(50, dtype=torch.float64))
+    assert torch.equal(q.argmax(1), soft_q.argmax(1))
+    with pytest.raises(ValueError, match="one_hot_fraction"):
+        ExpectationConfig(one_hot_fraction=1.5)

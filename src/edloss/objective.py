@@ -134,7 +134,8 @@ def make_batch(cfg: ObjectiveConfig, k: int, gen: torch.Generator) -> RankingBat
     q = log_q.exp()
     logp = torch.log_softmax(logits, 1)
     if cfg.severity == "kl":
-        severity = (q[truth] * (log_q[truth] - logp)).sum(1)
+        gap = log_q[truth] - logp
+        severity = torch.where(q[truth] > 0, q[truth] * gap, torch.zeros_like(gap)).sum(1)
     else:
         severity = 0.5 * (q[truth] - logp.exp()).abs().sum(1)
     if k <= cfg.max_labels:  # exact expectation over every label

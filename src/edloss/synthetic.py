@@ -55,10 +55,13 @@ class ExpectationConfig:
     alpha: tuple[float, float] = (0.05, 2.0)  # Dirichlet concentration of q, log-uniform
     sigma: tuple[float, float] = (0.05, 4.0)  # logit noise around log q, log-uniform
     predictions_per_truth: int = 8
+    one_hot_fraction: float = 0.0  # share of truths made one-hot at their top class, as real labels are
 
     def __post_init__(self) -> None:
         _check_range("alpha", self.alpha)
         _check_range("sigma", self.sigma)
+        if not 0.0 <= self.one_hot_fraction <= 1.0:
+            raise ValueError(f"one_hot_fraction must be in [0, 1], got {self.one_hot_fraction}")
         if self.predictions_per_truth < 2:
             raise ValueError("predictions_per_truth must be >= 2 (rankings compare predictions of one truth)")
 
@@ -157,7 +160,12 @@ def sample_mixture(n: int, k: int, cfg: MixtureConfig, gen: torch.Generator) -> 
 
 
 def sample_expectation(n_truths: int, k: int, cfg: ExpectationConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Truths q and R predictions around each: returns log q (T, K), logits (T*R, K), truth index (T*R,)."""
+    """Truths q and R predictions around each: returns log q (T, K), logits (T*R, K), truth index (T*R,).
+
+    With ``one_hot_fraction`` > 0 some truths become one-hot at their top class (log q = -inf
+    elsewhere). Real training labels are one-hot; without such truths the search never sees that
+    predicting p_y -> 1 is right, and it learns to push confident-correct predictions back.
+    """
     if k < 2 or n_truths < 1:
         raise ValueError(f"need n_truths >= 1 and k >= 2 classes, got n_truths={n_truths}, k={k}")
     r = cfg.predictions_per_truth
@@ -165,7 +173,12 @@ def sample_expectation(n_truths: int, k: int, cfg: ExpectationConfig, gen: torch
     truth = torch.arange(n_truths).repeat_interleave(r)
     sigma = log_uniform(*cfg.sigma, (n_truths * r, 1), gen)
     noise = torch.randn((n_truths * r, k), generator=gen, dtype=torch.float64)
-    return log_q, log_q[truth] + sigma * noise, truth
+    logits = log_q[truth] + sigma * noise
+    if cfg.one_hot_fraction > 0:  # the predictions stay where they were; the truth sharpens to e_top
+        one_hot = torch.rand((n_truths, 1), generator=gen, dtype=torch.float64) < cfg.one_hot_fraction
+        top = torch.full_like(log_q, float("-inf")).scatter_(1, log_q.argmax(1, keepdim=True), 0.0)
+        log_q = torch.where(one_hot, top, log_q)
+    return log_q, logits, truth
 
 
 def config_dict(cfg: object) -> dict:
