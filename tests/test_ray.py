@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -75,6 +76,38 @@ def test_addresses_are_read_and_unreachable_ones_fail_fast(tmp_path: Path, tiny_
     assert not (tmp_path / "grid" / "resnet20").exists()  # nothing trained
 
 
+def test_a_port_where_something_else_listens_is_refused_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dashboard port or a typo: ray.init would retry for minutes; the gRPC probe refuses within seconds."""
+    def serve(reply: bytes) -> int:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            conn.sendall(reply)
+            time.sleep(5)  # hold the connection open: a silent server never answers
+            conn.close()
+
+        threading.Thread(target=answer, daemon=True).start()
+        return server.getsockname()[1]
+
+    for reply in (b"HTTP/1.1 400 Bad Request\r\n\r\n", b""):
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match="something listens there but it is not a Ray cluster"):
+            D.check_reachable(f"127.0.0.1:{serve(reply)}", timeout=1.0)
+        assert time.perf_counter() - start < 3
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{closed_port()}")
+    assert D.resolve_address("auto") is None  # a stale record of a stopped cluster: start a local one
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{closed_port()}")
+    with pytest.raises(ValueError, match="cannot reach Ray cluster"):
+        D.resolve_address("auto")
+
+
 def test_nothing_imports_ray_without_the_flag(tmp_path: Path) -> None:
     script = ("import sys; from edloss.cli import main; import edloss.distributed\n"
               f"assert main(['pretrain', '--generations', '1', '--population', '8', '--classes', '2,20', "
@@ -104,7 +137,7 @@ def cluster() -> str:
     import ray
 
     address = ray.get_runtime_context().gcs_address
-    assert address.startswith("127.0.0.1:")
+    assert address.startswith("127.0.0.1:") and D._loopback_only(address)  # listens on loopback only
     yield address
     if started:
         ray.shutdown()

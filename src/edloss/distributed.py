@@ -4,10 +4,13 @@ Ray is an optional extra (``pip install 'edloss[ray]'``); this module imports it
 its functions, and nothing else in edloss imports this module unless ``--ray`` is given.
 
 * :func:`connect` joins a cluster (``HOST:PORT``, ``ray://HOST:PORT``, ``auto`` or ``local``)
-  after checking within seconds that the address answers, so a wrong address is an error, not
-  a hang. ``auto``: ``$RAY_ADDRESS`` if set, else the cluster ``ray start`` recorded on this
-  machine if it answers, else a new local cluster. A local cluster started here listens on
-  127.0.0.1 only and has no dashboard; for more machines, start one with ``ray start --head``.
+  after checking within seconds that a gRPC server answers there, so a wrong address is an
+  error, not a hang. ``auto``: ``$RAY_ADDRESS`` if set, else the cluster ``ray start`` recorded
+  on this machine if it answers (Ray then also finds the token of a token-authenticated
+  cluster), else a new local cluster. A local cluster started here listens on 127.0.0.1 only
+  and has no dashboard; for more machines, start one with ``ray start --head``. An explicit
+  address of a token-authenticated cluster (``ray start``'s default since Ray 2.5x) needs
+  ``RAY_AUTH_MODE=token`` and the token, as Ray documents.
 * :func:`run_tasks` runs ``fn(payload)`` for every payload as a Ray task with its CPUs and GPUs
   declared. ``edloss compare`` and ``edloss ablate`` pass their ordinary one-run functions, so a
   task writes into its run folder exactly as a local run does (the folder must be on a file
@@ -23,6 +26,7 @@ its functions, and nothing else in edloss imports this module unless ``--ray`` i
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -69,20 +73,33 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Raise ValueError within ``timeout`` seconds unless something accepts connections at ``address``.
+    """Raise ValueError within ~``timeout`` seconds unless a gRPC server (Ray's GCS) answers at ``address``.
 
-    ``ray.init`` itself keeps retrying an address that does not answer for minutes; this check
-    makes a typo or a stopped cluster an immediate, clear error.
+    ``ray.init`` keeps retrying an address that does not answer, or where something else listens
+    (a dashboard port, a typo), for minutes; this check makes those an immediate, clear error.
+    It opens a TCP connection and, unless the cluster uses TLS (``RAY_USE_TLS``), sends the
+    HTTP/2 connection preface: a gRPC server answers with a SETTINGS frame.
     """
     host, port = split_address(address)
+    where = address if address == f"{host}:{port}" else f"{address} ({host}:{port})"
+    hint = "start one with `ray start --head` or use --ray auto"
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as err:
         reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or str(err))
-        where = address if address == f"{host}:{port}" else f"{address} ({host}:{port})"
-        raise ValueError(f"cannot reach Ray cluster at {where}: {reason}; "
-                         "start one with `ray start --head` or use --ray auto") from None
+        raise ValueError(f"cannot reach Ray cluster at {where}: {reason}; {hint}") from None
+    with sock:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        try:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            frame = sock.recv(9)
+        except OSError:
+            frame = b""
+    if len(frame) < 4 or frame[3] != 4:  # byte 3 of an HTTP/2 frame header: its type; 4 = SETTINGS
+        raise ValueError(f"cannot reach Ray cluster at {where}: something listens there but it is not a Ray "
+                         f"cluster (no gRPC answer); give the head node's GCS port ({GCS_PORT} by default, not "
+                         f"the dashboard's), or {hint}")
 
 
 def recorded_cluster() -> str | None:
@@ -117,6 +134,29 @@ def resolve_address(address: str | None) -> str | None:
     return address
 
 
+def _loopback_only(address: str) -> bool:
+    """True for a cluster that listens on 127.0.0.1 only (started with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``).
+
+    Ray rewrites a loopback address to this machine's network address before dialling it, which
+    reaches only clusters listening on every interface; for a loopback-only cluster this process
+    must run in Ray's loopback mode too.
+    """
+    host, port = split_address(address)
+    try:
+        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+            return False
+    except ValueError:
+        return False
+    try:  # the address Ray would rewrite to: the interface that routes outwards (no packet is sent)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("8.8.8.8", 80))
+            node_ip = probe.getsockname()[0]
+        with socket.create_connection((node_ip, port), timeout=1.0):
+            return False
+    except OSError:
+        return True
+
+
 def connect(address: str | None = "auto", num_cpus: int | None = None) -> bool:
     """Join (or start) a Ray cluster; returns True when this call initialised Ray.
 
@@ -125,7 +165,7 @@ def connect(address: str | None = "auto", num_cpus: int | None = None) -> bool:
     """
     target = resolve_address(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if target is None:
+    if target is None or _loopback_only(target):
         os.environ.setdefault(LOOPBACK_ENV, "0")  # read when ray is first imported
     try:
         import ray
@@ -136,8 +176,20 @@ def connect(address: str | None = "auto", num_cpus: int | None = None) -> bool:
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     if target is None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
-    else:
-        ray.init(address=target, **quiet)
+        return True
+    # "auto" lets Ray find the cluster itself: then it also uses the token `ray start` wrote
+    # (~/.ray/auth_token), which it never does for an explicit address.
+    found = address == "auto" and target == recorded_cluster() and not os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address="auto" if found else target, **quiet)
+    except (ConnectionError, RuntimeError) as err:
+        cause = err.__cause__ or err
+        lines = [line for line in str(cause).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(cause).__name__
+        if "auth" in reason.lower():  # Ray >= 2.5x: `ray start` turns token authentication on
+            reason = reason.split(". ")[0] + ". The cluster uses token authentication: export RAY_AUTH_MODE=token " \
+                "with its token in ~/.ray/auth_token or $RAY_AUTH_TOKEN, or use --ray auto on the head node"
+        raise ValueError(f"cannot connect to Ray cluster at {target}: {reason}") from None
     return True
 
 
