@@ -73,6 +73,8 @@ def test_addresses_are_read_and_unreachable_ones_fail_fast(tmp_path: Path, tiny_
                      "--out", str(tmp_path / "ablation"), "--ray", address, "--quiet"])
     assert code == 2 and "cannot reach Ray cluster" in capsys.readouterr().err
     assert time.perf_counter() - start < 15  # three refusals, each within seconds, no hang
+    assert cli_main(["pretrain", "--ray-actors", "2", "--out", str(tmp_path / "pretrain")]) == 2
+    assert "--ray-actors needs --ray" in capsys.readouterr().err
     assert not (tmp_path / "grid" / "resnet20").exists()  # nothing trained
 
 
