@@ -11,8 +11,10 @@ from edloss.objective import (
     population_penalty,
     sample_batches,
 )
+from edloss.synthetic import ExpectationConfig
 
 SMALL = {"evals_per_block": 1024, "min_items": 16}
+SOFT = ExpectationConfig(one_hot_fraction=0.0)  # only soft truths: where properness shows most
 
 
 def metrics(penalty, cfg, population=1):
@@ -20,11 +22,14 @@ def metrics(penalty, cfg, population=1):
 
 
 def test_expectation_objective_recognises_cross_entropy_as_proper():
-    cfg = ObjectiveConfig(**SMALL)
+    cfg = ObjectiveConfig(expectation=SOFT, **SMALL)
     ce, mae = metrics(cross_entropy_penalty, cfg), metrics(mae_penalty, cfg)
     assert ce["value"] == 1.0 and ce["kendall_tau"] == 1.0  # E_q CE = H(q) + KL(q || p)
     assert mae["value"] < 0.7  # 1 - p_y is improper: it pays to over-predict the top class
     assert ce["anchor"] == pytest.approx(0.0, abs=1e-5)
+    default = ObjectiveConfig(**SMALL)  # half the truths one-hot: MAE is consistent on those
+    assert metrics(cross_entropy_penalty, default)["value"] == 1.0
+    assert metrics(mae_penalty, default)["value"] < 0.85
 
 
 def test_per_sample_objective_cannot_tell_good_losses_from_bad():
@@ -35,7 +40,7 @@ def test_per_sample_objective_cannot_tell_good_losses_from_bad():
 
 
 def test_soft_value_consistency_tracks_the_hard_one():
-    cfg = ObjectiveConfig(soft=True, temperature=0.01, **SMALL)
+    cfg = ObjectiveConfig(soft=True, temperature=0.01, delta=1e-3, expectation=SOFT, **SMALL)  # soft scores need real gaps
     assert metrics(cross_entropy_penalty, cfg)["value"] > 0.9
     assert metrics(mae_penalty, cfg)["value"] < 0.75
 
@@ -79,8 +84,6 @@ def test_bad_objective_config(kwargs, match):
 
 
 def test_one_hot_truths_are_ranked_like_per_sample_labels():
-    from edloss.synthetic import ExpectationConfig
-
     cfg = ObjectiveConfig(delta=1e-5, expectation=ExpectationConfig(one_hot_fraction=1.0), **SMALL)
     ce, mae = metrics(cross_entropy_penalty, cfg), metrics(mae_penalty, cfg)
     assert ce["value"] == 1.0

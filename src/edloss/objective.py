@@ -52,7 +52,7 @@ class ObjectiveConfig:
     margin_weight: float = 0.0
     soft: bool = False  # soft ranking (mean sigmoid) instead of the hard fraction
     temperature: float = 0.1  # of the soft ranking, relative to each individual's loss spread
-    delta: float = 1e-3  # a pair counts only if its severities differ by more than this
+    delta: float = 1e-5  # a pair counts only if its severities differ by more than this
     margin_gamma: float = 1.0
     classes: tuple[int, int] = (2, 1000)  # class count K drawn log-uniform from this range ...
     blocks: int = 4  # ... this many times per generation

@@ -55,7 +55,7 @@ class ExpectationConfig:
     alpha: tuple[float, float] = (0.05, 2.0)  # Dirichlet concentration of q, log-uniform
     sigma: tuple[float, float] = (0.05, 4.0)  # logit noise around log q, log-uniform
     predictions_per_truth: int = 8
-    one_hot_fraction: float = 0.0  # share of truths made one-hot at their top class, as real labels are
+    one_hot_fraction: float = 0.5  # share of truths made one-hot at their top class, as real labels are
 
     def __post_init__(self) -> None:
         _check_range("alpha", self.alpha)
