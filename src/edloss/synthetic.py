@@ -17,7 +17,7 @@ callers cast the result.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -179,11 +179,6 @@ def sample_expectation(n_truths: int, k: int, cfg: ExpectationConfig, gen: torch
         top = torch.full_like(log_q, float("-inf")).scatter_(1, log_q.argmax(1, keepdim=True), 0.0)
         log_q = torch.where(one_hot, top, log_q)
     return log_q, logits, truth
-
-
-def config_dict(cfg: object) -> dict:
-    """A dataclass as a plain JSON-ready dict (tuples become lists)."""
-    return asdict(cfg)  # type: ignore[call-overload]
 
 
 __all__ = [
