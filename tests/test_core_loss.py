@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from edloss import EDLLoss
@@ -225,4 +225,9 @@ def test_closed_form_gradient_equals_autograd(k, n, magnitude, features, activat
         loss = EDLLoss(net, scale=0.7, reduction="none", fused=fused)(logits, target)
         grads.append((loss, torch.autograd.grad((loss * weights).sum(), logits)[0]))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    # Where two wrong classes tie for best in float32, both paths take a valid but different
+    # subgradient (max vs topk tie-breaking); gradients are only comparable without ties.
+    wrong = logits.detach().log_softmax(1).scatter(1, target[:, None], float("-inf"))
+    best2 = wrong.topk(min(2, k - 1), dim=1).values
+    assume(k == 2 or bool((best2[:, 0] > best2[:, -1]).all()))
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
