@@ -8,6 +8,7 @@ from edloss.objective import (
     evaluate,
     heldout_batches,
     mae_penalty,
+    poly1_penalty,
     population_penalty,
     sample_batches,
 )
@@ -76,6 +77,7 @@ def test_fitness_is_the_weighted_sum_of_terms():
         ({"classes": (1, 10)}, "classes"),
         ({"classes": (20, 10)}, "classes"),
         ({"temperature": 0.0}, "temperature"),
+        ({"severity": "kl_disagreement", "disagreement_weight": -1.0}, "disagreement_weight"),
     ],
 )
 def test_bad_objective_config(kwargs, match):
@@ -91,3 +93,13 @@ def test_one_hot_truths_are_ranked_like_per_sample_labels():
     mixed = ObjectiveConfig(delta=1e-5, expectation=ExpectationConfig(one_hot_fraction=0.5), **SMALL)
     assert metrics(cross_entropy_penalty, mixed)["value"] == 1.0
     assert metrics(mae_penalty, mixed)["value"] < 0.9
+
+
+def test_kl_disagreement_severity_is_ranked_perfectly_by_poly1_not_ce():
+    """E_q Poly-1 = H(q) + 1 + KL(q || p) - q.p: Poly-1 is to kl_disagreement what CE is to KL."""
+    cfg = ObjectiveConfig(severity="kl_disagreement", disagreement_weight=1.0, **SMALL)
+    poly, ce = metrics(poly1_penalty, cfg), metrics(cross_entropy_penalty, cfg)
+    assert poly["value"] == 1.0 and poly["kendall_tau"] == 1.0
+    assert ce["value"] < 0.95
+    zero = ObjectiveConfig(severity="kl_disagreement", disagreement_weight=0.0, **SMALL)
+    assert metrics(cross_entropy_penalty, zero)["value"] == 1.0  # eps = 0 is plain KL

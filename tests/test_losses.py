@@ -133,3 +133,20 @@ def test_edl_pretrained(batch) -> None:
     right = F.one_hot(y, 10).float() * 8
     wrong = F.one_hot((y + 1) % 10, 10).float() * 8
     assert build_loss("edl")(right, y) < build_loss("edl")(wrong, y)
+
+
+def test_gradient_ratio_table_against_cross_entropy():
+    """CE against itself is 1 everywhere; Poly-1 adds eps * p_y (1 - p_y) per logit, so its ratio grows with p_y."""
+    from edloss.shapes import cross_entropy, format_gradient_ratio_table, gradient_ratio_table
+
+    same = gradient_ratio_table(cross_entropy, k=10, truths=250)
+    assert all(b["ratio"] == pytest.approx(1.0) for b in same["bins"]) and same["cosine"] == pytest.approx(1.0)
+    assert sum(b["count"] for b in same["bins"]) == 250 * 8  # predictions_per_truth
+
+    def poly1(logits, target):
+        logp = F.log_softmax(logits, 1).gather(1, target[:, None]).squeeze(1)
+        return -logp + 1 - logp.exp()
+
+    ratios = [b["ratio"] for b in gradient_ratio_table(poly1, k=10, truths=250)["bins"]]
+    assert ratios[0] == pytest.approx(1.0, abs=0.02) and ratios == sorted(ratios) and 1.8 < ratios[-1] <= 2.0
+    assert "mean cosine" in format_gradient_ratio_table(same)

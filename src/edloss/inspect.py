@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edloss.loss import CONFIG_FILE, EDLLoss
 from edloss.pretrain import loss_rows
-from edloss.shapes import format_shape_table, shape_table
+from edloss.shapes import format_gradient_ratio_table, format_shape_table, gradient_ratio_table, shape_table
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -37,6 +37,8 @@ def describe(loss: EDLLoss, k: int = 10) -> str:
         lines.append("held-out synthetic metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in meta["heldout_metrics"].items()))
     lines.append(f"shape at K = {k} (remaining mass spread evenly):")
     lines.append(format_shape_table(shape_table(loss_rows(loss), k)))
+    lines.append(f"gradient norm / cross-entropy's on synthetic predictions at K = {k}, by p_y:")
+    lines.append(format_gradient_ratio_table(gradient_ratio_table(loss_rows(loss), k)))
     return "\n".join(lines)
 
 

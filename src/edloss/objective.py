@@ -10,7 +10,10 @@ Two readings (EDL_METHOD.md, "Measured"):
   E_{y~q} l(p, y) must rank predictions p by their divergence from q (KL or total variation).
   Comparisons are made between predictions of the same q, so the objective asks for a proper
   loss (it pays to predict the truth). Cross-entropy ranks perfectly under KL, since
-  E_q[-log p_y] = H(q) + KL(q || p); other severities ask for other shapes.
+  E_q[-log p_y] = H(q) + KL(q || p); other severities ask for other shapes. ``kl_disagreement``
+  adds eps * (1 - q.p), the chance that a class drawn from p disagrees with one drawn from q:
+  it counts how often a prediction is *wrong* as well as how surprised it is, and its perfect
+  ranker is Poly-1, CE + eps * (1 - p_y) (E_q Poly-1 = H(q) + eps + KL(q || p) - eps q.p).
 
 Terms, each reported and weighted into the fitness (weights are configuration):
 
@@ -33,7 +36,7 @@ from edloss.lossnet import LossNetConfig, population_forward
 from edloss.synthetic import ExpectationConfig, MixtureConfig, sample_class_count, sample_expectation, sample_mixture
 
 KINDS = ("expectation", "per_sample")
-SEVERITIES = {"expectation": ("kl", "tv"), "per_sample": ("one_minus_py", "margin", "rank")}
+SEVERITIES = {"expectation": ("kl", "tv", "kl_disagreement"), "per_sample": ("one_minus_py", "margin", "rank")}
 TERMS = ("value", "gradient", "anchor", "margin")
 
 # penalty(logp (B, I, K), labels (B, I, L)) -> (P, I, L); B = 1 broadcasts over the population
@@ -54,6 +57,7 @@ class ObjectiveConfig:
     temperature: float = 0.1  # of the soft ranking, relative to each individual's loss spread
     delta: float = 1e-5  # a pair counts only if its severities differ by more than this
     margin_gamma: float = 1.0
+    disagreement_weight: float = 1.0  # eps of the kl_disagreement severity
     classes: tuple[int, int] = (2, 1000)  # class count K drawn log-uniform from this range ...
     blocks: int = 4  # ... this many times per generation
     evals_per_block: int = 4096  # loss evaluations per block: pairs, or predictions x labels
@@ -77,6 +81,8 @@ class ObjectiveConfig:
             raise ValueError("need blocks >= 1, evals_per_block >= 16, min_items >= 2 and max_labels >= 2")
         if self.temperature <= 0 or self.delta < 0:
             raise ValueError("temperature must be > 0 and delta >= 0")
+        if not (math.isfinite(self.disagreement_weight) and self.disagreement_weight >= 0):
+            raise ValueError(f"disagreement_weight must be finite and >= 0, got {self.disagreement_weight}")
 
     @property
     def needs_gradients(self) -> bool:
@@ -118,6 +124,17 @@ def _per_sample_severity(logp: torch.Tensor, labels: torch.Tensor, kind: str) ->
     return rank + 1e-6 * torch.sigmoid(rival - logp_y)
 
 
+def _expectation_severity(q: torch.Tensor, log_q: torch.Tensor, logp: torch.Tensor, cfg: ObjectiveConfig) -> torch.Tensor:
+    """How far each prediction logp (I, K) is from its truth q (I, K), float64."""
+    if cfg.severity == "tv":
+        return 0.5 * (q - logp.exp()).abs().sum(1)
+    gap = log_q - logp
+    kl = torch.where(q > 0, q * gap, torch.zeros_like(gap)).sum(1)
+    if cfg.severity == "kl":
+        return kl
+    return kl + cfg.disagreement_weight * (1 - (q * logp.exp()).sum(1))
+
+
 def make_batch(cfg: ObjectiveConfig, k: int, gen: torch.Generator) -> RankingBatch:
     """One block of synthetic items at class count k, sized to ~cfg.evals_per_block evaluations."""
     if cfg.kind == "per_sample":
@@ -133,11 +150,7 @@ def make_batch(cfg: ObjectiveConfig, k: int, gen: torch.Generator) -> RankingBat
     log_q, logits, truth = sample_expectation(n_truths, k, cfg.expectation, gen)
     q = log_q.exp()
     logp = torch.log_softmax(logits, 1)
-    if cfg.severity == "kl":
-        gap = log_q[truth] - logp
-        severity = torch.where(q[truth] > 0, q[truth] * gap, torch.zeros_like(gap)).sum(1)
-    else:
-        severity = 0.5 * (q[truth] - logp.exp()).abs().sum(1)
+    severity = _expectation_severity(q[truth], log_q[truth], logp, cfg)
     if k <= cfg.max_labels:  # exact expectation over every label
         labels, weights = torch.arange(k).expand(len(truth), k), q[truth]
     else:  # labels drawn from q, shared by the predictions of one truth (common random numbers)
@@ -184,6 +197,11 @@ def population_penalty(theta: torch.Tensor, net: LossNetConfig) -> Penalty:
 def cross_entropy_penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy as a reference penalty: proper, and perfect under the KL expectation ranking."""
     return -logp.gather(-1, labels.expand(*logp.shape[:-1], labels.shape[-1]))
+
+
+def poly1_penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE + (1 - p_y) (Poly-1, eps = 1): the perfect ranker under the kl_disagreement severity at eps = 1."""
+    return cross_entropy_penalty(logp, labels) + mae_penalty(logp, labels)
 
 
 def mae_penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ from edloss.objective import (
     evaluate,
     evaluate_population,
     heldout_batches,
+    poly1_penalty,
     population_penalty,
     sample_batches,
 )
@@ -198,11 +199,12 @@ def export_best(
     norm = float(anchor_gradient_norm(population_penalty(chosen[None], cfg.lossnet), 1)[0])
     scale = ce_anchor_norm() / max(norm, 1e-12)
     scores = {name: float(value[best]) for name, value in metrics.items()}
-    ce = {name: float(v[0]) for name, v in evaluate(cross_entropy_penalty, 1, heldout, cfg.objective, all_metrics=True).items()}
+    ce, poly1 = ({name: float(v[0]) for name, v in evaluate(ref, 1, heldout, cfg.objective, all_metrics=True).items()}
+                 for ref in (cross_entropy_penalty, poly1_penalty))
     provenance = {"command": command, "seed": cfg.es.seed, "config": to_dict(cfg), "heldout_metrics": scores, "versions": versions(), "real_data_stage": False}
     loss = EDLLoss(LossNet.from_flat(chosen, cfg.lossnet), scale=scale, metadata={**provenance, **(provenance_extra or {})})
     loss.save(out / "loss")
-    summary = {"seed": cfg.es.seed, **(summary_extra or {}), "heldout": scores, "cross_entropy_heldout": ce, "scale": scale,
+    summary = {"seed": cfg.es.seed, **(summary_extra or {}), "heldout": scores, "cross_entropy_heldout": ce, "poly1_heldout": poly1, "scale": scale,
                "wall_seconds": wall_seconds, "shape": shape_table(loss_rows(loss))}
     atomic_write_json(out / "summary.json", summary)
     write_csv(out / "metrics.jsonl", out / "metrics.csv")

@@ -54,6 +54,45 @@ def shape_table(loss_fn: LossFn, k: int = 10, points: tuple[float, ...] = TABLE_
     ]
 
 
+RATIO_BINS = (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+
+
+def gradient_ratio_table(loss_fn: LossFn, k: int = 10, truths: int = 1000, seed: int = 0) -> dict[str, object]:
+    """How a loss's logit gradient compares with cross-entropy's on realistic synthetic predictions.
+
+    The one-curve profile above hides how a loss treats whole populations of predictions. Here
+    predictions around ``truths`` synthetic truths q (``synthetic.sample_expectation``, 8 per truth by
+    default; labels drawn from q)
+    are binned by p_y; per bin, the ratio of mean gradient norms (loss / CE), and overall the mean
+    cosine between the two gradients. On CIFAR-10 the ratios at the tails tracked accuracy (see
+    docs/EXPERIMENTS.md): more push than CE on hopeless predictions (p_y < 0.01) hurt.
+    """
+    from edloss.synthetic import ExpectationConfig, sample_expectation
+
+    gen = torch.Generator().manual_seed(seed)
+    log_q, logits, truth = sample_expectation(truths, k, ExpectationConfig(), gen)
+    target = torch.multinomial(log_q.exp()[truth], 1, generator=gen).squeeze(1)
+    z = logits.float().requires_grad_(True)
+    with torch.enable_grad():
+        grad, ce_grad = (torch.autograd.grad(fn(z, target).sum(), z)[0] for fn in (loss_fn, cross_entropy))
+    p_y = z.detach().softmax(1).gather(1, target[:, None]).squeeze(1)
+    norm, ce_norm = grad.norm(dim=1), ce_grad.norm(dim=1)
+    bins = []
+    for lo, hi in zip(RATIO_BINS[:-1], RATIO_BINS[1:]):
+        inside = (p_y >= lo) & ((p_y < hi) if hi < 1 else (p_y <= hi))
+        ratio = float(norm[inside].mean() / ce_norm[inside].mean()) if inside.any() else float("nan")
+        bins.append({"p_y_from": lo, "p_y_to": hi, "count": int(inside.sum()), "ratio": ratio})
+    cosine = float(F.cosine_similarity(grad, ce_grad, dim=1, eps=1e-12).mean())
+    return {"k": k, "bins": bins, "cosine": cosine}
+
+
+def format_gradient_ratio_table(table: dict[str, object]) -> str:
+    bins = table["bins"]
+    head = " ".join(f"{b['p_y_from']:g}-{b['p_y_to']:g}".rjust(9) for b in bins)
+    ratios = " ".join(f"{b['ratio']:9.2f}" for b in bins)
+    return f"{'p_y bin':>9} {head}\n{'ratio':>9} {ratios}\nmean cosine with CE's gradient: {table['cosine']:.3f}"
+
+
 def format_shape_table(rows: list[dict[str, float]]) -> str:
     lines = [f"{'p_y':>8} {'loss':>10} {'|grad|':>10} {'CE loss':>10} {'CE |grad|':>10}"]
     for r in rows:
