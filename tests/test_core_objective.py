@@ -103,3 +103,14 @@ def test_kl_disagreement_severity_is_ranked_perfectly_by_poly1_not_ce():
     assert ce["value"] < 0.95
     zero = ObjectiveConfig(severity="kl_disagreement", disagreement_weight=0.0, **SMALL)
     assert metrics(cross_entropy_penalty, zero)["value"] == 1.0  # eps = 0 is plain KL
+
+
+def test_calibration_is_zero_for_the_proper_loss_of_the_severity_only():
+    cfg = ObjectiveConfig(calibration_weight=1.0, **SMALL)
+    ce = metrics(cross_entropy_penalty, cfg)
+    assert ce["calibration"] == pytest.approx(0.0, abs=1e-4)  # E_q CE differences are KL differences
+    assert ce["fitness"] == pytest.approx(ce["value"] + ce["calibration"])
+    squared = metrics(lambda logp, labels: cross_entropy_penalty(logp, labels) ** 2, cfg)
+    assert squared["value"] > 0.8 and squared["calibration"] < -0.3  # mostly in order, wrong proportions
+    poly = ObjectiveConfig(severity="kl_disagreement", calibration_weight=1.0, **SMALL)
+    assert metrics(poly1_penalty, poly)["calibration"] == pytest.approx(0.0, abs=1e-4)
