@@ -15,6 +15,7 @@ from edloss.objective import (
 from edloss.synthetic import ExpectationConfig
 
 SMALL = {"evals_per_block": 1024, "min_items": 16}
+KL = {"severity": "kl", "calibration_weight": 0.0}  # the objective under which CE is exactly optimal
 SOFT = ExpectationConfig(one_hot_fraction=0.0)  # only soft truths: where properness shows most
 
 
@@ -23,12 +24,12 @@ def metrics(penalty, cfg, population=1):
 
 
 def test_expectation_objective_recognises_cross_entropy_as_proper():
-    cfg = ObjectiveConfig(expectation=SOFT, **SMALL)
+    cfg = ObjectiveConfig(expectation=SOFT, **KL, **SMALL)
     ce, mae = metrics(cross_entropy_penalty, cfg), metrics(mae_penalty, cfg)
     assert ce["value"] == 1.0 and ce["kendall_tau"] == 1.0  # E_q CE = H(q) + KL(q || p)
     assert mae["value"] < 0.7  # 1 - p_y is improper: it pays to over-predict the top class
     assert ce["anchor"] == pytest.approx(0.0, abs=1e-5)
-    default = ObjectiveConfig(**SMALL)  # half the truths one-hot: MAE is consistent on those
+    default = ObjectiveConfig(**KL, **SMALL)  # half the truths one-hot: MAE is consistent on those
     assert metrics(cross_entropy_penalty, default)["value"] == 1.0
     assert metrics(mae_penalty, default)["value"] < 0.85
 
@@ -41,7 +42,7 @@ def test_per_sample_objective_cannot_tell_good_losses_from_bad():
 
 
 def test_soft_value_consistency_tracks_the_hard_one():
-    cfg = ObjectiveConfig(soft=True, temperature=0.01, delta=1e-3, expectation=SOFT, **SMALL)  # soft scores need real gaps
+    cfg = ObjectiveConfig(**KL, soft=True, temperature=0.01, delta=1e-3, expectation=SOFT, **SMALL)  # soft scores need real gaps
     assert metrics(cross_entropy_penalty, cfg)["value"] > 0.9
     assert metrics(mae_penalty, cfg)["value"] < 0.75
 
@@ -61,9 +62,9 @@ def test_population_metrics_equal_one_at_a_time():
 def test_fitness_is_the_weighted_sum_of_terms():
     net = LossNetConfig()
     theta = torch.randn(3, net.num_params, generator=torch.Generator().manual_seed(2)) * init_scale(net)
-    cfg = ObjectiveConfig(value_weight=1.0, gradient_weight=0.5, anchor_weight=0.25, margin_weight=2.0, **SMALL)
+    cfg = ObjectiveConfig(value_weight=1.0, gradient_weight=0.5, anchor_weight=0.25, margin_weight=2.0, calibration_weight=0.75, **SMALL)
     m = evaluate(population_penalty(theta, net), 3, sample_batches(cfg, torch.Generator().manual_seed(3)), cfg)
-    expected = m["value"] + 0.5 * m["gradient"] + 0.25 * m["anchor"] + 2.0 * m["margin"]
+    expected = m["value"] + 0.5 * m["gradient"] + 0.25 * m["anchor"] + 2.0 * m["margin"] + 0.75 * m["calibration"]
     torch.testing.assert_close(m["fitness"], expected)
 
 
@@ -72,7 +73,7 @@ def test_fitness_is_the_weighted_sum_of_terms():
     [
         ({"kind": "pairwise"}, "kind"),
         ({"severity": "one_minus_py"}, "not valid for the expectation"),
-        ({"value_weight": 0.0}, "not all zero"),
+        ({"value_weight": 0.0, "calibration_weight": 0.0}, "not all zero"),
         ({"gradient_weight": -1.0}, ">= 0"),
         ({"classes": (1, 10)}, "classes"),
         ({"classes": (20, 10)}, "classes"),
@@ -86,11 +87,11 @@ def test_bad_objective_config(kwargs, match):
 
 
 def test_one_hot_truths_are_ranked_like_per_sample_labels():
-    cfg = ObjectiveConfig(delta=1e-5, expectation=ExpectationConfig(one_hot_fraction=1.0), **SMALL)
+    cfg = ObjectiveConfig(**KL, delta=1e-5, expectation=ExpectationConfig(one_hot_fraction=1.0), **SMALL)
     ce, mae = metrics(cross_entropy_penalty, cfg), metrics(mae_penalty, cfg)
     assert ce["value"] == 1.0
     assert mae["value"] > 0.99  # against a one-hot truth any decreasing function of p_y is consistent
-    mixed = ObjectiveConfig(delta=1e-5, expectation=ExpectationConfig(one_hot_fraction=0.5), **SMALL)
+    mixed = ObjectiveConfig(**KL, delta=1e-5, expectation=ExpectationConfig(one_hot_fraction=0.5), **SMALL)
     assert metrics(cross_entropy_penalty, mixed)["value"] == 1.0
     assert metrics(mae_penalty, mixed)["value"] < 0.9
 
@@ -106,7 +107,7 @@ def test_kl_disagreement_severity_is_ranked_perfectly_by_poly1_not_ce():
 
 
 def test_calibration_is_zero_for_the_proper_loss_of_the_severity_only():
-    cfg = ObjectiveConfig(calibration_weight=1.0, **SMALL)
+    cfg = ObjectiveConfig(severity="kl", calibration_weight=1.0, **SMALL)
     ce = metrics(cross_entropy_penalty, cfg)
     assert ce["calibration"] == pytest.approx(0.0, abs=1e-4)  # E_q CE differences are KL differences
     assert ce["fitness"] == pytest.approx(ce["value"] + ce["calibration"])

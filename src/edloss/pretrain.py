@@ -269,8 +269,10 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         objective["classes"] = _parse_range(args.classes)
     if args.features is not None:
         lossnet["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
-    if args.objective == "per_sample" and args.severity is None and "severity" not in data.get("objective", {}):
-        objective["severity"] = "one_minus_py"
+    if args.objective == "per_sample":  # the paper read literally: ranking only, unless the config says otherwise
+        if args.severity is None and "severity" not in data.get("objective", {}):
+            objective["severity"] = "one_minus_py"
+        objective.setdefault("calibration_weight", 0.0)
     return from_dict(PretrainConfig, {**data, "es": es, "objective": objective, "lossnet": lossnet})
 
 
@@ -293,7 +295,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mutation", choices=evolve.MUTATIONS)
     p.add_argument("--sigma", type=float, help="initial mutation scale (the schedule decays it)")
     p.add_argument("--objective", choices=("expectation", "per_sample"))
-    p.add_argument("--severity", help="expectation: kl|tv; per_sample: one_minus_py|margin|rank")
+    p.add_argument("--severity", help="expectation: kl_disagreement (default)|kl|tv; per_sample: one_minus_py|margin|rank")
     p.add_argument("--classes", help="class count range for synthetic data, LO,HI (or one K)")
     p.add_argument("--features", help="comma-separated loss-network features")
     p.add_argument("--fresh", action="store_true", help="discard an existing run in --out instead of resuming it")
