@@ -117,3 +117,15 @@ def test_cli_compare_two_models_and_edl_arm(tiny_config: TrainConfig, tmp_path: 
     assert "## resnet32" in printed and "| edl-rand |" in printed
     assert (out / "resnet32" / "edl-rand" / "seed0" / RESULT).is_file()
     assert cli_main(args + ["--summary-only"]) == 0
+
+
+def test_delta_vs_ce_is_paired_over_common_seeds() -> None:
+    """CE with 5 seeds, a loss with 3: only seeds 0-2 pair up, and the unpaired CE seeds don't move Δ."""
+    def run(label: str, seed: int, acc: float, status: str = "finished") -> dict:
+        return {"model": "resnet20", "label": label, "seed": seed, "status": status, "test_acc": acc}
+    runs = [run("ce", s, a) for s, a in enumerate([0.50, 0.60, 0.55, 0.90, 0.90])]
+    runs += [run("edl", s, a) for s, a in enumerate([0.52, 0.59, 0.58])] + [run("edl", 3, None, "diverged")]
+    d = C._paired_delta(runs, "resnet20", "edl", "ce")
+    assert d["delta_pairs"] == 3 and d["delta_wins"] == 2
+    assert d["delta_vs_ce"] == pytest.approx((2 - 1 + 3) / 3)
+    assert C._paired_delta(runs, "resnet20", "edl", None)["delta_vs_ce"] is None  # no CE arm: no Δ

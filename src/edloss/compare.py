@@ -267,11 +267,23 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
             rows.append(row)
         for row in rows:
             if row["model"] == model:
-                ok = reference and row["test_mean"] is not None and reference["test_mean"] is not None
-                row["delta_vs_ce"] = row["test_mean"] - reference["test_mean"] if ok else None
+                row.update(_paired_delta(runs, model, row["label"], reference["label"] if reference else None))
     shared = {k: v for k, v in asdict(recipe).items() if k not in ("model", "loss", "seed")}
     return {"recipe": shared, "seeds": seeds, "models": models,
             "arms": [asdict(a) for a in arms], "rows": rows, "runs": runs}
+
+
+def _paired_delta(runs: list[dict[str, Any]], model: str, label: str, ce_label: str | None) -> dict[str, Any]:
+    """Test-accuracy difference to CE over the seeds both finished: seeds share the network's
+    initialisation and data order, so per-seed pairs cancel much of the seed-to-seed noise."""
+    def by_seed(name: str | None) -> dict[int, float]:
+        return {r["seed"]: 100 * r["test_acc"] for r in runs
+                if r["model"] == model and r["label"] == name and r["status"] == "finished"}
+    mine, ce = by_seed(label), by_seed(ce_label)
+    diffs = [mine[s] - ce[s] for s in sorted(mine.keys() & ce.keys())]
+    mean, std = _mean_std(diffs)
+    return {"delta_vs_ce": mean, "delta_vs_ce_std": std, "delta_pairs": len(diffs),
+            "delta_wins": sum(d > 0 for d in diffs)}
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -293,7 +305,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"Seeds: {', '.join(map(str, summary['seeds']))}.", "",
         "Accuracies in percent, mean ± sample std over finished seeds; test accuracy is measured "
         "once, after the last epoch; validation accuracy is the last epoch's. Δ vs CE is the "
-        "difference of mean test accuracies in points.", "",
+        "mean ± std of per-seed differences in test accuracy (points) over the seeds both finished, "
+        "with how many of those seeds the loss beat CE.", "",
     ]
     for model in summary["models"]:
         lines += [f"## {model}", "",
@@ -304,7 +317,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 continue
             seeds = f"{row['n']}" + (f" (+{row['diverged']} diverged)" if row["diverged"] else "") \
                 + (f" (+{row['failed']} failed)" if row.get("failed") else "")
-            delta = "—" if row["delta_vs_ce"] is None else f"{row['delta_vs_ce']:+.2f}"
+            delta = "—" if row["delta_vs_ce"] is None else (
+                f"{row['delta_vs_ce']:+.2f}" + ("" if row["delta_vs_ce_std"] is None else f" ± {row['delta_vs_ce_std']:.2f}")
+                + f" ({row['delta_wins']}/{row['delta_pairs']})")
             wall = "—" if row["wall_mean"] is None else f"{row['wall_mean']:.0f}"
             lines.append(f"| {row['label']} | `{row['spec']}` | {seeds} | "
                          f"{_pm(row['test_mean'], row['test_std'])} | "

@@ -532,10 +532,13 @@ def _compare_markdown(src: Source, out: Path, prefix: str, synthetic: dict[str, 
                   f"{', '.join(map(str, s.get('seeds', [])))}.", ""]
     has_synth = bool(synthetic) and any(row["label"] in synthetic for row in s.get("rows", []))
     head = "| model | loss | spec | seeds | test acc (%) | val acc (%) | Δ vs CE |" + (" held-out fitness of the loss |" if has_synth else "")
-    lines += ["Accuracy in percent, mean ± std over finished seeds; Δ vs CE in points of mean test accuracy.", "",
+    lines += ["Accuracy in percent, mean ± std over finished seeds; Δ vs CE in points of test accuracy, paired by seed "
+              "(summaries written before pairing: difference of means).", "",
               head, "|---|---|---|---|---|---|---|" + ("---|" if has_synth else "")]
     for row in s.get("rows", []):
         delta = "—" if row.get("delta_vs_ce") is None else f"{row['delta_vs_ce']:+.2f}"
+        if row.get("delta_pairs"):
+            delta += f" ({row['delta_wins']}/{row['delta_pairs']} seeds better)"
         test = _pm({"mean": row.get("test_mean"), "std": row.get("test_std")}, 2)
         val = _pm({"mean": row.get("val_mean"), "std": row.get("val_std")}, 2)
         seeds = f"{row.get('n', 0)}" + (f" (+{row['diverged']} diverged)" if row.get("diverged") else "")
