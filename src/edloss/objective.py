@@ -7,7 +7,8 @@ Two readings (EDL_METHOD.md, "Measured"):
   decreasing function of p_y satisfies it, so the fitness saturates at once and the losses it
   selects are degenerate; kept to reproduce that finding.
 * **expectation** (the default): for a synthetic truth q, the *expected* penalty
-  E_{y~q} l(p, y) must rank predictions p by their divergence from q (KL or total variation).
+  E_{y~q} l(p, y) must rank predictions p by their divergence from q (KL + disagreement, the
+  default; KL; or total variation).
   Comparisons are made between predictions of the same q, so the objective asks for a proper
   loss (it pays to predict the truth). Cross-entropy ranks perfectly under KL, since
   E_q[-log p_y] = H(q) + KL(q || p); other severities ask for other shapes. ``kl_disagreement``
@@ -59,7 +60,7 @@ class ObjectiveConfig:
     gradient_weight: float = 0.0
     anchor_weight: float = 0.0
     margin_weight: float = 0.0
-    calibration_weight: float = 1.0
+    calibration_weight: float = 1.0  # `edloss pretrain --objective per_sample` sets 0: the paper's ranking only
     soft: bool = False  # soft ranking (mean sigmoid) instead of the hard fraction
     temperature: float = 0.1  # of the soft ranking, relative to each individual's loss spread
     delta: float = 1e-5  # a pair counts only if its severities differ by more than this
