@@ -283,7 +283,7 @@ def _paired_delta(runs: list[dict[str, Any]], model: str, label: str, ce_label: 
     diffs = [mine[s] - ce[s] for s in sorted(mine.keys() & ce.keys())]
     mean, std = _mean_std(diffs)
     return {"delta_vs_ce": mean, "delta_vs_ce_std": std, "delta_pairs": len(diffs),
-            "delta_wins": sum(d > 0 for d in diffs)}
+            "delta_wins": sum(d > 0 for d in diffs), "is_reference": label == ce_label}
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -317,7 +317,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 continue
             seeds = f"{row['n']}" + (f" (+{row['diverged']} diverged)" if row["diverged"] else "") \
                 + (f" (+{row['failed']} failed)" if row.get("failed") else "")
-            delta = "—" if row["delta_vs_ce"] is None else (
+            delta = "reference" if row.get("is_reference") else "—" if row["delta_vs_ce"] is None else (
                 f"{row['delta_vs_ce']:+.2f}" + ("" if row["delta_vs_ce_std"] is None else f" ± {row['delta_vs_ce_std']:.2f}")
                 + f" ({row['delta_wins']}/{row['delta_pairs']})")
             wall = "—" if row["wall_mean"] is None else f"{row['wall_mean']:.0f}"
