@@ -337,10 +337,11 @@ def plot_val_accuracy(summary: dict[str, Any], out_dir: Path, path: Path) -> Non
     from matplotlib.ticker import MaxNLocator
     import numpy as np
 
-    models = summary["models"]
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
+    models, arms = summary["models"], summary["arms"]
+    palette = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20").colors  # no two arms share a colour
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models) + 2.5, 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for arm in summary["arms"]:
+        for i, arm in enumerate(arms):
             curves = [[100 * (h["val_acc"] or 0) for h in _read_history(Path(run["dir"]))]
                       for run in summary["runs"] if run["model"] == model
                       and run["label"] == arm["label"] and run["status"] == "finished"]
@@ -351,14 +352,15 @@ def plot_val_accuracy(summary: dict[str, Any], out_dir: Path, path: Path) -> Non
             acc = np.array([c[:length] for c in curves])
             epochs = np.arange(1, length + 1)
             mean, std = acc.mean(0), acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(length)
-            (line,) = ax.plot(epochs, mean, label=f"{arm['label']} (n={len(acc)})")
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            style = {"color": "black", "linestyle": "--"} if _is_ce(arm["spec"]) else {"color": palette[i % len(palette)]}
+            (line,) = ax.plot(epochs, mean, label=f"{arm['label']} (n={len(acc)})", **style)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.12, color=line.get_color())
         ax.set(title=f"{model}: mean ± std over seeds", xlabel="epoch",
                ylabel="validation accuracy (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend()
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
