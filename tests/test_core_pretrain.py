@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from edloss import EDLLoss
-from edloss.cli import main
+from edloss.cli import build_parser, main
 from edloss.evolve import ESConfig
 from edloss.objective import ObjectiveConfig
-from edloss.pretrain import PretrainConfig, Run, pretrain
+from edloss.pretrain import PretrainConfig, Run, config_from_args, pretrain
 
 
 def rows(path):
@@ -124,3 +124,7 @@ def test_per_sample_objective_runs(tmp_path):
     assert main(["pretrain", "--objective", "per_sample", "--generations", "2", "--population", "6", "--classes", "5", "--out", str(tmp_path), "--quiet"]) == 0
     objective = json.loads((tmp_path / "config.json").read_text())["config"]["objective"]
     assert objective["severity"] == "one_minus_py" and objective["calibration_weight"] == 0.0  # the paper's reading: ranking only
+    config = tmp_path / "per_sample.json"  # the same when the kind comes from a config file
+    config.write_text(json.dumps({"objective": {"kind": "per_sample"}}))
+    args = build_parser().parse_args(["pretrain", "--config", str(config)])
+    assert config_from_args(args).objective.calibration_weight == 0.0

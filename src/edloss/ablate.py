@@ -36,8 +36,12 @@ It also copies each arm's best loss (best held-out fitness over all its sigmas a
 Default grid: seeds 0-9; chaotic and Gaussian at sigma 0.03, 0.1 and 0.3; CMA-ES from sigma 0.1
 (``--cmaes-sigmas 0.03 0.1 0.3`` sweeps it too): 70 runs of ``edloss pretrain``'s default config
 cut to 100 generations (population 64, 4 blocks x 4,096 evaluations per generation), held-out
-every 5 generations. Measured: 11.5 minutes with ``--jobs 1`` on a 2-core machine that was busy
-with other training; ``--jobs 2`` on 2 free cores roughly halves it.
+every 5 generations. Measured (v0 objective, ``--config configs/soft-truths-v0.json``): 11.5
+minutes with ``--jobs 1`` on a 2-core machine that was busy with other training; ``--jobs 2`` on
+2 free cores roughly halves it. The default ``--levels`` / ``--train-levels`` were chosen for
+that objective, whose fitness is value consistency alone (0..1). Under the v3 defaults the fitness
+adds the (negative) calibration term and is noisier on the held-out set (0.88 after 500
+generations for the shipped loss), so pass levels suited to it, e.g. ``--levels 0.6 0.7``.
 
 ``--ray ADDRESS`` (or ``auto``) runs every unfinished run as a Ray task of ``--threads`` CPUs
 instead of local worker processes (``edloss.distributed``), into the same run folders (on a

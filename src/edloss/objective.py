@@ -25,9 +25,9 @@ Terms, each reported and weighted into the fitness (weights are configuration):
 * ``calibration``: -mean |c * loss gap - severity gap| / mean severity gap, with c >= 0 the
   least-squares scale: expected losses should differ *as much as* their severities do, not only
   in the same order. Ranking pins a loss down only up to monotone distortions, so the tails the
-  fitness hardly sees came out arbitrary (a 2x push on hopeless predictions cost 15 CIFAR-10
-  points, docs/EXPERIMENTS.md); the proper loss of a severity (CE for KL, Poly-1 for
-  kl_disagreement) scores exactly 0.
+  fitness hardly sees came out arbitrary (a 2x push on hopeless predictions cost 14 CIFAR-10
+  points, docs/EXPERIMENTS.md); with exact expectations (K <= max_labels, and the held-out set)
+  the proper loss of a severity (CE for KL, Poly-1 for kl_disagreement) scores exactly 0.
 """
 
 from __future__ import annotations

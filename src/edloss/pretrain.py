@@ -269,9 +269,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         objective["classes"] = _parse_range(args.classes)
     if args.features is not None:
         lossnet["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
-    if args.objective == "per_sample":  # the paper read literally: ranking only, unless the config says otherwise
-        if args.severity is None and "severity" not in data.get("objective", {}):
-            objective["severity"] = "one_minus_py"
+    if objective.get("kind") == "per_sample":  # the paper read literally: ranking only, unless the config says otherwise
+        objective.setdefault("severity", "one_minus_py")
         objective.setdefault("calibration_weight", 0.0)
     return from_dict(PretrainConfig, {**data, "es": es, "objective": objective, "lossnet": lossnet})
 
