@@ -129,3 +129,10 @@ def test_delta_vs_ce_is_paired_over_common_seeds() -> None:
     assert d["delta_pairs"] == 3 and d["delta_wins"] == 2
     assert d["delta_vs_ce"] == pytest.approx((2 - 1 + 3) / 3)
     assert C._paired_delta(runs, "resnet20", "edl", None)["delta_vs_ce"] is None  # no CE arm: no Δ
+
+
+def test_delta_cell_for_paired_reference_and_old_rows() -> None:
+    assert C.format_delta({"delta_vs_ce": 1.07, "delta_vs_ce_std": 2.05, "delta_pairs": 5, "delta_wins": 3}) == "+1.07 ± 2.05 (3/5 seeds better)"
+    assert C.format_delta({"delta_vs_ce": 0.0, "is_reference": True}) == "reference"
+    assert C.format_delta({"delta_vs_ce": -0.5}) == "-0.50"  # a summary written before pairing
+    assert C.format_delta({"delta_vs_ce": None}) == "—"

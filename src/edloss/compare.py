@@ -286,6 +286,23 @@ def _paired_delta(runs: list[dict[str, Any]], model: str, label: str, ce_label: 
             "delta_wins": sum(d > 0 for d in diffs), "is_reference": label == ce_label}
 
 
+def format_delta(row: dict[str, Any]) -> str:
+    """A row's Δ vs CE as a table cell: "reference", "—" or "+1.07 ± 2.05 (3/5 seeds better)".
+
+    Rows of summaries written before pairing carry only the difference of means, shown bare.
+    """
+    if row.get("is_reference"):
+        return "reference"
+    if row.get("delta_vs_ce") is None:
+        return "—"
+    cell = f"{row['delta_vs_ce']:+.2f}"
+    if row.get("delta_vs_ce_std") is not None:
+        cell += f" ± {row['delta_vs_ce_std']:.2f}"
+    if row.get("delta_pairs"):
+        cell += f" ({row['delta_wins']}/{row['delta_pairs']} seeds better)"
+    return cell
+
+
 def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "—"
@@ -317,9 +334,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 continue
             seeds = f"{row['n']}" + (f" (+{row['diverged']} diverged)" if row["diverged"] else "") \
                 + (f" (+{row['failed']} failed)" if row.get("failed") else "")
-            delta = "reference" if row.get("is_reference") else "—" if row["delta_vs_ce"] is None else (
-                f"{row['delta_vs_ce']:+.2f}" + ("" if row["delta_vs_ce_std"] is None else f" ± {row['delta_vs_ce_std']:.2f}")
-                + f" ({row['delta_wins']}/{row['delta_pairs']})")
+            delta = format_delta(row)
             wall = "—" if row["wall_mean"] is None else f"{row['wall_mean']:.0f}"
             lines.append(f"| {row['label']} | `{row['spec']}` | {seeds} | "
                          f"{_pm(row['test_mean'], row['test_std'])} | "

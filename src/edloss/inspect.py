@@ -35,10 +35,11 @@ def describe(loss: EDLLoss, k: int = 10) -> str:
         lines += [f"  {section}: {json.dumps(value)}" for section, value in config.items()]
     if meta.get("heldout_metrics"):
         lines.append("held-out synthetic metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in meta["heldout_metrics"].items()))
+    rows = loss_rows(loss)
     lines.append(f"shape at K = {k} (remaining mass spread evenly):")
-    lines.append(format_shape_table(shape_table(loss_rows(loss), k)))
+    lines.append(format_shape_table(shape_table(rows, k)))
     lines.append(f"gradient norm / cross-entropy's on synthetic predictions at K = {k}, by p_y:")
-    lines.append(format_gradient_ratio_table(gradient_ratio_table(loss_rows(loss), k)))
+    lines.append(format_gradient_ratio_table(gradient_ratio_table(rows, k)))
     return "\n".join(lines)
 
 

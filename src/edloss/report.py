@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from edloss.compare import format_delta
 from edloss.files import atomic_write_bytes, save_figure
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -536,12 +537,7 @@ def _compare_markdown(src: Source, out: Path, prefix: str, synthetic: dict[str, 
               "(summaries written before pairing: difference of means).", "",
               head, "|---|---|---|---|---|---|---|" + ("---|" if has_synth else "")]
     for row in s.get("rows", []):
-        delta = "—" if row.get("delta_vs_ce") is None else f"{row['delta_vs_ce']:+.2f}"
-        if row.get("is_reference"):
-            delta = "reference"
-        elif row.get("delta_pairs"):
-            std = row.get("delta_vs_ce_std")
-            delta += ("" if std is None else f" ± {std:.2f}") + f" ({row['delta_wins']}/{row['delta_pairs']} seeds better)"
+        delta = format_delta(row)
         test = _pm({"mean": row.get("test_mean"), "std": row.get("test_std")}, 2)
         val = _pm({"mean": row.get("val_mean"), "std": row.get("val_std")}, 2)
         seeds = f"{row.get('n', 0)}" + (f" (+{row['diverged']} diverged)" if row.get("diverged") else "")
