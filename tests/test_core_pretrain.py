@@ -120,6 +120,19 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
     assert "unknown key(s) ['generation'] in config.es" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("section, key, value, message", [
+    ("objective", "calibration_weight", "high", "config.objective.calibration_weight must be a number, got 'high'"),
+    ("es", "population", 6.5, "config.es.population must be an integer, got 6.5"),
+    ("es", "mutation", 3, "config.es.mutation must be a string, got 3"),
+    ("objective", "soft", "yes", "config.objective.soft must be true or false, got 'yes'"),
+])
+def test_wrongly_typed_config_value_is_named(section, key, value, message, tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({section: {key: value}}))
+    assert main(["pretrain", "--config", str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_per_sample_objective_runs(tmp_path):
     assert main(["pretrain", "--objective", "per_sample", "--generations", "2", "--population", "6", "--classes", "5", "--out", str(tmp_path), "--quiet"]) == 0
     objective = json.loads((tmp_path / "config.json").read_text())["config"]["objective"]

@@ -35,11 +35,21 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         elif typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
             kwargs[name] = tuple(value)
         else:
+            _check_scalar(hint, value, f"{where}.{name}")
             kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"invalid {where}: {err}") from err
+
+
+def _check_scalar(hint: Any, value: Any, where: str) -> None:
+    """A number, string or flag of the wrong type is named here, before a check deep inside fails vaguely."""
+    numbers = {float: (int, float), int: (int,)}
+    if hint in numbers and (isinstance(value, bool) or not isinstance(value, numbers[hint])):
+        raise ValueError(f"{where} must be {'a number' if hint is float else 'an integer'}, got {value!r}")
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise ValueError(f"{where} must be {'a string' if hint is str else 'true or false'}, got {value!r}")
 
 
 def load_file(path: Path) -> dict[str, Any]:
