@@ -27,7 +27,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table, write_results  # noqa: E402
 
-from edloss import ablate as A  # noqa: E402
+from edloss.lab import ablate as A  # noqa: E402
 from edloss.configs import to_dict  # noqa: E402
 
 

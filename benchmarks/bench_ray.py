@@ -38,14 +38,14 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from _cifar_fixtures import write_cifar  # noqa: E402
 from _common import print_table, write_results  # noqa: E402
 
-from edloss import compare as C  # noqa: E402
+from edloss.lab import compare as C  # noqa: E402
 from edloss import distributed as D  # noqa: E402
 from edloss import evolve  # noqa: E402
 from edloss.evolve import ESConfig  # noqa: E402
 from edloss.lossnet import init_scale  # noqa: E402
 from edloss.objective import evaluate, evaluate_population, population_penalty, sample_batches  # noqa: E402
 from edloss.pretrain import PretrainConfig, batch_seed  # noqa: E402
-from edloss.train import TrainConfig  # noqa: E402
+from edloss.lab.train import TrainConfig  # noqa: E402
 
 LOSSES = ["ce", "focal"]
 SEEDS = [0, 1]

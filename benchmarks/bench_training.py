@@ -3,7 +3,7 @@
 Measures, side by side in one run (configurations interleaved round by round, so a neighbour's
 load hits all of them alike; the median round is reported):
 
-- data pipeline alone: the in-memory tensor pipeline (``edloss.data.BatchLoader``: whole-batch
+- data pipeline alone: the in-memory tensor pipeline (``edloss.lab.data.BatchLoader``: whole-batch
   crop/flip/normalise) vs a per-image Python ``Dataset`` + ``DataLoader`` doing the same
   augmentation image by image with plain torch;
 - a full training step (forward, backward, SGD) with each pipeline, NCHW and channels-last;
@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edloss.data import BatchLoader, channel_stats, load_batch
-from edloss.models import build_model
+from edloss.lab.data import BatchLoader, channel_stats, load_batch
+from edloss.lab.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "bench_training.json"

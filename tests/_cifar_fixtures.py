@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edloss.train import TrainConfig
+from edloss.lab.train import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PER_BATCH = 64  # train images per data_batch_k file (5 files -> 320 train images)

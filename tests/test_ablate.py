@@ -1,4 +1,4 @@
-"""edloss.ablate and edloss.stats: a miniature ablation end to end, resume, refusals, statistics."""
+"""edloss.lab.ablate and edloss.lab.stats: a miniature ablation end to end, resume, refusals, statistics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edloss import ablate as A
-from edloss import stats
+from edloss.lab import ablate as A
+from edloss.lab import stats
 from edloss.cli import main as cli_main
 from edloss.evolve import ESConfig
 from edloss.loss import EDLLoss

@@ -1,4 +1,4 @@
-"""edloss.compare: the grid layout, skipping finished runs, summaries, refusals, the CLI."""
+"""edloss.lab.compare: the grid layout, skipping finished runs, summaries, refusals, the CLI."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch.nn.functional as F
 
 from _cifar_fixtures import _one_thread, make_edl_checkpoint, tiny_cifar, tiny_config  # noqa: F401
-from edloss import compare as C
+from edloss.lab import compare as C
 from edloss.cli import main as cli_main
-from edloss.losses import LOSSES, register_loss
-from edloss.train import RESULT, TrainConfig
+from edloss.lab.losses import LOSSES, register_loss
+from edloss.lab.train import RESULT, TrainConfig
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""edloss.data: loading the pickle layout, errors, splits, augmentation, the batch loader."""
+"""edloss.lab.data: loading the pickle layout, errors, splits, augmentation, the batch loader."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 from _cifar_fixtures import (PER_BATCH, TEST_IMAGES, _one_thread, shared_data_dir,  # noqa: F401
                              tiny_cifar, write_batch, write_cifar)
-from edloss import data as D
+from edloss.lab import data as D
 
 
 def test_load_tiny_cifar10(tiny_cifar: Path) -> None:

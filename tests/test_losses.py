@@ -1,4 +1,4 @@
-"""edloss.losses: each baseline matches its formula; specs and arms parse; EDL plugs in."""
+"""edloss.lab.losses: each baseline matches its formula; specs and arms parse; EDL plugs in."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from _cifar_fixtures import _one_thread, make_edl_checkpoint, pretrained_edl_or_skip  # noqa: F401
-from edloss.losses import (LOSSES, build_loss, build_loss_from_spec, loss_names, parse_loss_arm,
+from edloss.lab.losses import (LOSSES, build_loss, build_loss_from_spec, loss_names, parse_loss_arm,
                            parse_loss_spec, register_loss)
 
 

@@ -1,4 +1,4 @@
-"""edloss.models: every CIFAR ResNet builds, has the paper's size, and runs forward."""
+"""edloss.lab.models: every CIFAR ResNet builds, has the paper's size, and runs forward."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _cifar_fixtures import _one_thread  # noqa: F401
-from edloss.models import BasicBlock, build_model, count_parameters, model_names
+from edloss.lab.models import BasicBlock, build_model, count_parameters, model_names
 
 # parameter counts: He et al. 2016, table 6 (0.27M ... 1.7M), and the usual CIFAR ResNet-18
 PAPER_PARAMS = {"resnet20": 0.27e6, "resnet32": 0.46e6, "resnet44": 0.66e6,

@@ -22,14 +22,14 @@ import pytest
 import torch
 from _cifar_fixtures import _one_thread, tiny_cifar  # noqa: F401
 
-from edloss import ablate as A
-from edloss import compare as C
+from edloss.lab import ablate as A
+from edloss.lab import compare as C
 from edloss import distributed as D
 from edloss.cli import main as cli_main
 from edloss.configs import to_dict
 from edloss.evolve import ESConfig
 from edloss.loss import EDLLoss
-from edloss.losses import LOSSES, register_loss
+from edloss.lab.losses import LOSSES, register_loss
 from edloss.lossnet import LossNetConfig, init_scale
 from edloss.objective import (
     POPULATION_CHUNK,
@@ -40,7 +40,7 @@ from edloss.objective import (
     sample_batches,
 )
 from edloss.pretrain import PretrainConfig, pretrain
-from edloss.train import EPOCHS, RESULT, TrainConfig
+from edloss.lab.train import EPOCHS, RESULT, TrainConfig
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra: pip install 'edloss[ray]'")
 

@@ -1,4 +1,4 @@
-"""edloss.report: figures and tables from a miniature ablation, pretraining runs and a compare grid; bad input."""
+"""edloss.lab.report: figures and tables from a miniature ablation, pretraining runs and a compare grid; bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edloss import report as R
+from edloss.lab import report as R
 from edloss.cli import main as cli_main
 from edloss.pretrain import Run
 from test_ablate import make_mini_ablation, tiny_base

@@ -1,4 +1,4 @@
-"""edloss.train: smoke runs for every loss, exact resume, refusals, NaN stop, the CLI."""
+"""edloss.lab.train: smoke runs for every loss, exact resume, refusals, NaN stop, the CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from _cifar_fixtures import (_one_thread, make_edl_checkpoint, pretrained_edl_or_skip,  # noqa: F401
                              shared_data_dir, tiny_cifar, tiny_config)
 from edloss.cli import main as cli_main
-from edloss.losses import LOSSES, loss_names, register_loss
-from edloss.train import (CHECKPOINT, EPOCHS, RESULT, TrainConfig, TrainingDiverged, lr_factor,
+from edloss.lab.losses import LOSSES, loss_names, register_loss
+from edloss.lab.train import (CHECKPOINT, EPOCHS, RESULT, TrainConfig, TrainingDiverged, lr_factor,
                           train)
 
 
@@ -173,9 +173,9 @@ def test_real_cifar10_slice_trains(tmp_path: Path) -> None:
     root = shared_data_dir()
     if root is None:
         pytest.skip("real CIFAR-10 not found in ../shared/data or $EDLOSS_DATA")
-    from edloss.data import BatchLoader, load_splits
-    from edloss.models import build_model
-    from edloss.train import evaluate
+    from edloss.lab.data import BatchLoader, load_splits
+    from edloss.lab.models import build_model
+    from edloss.lab.train import evaluate
 
     splits = load_splits("cifar10", root, train_subset=200, balanced=True)
     assert splits.val_x.shape[0] == 5000 and splits.test_x.shape[0] == 10_000

@@ -10,32 +10,47 @@ import sys
 COMMANDS: dict[str, str] = {
     "pretrain": "edloss.pretrain",
     "inspect": "edloss.inspect",
-    "train": "edloss.train",
-    "compare": "edloss.compare",
-    "ablate": "edloss.ablate",
-    "report": "edloss.report",
+    "train": "edloss.lab.train",
+    "compare": "edloss.lab.compare",
+    "ablate": "edloss.lab.ablate",
+    "report": "edloss.lab.report",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edloss", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMANDS.values():
+    for name, module_name in COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:  # a command still being built is simply absent
-            if err.name == module_name:
-                continue
-            raise
+        except ModuleNotFoundError as err:
+            if err.name not in LAB_PACKAGES:
+                raise
+            _add_missing_extra(sub, name, err.name)
+            continue
         module.add_cli(sub)
     return parser
+
+
+LAB_PACKAGES = ("numpy", "matplotlib", "scipy", "cma")  # what the lab extra installs
+
+
+def _add_missing_extra(sub: argparse._SubParsersAction, name: str, missing: str) -> None:
+    """A lab command without the lab extra: listed, and explains itself instead of a traceback."""
+
+    def refuse(args: argparse.Namespace) -> int:
+        raise ModuleNotFoundError(f"`edloss {name}` is part of the CIFAR lab and needs {missing}: pip install 'edloss[lab]'")
+
+    p = sub.add_parser(name, help=f"(needs the lab extra: pip install 'edloss[lab]')", add_help=True)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=refuse)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError, ModuleNotFoundError) as err:
         print(f"edloss {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

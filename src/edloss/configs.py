@@ -84,15 +84,20 @@ def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def versions() -> dict[str, str]:
     """Versions that decide the numbers a run produces."""
-    import numpy
     import torch
 
     from edloss import __version__
 
+    try:
+        import numpy
+
+        numpy_version = numpy.__version__
+    except ModuleNotFoundError:  # the loss and its pretraining don't need numpy
+        numpy_version = "absent"
     return {
         "edloss": __version__,
         "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "numpy": numpy_version,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +55,11 @@ def margin(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (soft_floor(_at_label(logp, labels)) - soft_floor(_rival(logp, labels))) / FEATURE_SCALE
 
 
+def logit_margin(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{j != y} z_j, unfloored: monotone in every logit (up in z_y, down in each z_j)."""
+    return (_at_label(logp, labels) - _rival(logp, labels)) / FEATURE_SCALE
+
+
 def log_krival(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log(K max_{j != y} p_j): how strongly the best wrong class is favoured."""
     return (soft_floor(_rival(logp, labels)) + math.log(logp.shape[-1])) / FEATURE_SCALE
@@ -81,6 +85,7 @@ def rank(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 FEATURES: dict[str, Feature] = {
     "log_kpy": log_kpy,
     "margin": margin,
+    "logit_margin": logit_margin,
     "log_krival": log_krival,
     "entropy": entropy,
     "p_y": p_y,
@@ -88,6 +93,10 @@ FEATURES: dict[str, Feature] = {
 }
 
 DEFAULT_FEATURES: tuple[str, ...] = ("log_kpy", "margin", "entropy")
+# Features that never fall when z_y rises and never rise when a wrong logit rises. A loss that is
+# non-increasing in each of them is monotone in every logit (``LossNetConfig(form="monotone")``).
+# ``margin`` is not among them: near its soft floor a third class's logit can move it either way.
+MONOTONE_FEATURES: tuple[str, ...] = ("log_kpy", "logit_margin", "p_y")
 
 
 def check_feature_names(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -114,55 +123,3 @@ def label_features(logp: torch.Tensor, labels: torch.Tensor, names: tuple[str, .
 def compute_features(logp: torch.Tensor, target: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
     """Features of (prediction, label) pairs: logp (..., K), target (...) -> (..., F)."""
     return label_features(logp, target.unsqueeze(-1), names).squeeze(-2)
-
-
-# ---------------------------------------------------------------------- closed-form logit gradients
-# Every feature's gradient with respect to the logits lies in span{e_y, e_c, p, p * log p}, where c is
-# the best wrong class: d log p_y / dz = e_y - p, d log p_c / dz = e_c - p, and
-# d H / dz = -p * (log p + H). So a feature's gradient is four per-row coefficients, and the loss
-# gradient is assembled with two scatters and two (N, K) products instead of an autograd graph.
-@dataclass
-class RowStats:
-    """Per-row quantities shared by every feature and its gradient (rows = samples)."""
-
-    logp: torch.Tensor  # (N, K)
-    target: torch.Tensor  # (N,)
-    p: torch.Tensor  # (N, K)
-    logp_y: torch.Tensor  # (N,)
-    logp_c: torch.Tensor  # (N,) best wrong class
-    rival: torch.Tensor  # (N,) its index
-    floor_y: torch.Tensor  # soft_floor(log p_y)
-    floor_c: torch.Tensor
-    slope_y: torch.Tensor  # d soft_floor(log p_y) / d log p_y, over FEATURE_SCALE
-    slope_c: torch.Tensor
-
-
-def row_stats(logp: torch.Tensor, target: torch.Tensor) -> RowStats:
-    logp_y = logp.gather(1, target[:, None]).squeeze(1)
-    logp_c, rival = logp.scatter(1, target[:, None], float("-inf")).max(dim=1)
-    both = torch.stack([logp_y, logp_c])
-    floors, slopes = soft_floor(both), torch.sigmoid(both - LOG_FLOOR) / FEATURE_SCALE
-    return RowStats(logp, target, logp.exp(), logp_y, logp_c, rival, floors[0], floors[1], slopes[0], slopes[1])
-
-
-Coefficients = dict[str, torch.Tensor]  # non-zero coefficients on "y" (e_y), "c" (e_c), "p", "plogp"
-
-
-def feature_with_gradient(name: str, s: RowStats) -> tuple[torch.Tensor, Coefficients]:
-    """A feature's value (N,) and the coefficients of its logit gradient on e_y, e_c, p, p * log p."""
-    log_k = math.log(s.logp.shape[1])
-    if name == "log_kpy":
-        return (s.floor_y + log_k) / FEATURE_SCALE, {"y": s.slope_y, "p": -s.slope_y}
-    if name == "log_krival":
-        return (s.floor_c + log_k) / FEATURE_SCALE, {"c": s.slope_c, "p": -s.slope_c}
-    if name == "margin":
-        return (s.floor_y - s.floor_c) / FEATURE_SCALE, {"y": s.slope_y, "c": -s.slope_c, "p": s.slope_c - s.slope_y}
-    if name == "entropy":
-        h = -(s.p * s.logp.clamp_min(-1e4)).sum(dim=1) / log_k
-        return h, {"p": -h, "plogp": torch.full_like(h, -1.0 / log_k)}
-    if name == "p_y":
-        py = s.logp_y.exp()
-        return py, {"y": py, "p": -py}
-    if name == "rank":
-        return rank(s.logp, s.target[:, None]).squeeze(1), {}
-    raise ValueError(f"unknown feature {name!r}")

@@ -1,11 +1,16 @@
 """``EDLLoss``: a pretrained loss network used exactly like ``nn.CrossEntropyLoss``.
 
+Same constructor arguments (``weight``, ``ignore_index``, ``reduction``, ``label_smoothing``), same
+input shapes ((N, C), (C,), (N, C, d1, ...)), class-index or probability targets, and CE's rules
+for weighted means and ignored elements. For a probability target t the loss is the expected
+penalty E_{y~t} l(p, y) = sum_y t_y l(p, y): the quantity the pretraining objective ranks.
+
 A checkpoint is a folder with two files:
 
 * ``loss.safetensors``: the network's weights (safetensors: no pickle, so loading one is safe);
 * ``loss.json``: format name and version, the network's architecture, the scale that anchors the
-  gradient at the uniform prediction to cross-entropy's, the sha256 of the weights file, and the
-  provenance of the loss (pretraining config, seed, command, synthetic metrics).
+  gradient at the uniform prediction to cross-entropy's, two sha256 sums (of the weights, and of
+  the weights together with every field that defines the function), and the provenance.
 """
 
 from __future__ import annotations
@@ -24,33 +29,38 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from edloss.features import feature_with_gradient, row_stats
+from edloss.fused import fused_reduced_loss, fused_row_losses
 from edloss.files import atomic_write_bytes, atomic_write_json
 from edloss.lossnet import LossNet, LossNetConfig
 
 FORMAT_NAME = "edloss-loss"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: definition_sha256 covers the architecture and scale too
 WEIGHTS_FILE = "loss.safetensors"
 CONFIG_FILE = "loss.json"
 REDUCTIONS = ("mean", "sum", "none")
 
 
 class EDLLoss(nn.Module):
-    """Evolutionary Dynamic Loss: ``loss = scale * softplus(MLP(features(log_softmax(logits), target)))``.
+    """Evolutionary Dynamic Loss, a drop-in for ``nn.CrossEntropyLoss``.
+
+    ``loss = scale * penalty(features(log_softmax(logits), target))``, the penalty being the
+    pretrained loss network (see ``lossnet``).
 
     Args:
         net: the loss network.
         scale: multiplies the network's output; set at export so that the gradient norm at the
             uniform prediction equals cross-entropy's, which lets CE's learning rates carry over.
-        reduction: "mean", "sum" or "none", as in ``nn.CrossEntropyLoss``.
-        ignore_index: targets equal to it contribute nothing (and are not counted by "mean").
-        check_inputs: validate shapes, label range and finiteness (one host sync per call).
-            Skipped automatically under ``torch.compile``.
+        weight, ignore_index, reduction, label_smoothing: as in ``nn.CrossEntropyLoss``
+            (``ignore_index=None`` ignores nothing).
+        check_inputs: validate label range and finiteness (one host sync per call). Skipped
+            under ``torch.compile``; shapes and dtypes are always checked.
         fused: in eager mode, compute the logit gradient in closed form during the forward pass
-            (several times faster than autograd for this many tiny ops). The loss is then
-            differentiable once, with respect to the logits only; pass ``fused=False`` for
-            double backward or to train the loss network itself. ``torch.compile`` always
-            traces the plain autograd path, which it fuses anyway.
+            (measured several times faster than autograd for this many tiny ops). The loss is
+            then differentiable once, with respect to the logits; ``fused=False`` allows double
+            backward. ``torch.compile`` always traces the plain autograd path.
+        trainable: a pretrained loss is frozen: its network gets no gradient and an optimizer
+            over ``model.parameters()`` cannot change it (else a model learns to game its own
+            loss). ``trainable=True`` opts in (and turns the fused path off).
         metadata: provenance saved with the checkpoint.
     """
 
@@ -58,65 +68,186 @@ class EDLLoss(nn.Module):
         self,
         net: LossNet,
         scale: float = 1.0,
+        weight: torch.Tensor | None = None,
+        ignore_index: int | None = -100,
         reduction: str = "mean",
-        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
         check_inputs: bool = True,
         fused: bool = True,
+        trainable: bool = False,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a finite positive number, got {scale}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite positive number, got {scale!r}")
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
         self.net = net
-        self.register_buffer("scale", torch.tensor(float(scale)))
-        self.reduction = reduction
+        self.scale = float(scale)  # a Python float: part of the definition, immune to .half()
+        self.register_buffer("weight", _check_weight(weight))
         self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = float(label_smoothing)
         self.check_inputs = check_inputs
         self.fused = fused
         self.metadata = dict(metadata or {})
+        self.trainable = trainable
+        self.net.requires_grad_(trainable)
+        self._warned_probabilities = False
+
+    def _apply(self, fn: Any, recurse: bool = True) -> EDLLoss:
+        """``.to(device)`` moves the network; ``.half()`` / ``.bfloat16()`` do not round its weights.
+
+        The network's weights define the loss, so they stay float32 (or float64 after ``.double()``)
+        whatever dtype the surrounding model is cast to; the loss computes in float32 (float64 for
+        float64 logits) and returns the logits' dtype."""
+        master = [p.detach().clone() for p in self.net.parameters()]
+        super()._apply(fn, recurse)
+        for p, m in zip(self.net.parameters(), master):
+            if p.dtype not in (torch.float32, torch.float64):
+                p.data = m.to(p.device)
+        if self.weight is not None and self.weight.dtype not in (torch.float32, torch.float64):
+            self.weight = self.weight.float()
+        return self
 
     # ------------------------------------------------------------------ forward
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        _check_types(logits, target)
-        valid = target != self.ignore_index
-        if self.check_inputs and not torch.compiler.is_compiling():
-            _check_values(logits, target, valid)
-        safe_target = torch.where(valid, target, torch.zeros_like(target))
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 - CE's names
+        logits, target, out_shape, soft = _as_rows(input, target)
+        if self.weight is not None and self.weight.shape[0] != logits.shape[1]:
+            raise ValueError(f"weight has {self.weight.shape[0]} entries but the input has {logits.shape[1]} classes")
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        checking = self.check_inputs and not torch.compiler.is_compiling()
+        # like F.cross_entropy: float32 under autocast, else the logits' dtype
+        out_dtype = dtype if torch.is_autocast_enabled(logits.device.type) else input.dtype
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            if self.fused and self.net.has_closed_form_gradient and not torch.compiler.is_compiling():
-                loss = _ClosedFormLoss.apply(logits.float(), safe_target, self.net, self.scale)
+            x = logits if logits.dtype == dtype else logits.to(dtype)
+            if soft:
+                loss, denominator = self._soft_target_loss(x, target.to(dtype), checking)
             else:
-                loss = self.net(torch.log_softmax(logits.float(), dim=1), safe_target) * self.scale
-        loss = torch.where(valid, loss, torch.zeros_like(loss))
+                ignored = self._check_class_indices(x, target) if checking else None
+                if ignored == 0 and self.weight is None and self.label_smoothing == 0 and self.reduction != "none" and self._fused_ok:
+                    # the common case: one fused call returns the reduced loss
+                    factor = 1.0 / x.shape[0] if self.reduction == "mean" else 1.0
+                    return fused_reduced_loss(x, target, self.net, self.scale * factor).to(out_dtype)
+                loss, denominator = self._class_index_loss(x, target, checking)
+        loss = loss if loss.dtype == out_dtype else loss.to(out_dtype)
         if self.reduction == "none":
-            return loss
+            return loss.reshape(out_shape)
         if self.reduction == "sum":
             return loss.sum()
-        return loss.sum() / valid.sum().clamp_min(1)
+        return loss.sum() / denominator
+
+    @property
+    def _fused_ok(self) -> bool:
+        return self.fused and not self.trainable and self.net.has_closed_form_gradient and not torch.compiler.is_compiling()
+
+    def _check_class_indices(self, x: torch.Tensor, target: torch.Tensor) -> int:
+        """Labels in range (or ignored) and finite logits, in one host sync; returns how many targets are ignored."""
+        k = x.shape[1]
+        lo, hi = torch.aminmax(target)
+        parts = [lo, hi, (target == self.ignore_index).sum() if self.ignore_index is not None else torch.zeros_like(lo)]
+        lo, hi, ignored = torch.stack(parts).tolist()
+        if ignored:  # the range check must skip the ignored targets
+            kept = target[target != self.ignore_index]
+            lo, hi = (int(kept.min()), int(kept.max())) if kept.numel() else (0, 0)
+        if lo < 0 or hi >= k:
+            raise ValueError(f"target labels must lie in [0, {k}) (or equal ignore_index={self.ignore_index}), found values in [{lo}, {hi}]")
+        if not bool(torch.isfinite(x.detach().sum())):  # cheap; on overflow the exact test decides
+            _check_finite(x, torch.logsumexp(x.detach(), dim=1))
+        if not self._warned_probabilities:
+            self._warned_probabilities = True
+            _warn_if_probabilities(x)
+        return int(ignored)
+
+    def _row_losses(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-row penalty l(p, y) (times scale), through the fused closed form when allowed."""
+        if self._fused_ok:
+            return fused_row_losses(x, target, self.net, self.scale)
+        logp = torch.log_softmax(x, dim=1)
+        return self.net(logp, target) * self.scale, logp.gather(1, target[:, None]).squeeze(1)
+
+    def _class_index_loss(self, x: torch.Tensor, target: torch.Tensor, checking: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        k = x.shape[1]
+        valid = None if self.ignore_index is None else target != self.ignore_index
+        safe = target if valid is None else torch.where(valid, target, torch.zeros((), dtype=target.dtype, device=target.device))
+        loss, logp_y = self._row_losses(x, safe)
+        if checking:  # a -inf target logit (a masked target) gives an infinite loss: say so
+            _check_finite(x, logp_y if valid is None else torch.where(valid, logp_y, 0.0))
+        row_weight = None if self.weight is None else self.weight.to(x.dtype)[safe]
+        if self.label_smoothing > 0:
+            eps = self.label_smoothing
+            every = self._all_label_losses(x)  # (M, C)
+            smooth = (every * self.weight.to(x.dtype)).sum(1) if self.weight is not None else every.sum(1)
+            loss = (1 - eps) * (loss if row_weight is None else loss * row_weight) + (eps / k) * smooth
+        elif row_weight is not None:
+            loss = loss * row_weight
+        if valid is not None:
+            loss = torch.where(valid, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+        if self.reduction != "mean":
+            return loss, loss.new_ones(())
+        # CE's weighted mean: divide by the summed weight of the counted targets. Where nothing is
+        # counted CE returns NaN; we return 0 with a zero gradient (never a silent NaN).
+        if row_weight is None:
+            counted = loss.new_tensor(float(loss.shape[0])) if valid is None else valid.sum().to(loss.dtype)
+        else:
+            counted = row_weight.sum() if valid is None else torch.where(valid, row_weight, 0.0).sum()
+        return loss, counted.clamp_min(torch.finfo(loss.dtype).tiny)
+
+    def _soft_target_loss(self, x: torch.Tensor, probs: torch.Tensor, checking: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """E_{y~t} l(p, y) = sum_y t_y l(p, y) per row; CE's rules: weights multiply each class's
+        term, label smoothing mixes t with the uniform distribution, the mean divides by the rows."""
+        if checking:
+            _check_probabilities(probs)
+            _check_finite(x, torch.log_softmax(x.detach(), 1).amax(1))
+        k = x.shape[1]
+        if self.label_smoothing > 0:
+            probs = probs * (1 - self.label_smoothing) + self.label_smoothing / k
+        every = self._all_label_losses(x)
+        terms = every * probs if self.weight is None else every * probs * self.weight.to(x.dtype)
+        loss = terms.sum(1)
+        return loss, loss.new_tensor(float(loss.shape[0]))
+
+    def _all_label_losses(self, x: torch.Tensor) -> torch.Tensor:
+        """l(p, c) for every class c of every row: (M, C). K network evaluations per row (autograd)."""
+        from edloss.features import label_features
+
+        logp = torch.log_softmax(x, dim=1)
+        labels = torch.arange(x.shape[1], device=x.device)[None, :]
+        feats = label_features(logp, labels, self.net.config.features)  # (M, C, F)
+        out = self.net.forward_features(feats)
+        if self.net.config.monotone:
+            out = out - logp
+        return out * self.scale
 
     def extra_repr(self) -> str:
         cfg = self.net.config
         return (
-            f"features={list(cfg.features)}, hidden={list(cfg.hidden)}, activation={cfg.activation}, "
-            f"scale={self.scale.item():.4g}, reduction={self.reduction}"
+            f"form={cfg.form}, features={list(cfg.features)}, hidden={list(cfg.hidden)}, activation={cfg.activation}, "
+            f"scale={self.scale:.4g}, reduction={self.reduction}, ignore_index={self.ignore_index}, "
+            f"label_smoothing={self.label_smoothing}, weighted={self.weight is not None}"
         )
 
     # ------------------------------------------------------------------ files
     @classmethod
     def pretrained(cls, name: str = "default", **kwargs: Any) -> EDLLoss:
-        """The loss shipped inside the package (made by ``edloss pretrain``; see its loss.json)."""
-        folder = resources.files("edloss") / "weights" / name
-        if not folder.is_dir():
-            available = sorted(p.name for p in (resources.files("edloss") / "weights").iterdir() if p.is_dir())
+        """A loss shipped inside the package (made by ``edloss pretrain``; see its loss.json).
+        Keyword arguments are ``EDLLoss``'s (weight, ignore_index, reduction, label_smoothing, ...)."""
+        root = resources.files("edloss") / "weights"
+        folder = root / name
+        if not isinstance(name, str) or not name or "/" in name or not folder.is_dir():
+            available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
             raise FileNotFoundError(f"no shipped loss named {name!r}; available: {available}")
         with resources.as_file(folder) as path:
             return cls.from_file(path, **kwargs)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> EDLLoss:
-        """Load a checkpoint folder (or its loss.json / loss.safetensors), verifying its checksum."""
+        """Load a checkpoint folder (or its loss.json / loss.safetensors), verifying both checksums,
+        the field types and that every weight is finite."""
         folder = _checkpoint_folder(Path(path))
         meta = _read_config(folder / CONFIG_FILE)
         blob = _read_bytes(folder / WEIGHTS_FILE)
@@ -127,15 +258,26 @@ class EDLLoss(nn.Module):
                 f"after saving (sha256 {digest[:12]}..., expected {meta['sha256'][:12]}...). "
                 "Re-export the loss with `edloss pretrain` or restore the original files."
             )
+        if meta["format_version"] >= 2 and definition_digest(meta, blob) != meta["definition_sha256"]:
+            raise ValueError(
+                f"{folder / CONFIG_FILE} was edited after saving: its architecture or scale no longer match "
+                "definition_sha256, so the file would define a different loss. Restore the original loss.json."
+            )
         try:
             tensors = load_safetensors(blob)
         except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
             raise ValueError(f"{folder / WEIGHTS_FILE} is not a valid safetensors file ({err})") from err
-        config = LossNetConfig(**meta["lossnet"])
-        net = LossNet(config)
         try:
-            net.load_flat(tensors["theta"])
-        except (KeyError, ValueError) as err:
+            config = LossNetConfig(**meta["lossnet"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{folder / CONFIG_FILE}: invalid field 'lossnet': {err}") from err
+        net = LossNet(config)
+        theta = tensors.get("theta")
+        if theta is None or not torch.isfinite(theta).all():
+            raise ValueError(f"{folder / WEIGHTS_FILE} holds no 'theta' tensor or non-finite weights; the loss cannot be used")
+        try:
+            net.load_flat(theta)
+        except ValueError as err:
             raise ValueError(f"{folder / WEIGHTS_FILE} does not match its loss.json architecture: {err}") from err
         return cls(net, scale=meta["scale"], metadata=meta.get("provenance", {}), **kwargs)
 
@@ -150,97 +292,105 @@ class EDLLoss(nn.Module):
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "edloss_version": __version__,
-            "lossnet": {"features": list(cfg.features), "hidden": list(cfg.hidden), "activation": cfg.activation},
+            "lossnet": {"features": list(cfg.features), "hidden": list(cfg.hidden), "activation": cfg.activation, "form": cfg.form},
             "scale": float(self.scale),
             "sha256": hashlib.sha256(blob).hexdigest(),
-            "provenance": self.metadata,
         }
+        meta["definition_sha256"] = definition_digest(meta, blob)
+        meta["provenance"] = self.metadata
         atomic_write_bytes(folder / WEIGHTS_FILE, blob)
         atomic_write_json(folder / CONFIG_FILE, meta)
         return folder
 
 
-class _ClosedFormLoss(torch.autograd.Function):
-    """Per-row loss whose logit gradient is assembled in closed form during the forward pass.
-
-    d loss / d z = sum_f (d loss / d feature_f) * (d feature_f / d z), and every feature gradient
-    is a combination of e_y, e_c (best wrong class), p and p * log p (see ``features``).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor, net: LossNet, scale: torch.Tensor) -> torch.Tensor:
-        stats = row_stats(torch.log_softmax(logits, dim=1), target)
-        values, coefficients = zip(*(feature_with_gradient(name, stats) for name in net.config.features))
-        loss, feature_grad = net.value_and_input_grad(torch.stack(values, dim=1))
-        total: dict[str, torch.Tensor] = {}
-        for f, coefs in enumerate(coefficients):
-            for key, coef in coefs.items():
-                term = feature_grad[:, f] * coef
-                total[key] = total[key] + term if key in total else term
-        zero = feature_grad.new_zeros(())
-        grad = stats.p * (total.get("p", zero)[..., None] + total.get("plogp", zero)[..., None] * stats.logp.clamp_min(-1e4))
-        grad = grad.expand_as(stats.p).contiguous() if grad.shape != stats.p.shape else grad
-        if "y" in total:
-            grad.scatter_add_(1, target[:, None], total["y"][:, None])
-        if "c" in total:
-            grad.scatter_add_(1, stats.rival[:, None], total["c"][:, None])
-        ctx.save_for_backward(grad * scale)
-        return loss * scale
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (grad,) = ctx.saved_tensors
-        return grad_output[:, None] * grad, None, None, None
+def definition_digest(meta: dict[str, Any], blob: bytes) -> str:
+    """sha256 of everything that defines the function: format, architecture, scale and weights."""
+    definition = {key: meta[key] for key in ("format", "format_version", "lossnet", "scale")}
+    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical + b"\0" + blob).hexdigest()
 
 
-def _check_types(logits: torch.Tensor, target: torch.Tensor) -> None:
-    """Shape and dtype checks: free (no device sync), so always on."""
-    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise TypeError(f"EDLLoss expects tensors (logits, target), got {type(logits).__name__}, {type(target).__name__}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point tensor, got {logits.dtype}")
-    if logits.dim() != 2:
+# ---------------------------------------------------------------------- input handling
+def _as_rows(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]:  # noqa: A002
+    """CE's shapes -> (rows (M, C), targets (M,) or (M, C), the unreduced output shape, soft?).
+
+    (C,) with () is one sample; (N, C) with (N,); (N, C, d1, ...) with (N, d1, ...); probability
+    targets have the input's shape. The class dimension is moved last and the rest flattened."""
+    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError(f"EDLLoss expects tensors (input, target), got {type(input).__name__}, {type(target).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"input (logits) must be a floating-point tensor, got {input.dtype}")
+    if input.dim() == 0:
+        raise ValueError("input must have a class dimension: (C,), (N, C) or (N, C, d1, ...), got a scalar")
+    soft = target.is_floating_point()
+    if target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold class indices (an integer dtype) or class probabilities (float), got {target.dtype}")
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input
+    t = target.unsqueeze(0) if unbatched else target
+    k = x.shape[1]
+    if k < 2:
+        raise ValueError(f"need at least 2 classes, got input of shape {tuple(input.shape)} (classes are dimension {0 if unbatched else 1})")
+    if soft:
+        if t.shape != x.shape:
+            raise ValueError(f"probability targets must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
+    elif t.shape != (x.shape[0], *x.shape[2:]):
+        expected = () if unbatched else (x.shape[0], *x.shape[2:])
         raise ValueError(
-            f"logits must be 2-D (N, K), got shape {tuple(logits.shape)}; "
-            "for (N, K, d1, ...) outputs move K last and flatten: logits.movedim(1, -1).reshape(-1, K)"
+            f"class-index target must have shape {expected} for input of shape {tuple(input.shape)}, got {tuple(target.shape)} "
+            "(for one-hot or soft labels pass float probabilities of the input's shape)"
         )
-    if logits.shape[1] < 2:
-        raise ValueError(f"need at least 2 classes, got logits of shape {tuple(logits.shape)}")
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(
-            f"target must hold integer class indices (int64), got {target.dtype}; "
-            "for one-hot or soft labels pass target.argmax(dim=1)"
-        )
-    if target.dim() != 1 or target.shape[0] != logits.shape[0]:
-        raise ValueError(f"target must have shape ({logits.shape[0]},) to match logits {tuple(logits.shape)}, got {tuple(target.shape)}")
-    if logits.shape[0] == 0:
-        raise ValueError("empty batch: logits has 0 rows")
+    if x.numel() == 0:
+        raise ValueError(f"empty batch: input of shape {tuple(input.shape)} has no elements")
+    out_shape = tuple(t.shape[:0]) if unbatched else tuple(x.shape[:1] + x.shape[2:])
+    if x.dim() > 2:
+        x = x.movedim(1, -1).reshape(-1, k)
+        t = t.movedim(1, -1).reshape(-1, k) if soft else t.reshape(-1)
+    if not soft and t.dtype != torch.long:
+        t = t.long()
+    return x, t, out_shape, soft
 
 
-def _check_values(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
-    """Label range, finiteness and the probabilities-instead-of-logits mistake, in one host sync."""
-    k = logits.shape[1]
-    detached = logits.detach()
-    labels = target[valid]
-    stats = torch.stack(
-        [
-            torch.isfinite(detached).all().to(torch.float64),
-            labels.min().to(torch.float64) if labels.numel() else torch.zeros((), dtype=torch.float64),
-            labels.max().to(torch.float64) if labels.numel() else torch.zeros((), dtype=torch.float64),
-            ((detached.min() >= 0) & (detached.max() <= 1) & ((detached.float().sum(1) - 1).abs().max() < 1e-3)).to(torch.float64),
-        ]
-    ).tolist()
-    finite, lo, hi, looks_like_probs = stats
-    if not finite:
-        bad = (~torch.isfinite(detached)).any(dim=1).nonzero().flatten()[:5].tolist()
-        raise ValueError(f"logits contain NaN or Inf (rows {bad}...); the model diverged or its inputs are bad - lower the learning rate or check the data")
-    if lo < 0 or hi >= k:
-        raise ValueError(f"target labels must lie in [0, {k}) (or equal ignore_index), found values in [{int(lo)}, {int(hi)}]")
-    if looks_like_probs and k > 1:
+def _check_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
+    if weight is None:
+        return None
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or not weight.is_floating_point():
+        raise ValueError(f"weight must be a 1-D float tensor with one entry per class, got {weight!r}")
+    if not torch.isfinite(weight).all() or (weight < 0).any():
+        raise ValueError(f"weight must be finite and >= 0, got {weight.tolist()}")
+    return weight.detach().float() if weight.dtype != torch.float64 else weight.detach()
+
+
+def _warn_if_probabilities(x: torch.Tensor) -> None:
+    """The probabilities-instead-of-logits mistake, judged on the first row of the first call."""
+    first = x[0].detach()
+    if float(first.min()) >= 0 and float(first.max()) <= 1 and abs(float(first.sum()) - 1) < 1e-3:
         warnings.warn(
-            "every row of logits lies in [0, 1] and sums to 1: these look like probabilities. "
+            "the first row of logits lies in [0, 1] and sums to 1: it looks like probabilities. "
             "EDLLoss applies log_softmax itself; pass raw logits (drop the softmax).",
-            stacklevel=3,
+            stacklevel=5,
+        )
+
+
+def _check_finite(x: torch.Tensor, per_row: torch.Tensor) -> None:
+    """NaN or +-Inf anywhere in a row makes that row's log-probabilities (and loss) non-finite, so
+    checking the per-row values finds bad logits without another pass over (M, C). -Inf in a
+    wrong class is a mask, as in CE, and is allowed."""
+    if bool(torch.isfinite(per_row).all()):
+        return
+    rows = (~torch.isfinite(per_row)).nonzero().flatten()[:5].tolist()
+    raise ValueError(
+        f"logits contain NaN or Inf (rows {rows}...), or a target's logit is -Inf; the model diverged or "
+        "its inputs are bad - lower the learning rate or check the data"
+    )
+
+
+def _check_probabilities(probs: torch.Tensor) -> None:
+    lo, total_err = probs.min(), (probs.sum(1) - 1).abs().max()
+    if not bool(torch.isfinite(probs).all()) or float(lo) < 0 or float(total_err) > 1e-3:
+        raise ValueError(
+            "probability targets must be finite, >= 0 and sum to 1 over the class dimension "
+            f"(found min {float(lo):.3g}, largest |sum - 1| {float(total_err):.3g}); for class indices pass an integer tensor"
         )
 
 
@@ -257,20 +407,30 @@ def _read_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
+FIELD_TYPES: dict[str, tuple[type, ...]] = {"format": (str,), "format_version": (int,), "lossnet": (dict,), "scale": (float, int), "sha256": (str,)}
+
+
 def _read_config(path: Path) -> dict[str, Any]:
+    """Parse loss.json and check every field that defines the loss: presence, type, range."""
     try:
         meta = json.loads(_read_bytes(path))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON (truncated or edited?): {err}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not an edloss loss checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has format version {version}, newer than this edloss understands ({FORMAT_VERSION}); "
-            "upgrade edloss: pip install -U edloss"
-        )
-    for key in ("lossnet", "scale", "sha256"):
+    for key, types in FIELD_TYPES.items():
         if key not in meta:
             raise ValueError(f"{path} lacks the field {key!r}; the checkpoint is incomplete")
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"{path}: field {key!r} must be {' or '.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
+    version = meta["format_version"]
+    if version > FORMAT_VERSION or version < 1:
+        raise ValueError(f"{path} has format version {version}; this edloss reads 1..{FORMAT_VERSION} (newer: pip install -U edloss)")
+    if version >= 2 and not isinstance(meta.get("definition_sha256"), str):
+        raise ValueError(f"{path}: field 'definition_sha256' must be a string (format version {version} requires it)")
+    if version == 1:
+        warnings.warn(f"{path} is format version 1: its architecture and scale are not checksummed; re-save it with loss.save()", stacklevel=3)
+    if not (math.isfinite(meta["scale"]) and meta["scale"] > 0):
+        raise ValueError(f"{path}: field 'scale' must be a finite positive number, got {meta['scale']!r}")
     return meta

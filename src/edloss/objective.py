@@ -196,8 +196,10 @@ def population_penalty(theta: torch.Tensor, net: LossNetConfig) -> Penalty:
         feats = label_features(logp, labels, net.features)  # (B, I, L, F)
         b, i, l, f = feats.shape
         flat = feats.reshape(b, i * l, f)
-        out = population_forward(theta, flat if b == theta.shape[0] else flat[0], net)
-        return out.reshape(theta.shape[0], i, l)
+        out = population_forward(theta, flat if b == theta.shape[0] else flat[0], net).reshape(theta.shape[0], i, l)
+        if net.monotone:  # -log p_y + the learned, bounded, monotone correction
+            out = out + cross_entropy_penalty(logp, labels)
+        return out
 
     return penalty
 

@@ -208,7 +208,12 @@ def export_best(
                "wall_seconds": wall_seconds, "shape": shape_table(loss_rows(loss))}
     atomic_write_json(out / "summary.json", summary)
     write_csv(out / "metrics.jsonl", out / "metrics.csv")
-    plot_shapes({label or f"EDL ({cfg.es.mutation}, seed {cfg.es.seed})": loss_rows(loss)}, out / "loss_shape.png")
+    try:
+        plot_shapes({label or f"EDL ({cfg.es.mutation}, seed {cfg.es.seed})": loss_rows(loss)}, out / "loss_shape.png")
+    except ModuleNotFoundError as err:  # the figure needs the lab extra; the loss itself does not
+        if err.name != "matplotlib":
+            raise
+        print(f"note: {out / 'loss_shape.png'} not drawn: matplotlib is missing (pip install 'edloss[lab]')", file=sys.stderr)
     return loss, summary, best
 
 

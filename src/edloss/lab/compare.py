@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edloss.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec
-from edloss.models import model_names
+from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec
+from edloss.lab.models import model_names
 from edloss.files import atomic_write_text, save_figure
-from edloss.train import (CHECKPOINT, EPOCHS, TrainConfig, TrainingDiverged, add_recipe_args,
+from edloss.lab.train import (CHECKPOINT, EPOCHS, TrainConfig, TrainingDiverged, add_recipe_args,
                           apply_threads, config_diff, config_from_args,
                           is_finished, read_result, train)
 

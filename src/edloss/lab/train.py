@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from edloss.configs import versions
-from edloss.data import BatchLoader, Splits, load_splits, resolve_data_dir
+from edloss.lab.data import BatchLoader, Splits, load_splits, resolve_data_dir
 from edloss.files import atomic_torch_save, atomic_write_text
-from edloss.losses import LOSSES, build_loss_from_spec, parse_loss_arm, parse_loss_spec
-from edloss.models import build_model, model_names
+from edloss.lab.losses import LOSSES, build_loss_from_spec, parse_loss_arm, parse_loss_spec
+from edloss.lab.models import build_model, model_names
 
 CHECKPOINT = "checkpoint.pt"
 EPOCHS = "epochs.jsonl"

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from edloss.compare import format_delta
+from edloss.lab.compare import format_delta
 from edloss.files import atomic_write_bytes, save_figure
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -84,7 +84,7 @@ def inspect_source(path: Path) -> Source:
 
 
 def _ablation_source(path: Path, saved: dict[str, Any]) -> Source:
-    from edloss.ablate import AblationConfig, best_losses, collect
+    from edloss.lab.ablate import AblationConfig, best_losses, collect
     from edloss.configs import from_dict
 
     try:
@@ -123,7 +123,7 @@ def _compare_source(path: Path, summary: dict[str, Any]) -> Source:
 
 
 def _pretrain_source(path: Path, config: dict[str, Any]) -> Source:
-    from edloss.ablate import read_jsonl
+    from edloss.lab.ablate import read_jsonl
 
     rows = read_jsonl(path / "metrics.jsonl")
     planned = int(config["config"]["es"].get("generations", 0))

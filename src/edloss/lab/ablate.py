@@ -68,7 +68,8 @@ from typing import Any
 
 import torch
 
-from edloss import evolve, stats
+from edloss import evolve
+from edloss.lab import stats
 from edloss.configs import diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig
 from edloss.files import atomic_write_bytes, atomic_write_json
