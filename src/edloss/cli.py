@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from edloss.files import RunFolderBusy
+
 # name -> module that defines ``add_cli(subparsers)``; each registers its parser and sets ``func``.
 COMMANDS: dict[str, str] = {
     "pretrain": "edloss.pretrain",
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, OSError, ModuleNotFoundError) as err:
+    except (ValueError, TypeError, OSError, ModuleNotFoundError, RunFolderBusy) as err:
         print(f"edloss {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
