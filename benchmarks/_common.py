@@ -9,6 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(path: str | os.PathLike[str]) -> str:
+    """A path as recorded in results: relative to the repository, never this machine's absolute path."""
+    return os.path.relpath(Path(path).resolve(), ROOT)
 
 
 def best_time(fn: Callable[[], object], repeat: int = 5, number: int = 10, warmup: int = 3) -> float:

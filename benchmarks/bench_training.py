@@ -36,6 +36,9 @@ import torch.nn.functional as F
 from edloss.lab.data import BatchLoader, channel_stats, load_batch
 from edloss.lab.models import build_model
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import repo_relative  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "bench_training.json"
 
@@ -49,7 +52,7 @@ def load_images(data_dir: str | None, n: int) -> tuple[torch.Tensor, torch.Tenso
     for c in candidates:
         if c and (Path(c) / "cifar-10-batches-py" / "data_batch_1").is_file():
             x, y = load_batch(Path(c) / "cifar-10-batches-py" / "data_batch_1", "labels", 10)
-            return x[:n], y[:n], f"CIFAR-10 data_batch_1 ({c})"
+            return x[:n], y[:n], f"CIFAR-10 data_batch_1 ({repo_relative(c)})"
     g = torch.Generator().manual_seed(0)
     return (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
             torch.randint(0, 10, (n,), generator=g), "random uint8 images")
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "bench_training", "model": "resnet20", "batch_size": b,
         "data": source, "images_in_memory": int(images.shape[0]),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: (repo_relative(v) if isinstance(v, Path) or (k == "data_dir" and v) else v) for k, v in vars(args).items()},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "threads": torch.get_num_threads(), "python": platform.python_version(),
                     "torch": torch.__version__},

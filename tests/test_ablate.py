@@ -251,14 +251,17 @@ def test_config_validation() -> None:
 
 
 # ---------------------------------------------------------------------- CLI
-def test_cli_runs_a_tiny_ablation_and_prints_the_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_runs_a_tiny_ablation_and_prints_the_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    real = A.ablate  # the runs in this process (jobs=0, a library-only setting): no worker start-up in a test
+    monkeypatch.setattr(A, "ablate", lambda *args, **kw: real(*args, **{**kw, "jobs": 0}))
     config = tmp_path / "tiny.json"
     base = tiny_base(generations=3)
     config.write_text(json.dumps({"lossnet": {"hidden": [4]}, "objective": {"classes": [2, 20], "blocks": 1, "evals_per_block": 256},
                                   "heldout_every": 2}))
     out = tmp_path / "abl"
     argv = ["ablate", "--config", str(config), "--generations", "3", "--population", str(base.es.population), "--seeds", "0", "1",
-            "--sigmas", "0.1", "--cmaes-sigmas", "0.1", "--jobs", "0", "--out", str(out)]
+            "--sigmas", "0.1", "--cmaes-sigmas", "0.1", "--jobs", "1", "--out", str(out)]
     assert cli_main(argv) == 0
     captured = capsys.readouterr()
     assert "edloss compare --losses ce chaotic=edl:" in captured.out and "held-out fitness" in captured.out

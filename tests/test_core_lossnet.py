@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edloss.features import FEATURES, check_feature_names, compute_features, label_features
+from edloss.features import FEATURES, MONOTONE_FEATURES, check_feature_names, compute_features, label_features
 from edloss.lossnet import LossNet, LossNetConfig, init_scale, population_forward
 
 
@@ -15,10 +15,13 @@ from edloss.lossnet import LossNet, LossNetConfig, init_scale, population_forwar
     population=st.integers(1, 6),
     hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3),
     features=st.lists(st.sampled_from(sorted(FEATURES)), min_size=1, max_size=4, unique=True).filter(lambda f: f != ["rank"]),
+    monotone=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_population_form_equals_module_form(k, n, population, hidden, features, seed):
-    cfg = LossNetConfig(features=tuple(features), hidden=tuple(hidden))
+def test_population_form_equals_module_form(k, n, population, hidden, features, monotone, seed):
+    if monotone:
+        features = [f for f in features if f in MONOTONE_FEATURES] or ["p_y"]
+    cfg = LossNetConfig(features=tuple(features), hidden=tuple(hidden), form="monotone" if monotone else "free")
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(population, cfg.num_params, generator=g) * init_scale(cfg)
     logp = torch.log_softmax(torch.randn(n, k, generator=g) * 4, 1)
@@ -26,7 +29,8 @@ def test_population_form_equals_module_form(k, n, population, hidden, features, 
     batched = population_forward(theta, compute_features(logp, target, cfg.features), cfg)
     for i in range(population):
         module = LossNet.from_flat(theta[i], cfg)
-        torch.testing.assert_close(module(logp, target), batched[i], rtol=1e-5, atol=1e-5)
+        base = -logp.gather(1, target[:, None]).squeeze(1) if monotone else 0.0  # the monotone form adds -log p_y
+        torch.testing.assert_close(module(logp, target), batched[i] + base, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(module.flat(), theta[i])
 
 
@@ -40,10 +44,12 @@ def test_every_label_form_matches_one_label_form():
 
 
 @pytest.mark.parametrize("k", [2, 10, 100, 1000])
-def test_default_features_do_not_depend_on_class_count_at_uniform(k):
+def test_k_free_features_do_not_depend_on_class_count_at_uniform(k):
+    """log(K p_y), both margins and the normalised entropy mean the same at every K; p_y (in the
+    default, so that Poly-1's 1 - p_y is representable) deliberately does not."""
     logp = torch.log_softmax(torch.zeros(1, k), 1)
-    feats = compute_features(logp, torch.zeros(1, dtype=torch.long), LossNetConfig().features)
-    torch.testing.assert_close(feats, torch.tensor([[0.0, 0.0, 1.0]]), atol=1e-5, rtol=0)
+    feats = compute_features(logp, torch.zeros(1, dtype=torch.long), ("log_kpy", "margin", "logit_margin", "entropy"))
+    torch.testing.assert_close(feats, torch.tensor([[0.0, 0.0, 0.0, 1.0]]), atol=1e-5, rtol=0)
 
 
 def test_bad_architecture_is_rejected():
@@ -60,6 +66,6 @@ def test_bad_architecture_is_rejected():
 
 
 def test_parameter_count():
-    cfg = LossNetConfig(features=("p_y", "margin"), hidden=(4,))
+    cfg = LossNetConfig(features=("p_y", "margin"), hidden=(4,), form="free")
     assert cfg.num_params == 2 * 4 + 4 + 4 + 1
     assert init_scale(cfg)[:8].tolist() == pytest.approx([1 / math.sqrt(2)] * 8)

@@ -43,7 +43,8 @@ def test_a_short_run_improves_heldout_fitness(tmp_path):
     _, summary = pretrain(cfg, tmp_path, progress=False)
     first = rows(tmp_path)[0]["heldout_fitness_best"]  # best of the random initial population
     assert summary["heldout"]["fitness"] > first + 0.02
-    assert summary["heldout"]["fitness"] <= summary["cross_entropy_heldout"]["fitness"] + 1e-6
+    # Poly-1 ranks and calibrates perfectly under the default severity: nothing can score higher
+    assert summary["heldout"]["fitness"] <= summary["poly1_heldout"]["fitness"] + 1e-6
 
 
 def test_run_folder_has_everything(tmp_path, tiny_pretrain_config):

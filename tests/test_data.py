@@ -101,6 +101,55 @@ def test_wrong_labels_name_the_file(tmp_path: Path) -> None:
         D.load_cifar("cifar10", tmp_path)
 
 
+class _CreatesAFile:
+    """A hostile pickle payload: unpickling it calls ``open(path, "w")``, which creates the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_batch_that_runs_code_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Plain pickle.load ran whatever a batch asked; only numpy's array rebuilders may be named."""
+    folder = _copy_tiny(tmp_path / "data")
+    marker = tmp_path / "created-by-the-pickle"
+    hostile = pickle.dumps({b"batch_label": b"x", b"labels": [0], b"data": _CreatesAFile(marker)}, protocol=2)
+    (folder / "data_batch_1").write_bytes(hostile)
+    with pytest.raises(ValueError, match=r"refusing to load \S*data_batch_1: it asks to run io\.open; "
+                                         "CIFAR batches hold only arrays and lists"):
+        D.load_cifar("cifar10", tmp_path / "data")
+    assert not marker.exists()
+    # the way the report found it: `edloss train` reading the folder
+    from edloss.cli import main as cli_main
+
+    code = cli_main(["train", "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--device", "cpu",
+                     "--val-size", "32", "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2 and "refusing to load" in capsys.readouterr().err and not marker.exists()
+    # a hostile meta file is refused too, not skipped for generic class names
+    write_cifar(tmp_path / "data")
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": _CreatesAFile(marker)}, protocol=4))
+    with pytest.raises(ValueError, match="batches.meta: it asks to run io.open"):
+        D.load_cifar("cifar10", tmp_path / "data")
+    assert not marker.exists()
+    # the payload is real: plain pickle would have created the file
+    pickle.loads(hostile)[b"data"].close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_batches_of_every_pickle_protocol_load(protocol: int, tmp_path: Path) -> None:
+    """numpy arrays pickle through _reconstruct (protocols 2-4) or _frombuffer (5); both load."""
+    data = np.arange(4 * 3072, dtype=np.int64).astype(np.uint8).reshape(4, 3072)
+    batch = {b"batch_label": b"x", b"labels": [0, 1, 2, 3], b"data": data,
+             b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"]}
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
+    x, y = D.load_batch(path, "labels", 10)
+    assert torch.equal(x.reshape(4, -1), torch.from_numpy(data)) and y.tolist() == [0, 1, 2, 3]
+
+
 # ----------------------------------------------------------------------------- download
 
 
@@ -164,7 +213,7 @@ def test_subset_first_n_and_balanced(tiny_cifar: Path) -> None:
     for k in range(10):
         chosen = idx[arrays.train_y[idx] == k]
         assert torch.equal(chosen, (arrays.train_y[:300] == k).nonzero().squeeze(1)[: len(chosen)])
-    with pytest.raises(ValueError, match="train subset"):
+    with pytest.raises(ValueError, match="train-subset"):
         D.make_splits(arrays, val_size=20, train_subset=10_000)
     with pytest.raises(ValueError, match="validation size"):
         D.make_splits(arrays, val_size=10_000)

@@ -63,6 +63,21 @@ def test_errors_list_valid_choices() -> None:
         build_loss("label_smoothing", eps=1.5)
 
 
+def test_option_ranges_are_named() -> None:
+    """Poly-1 with epsilon < -1 rises in p_y near 1 (d/dp = -1/p - epsilon): refused, with why."""
+    with pytest.raises(ValueError, match=r"poly1 epsilon must be a number >= -1, got -5: .*stops decreasing in p_y"):
+        build_loss_from_spec("poly1:epsilon=-5")
+    p = torch.linspace(0.01, 1, 100)
+    loss = -p.log() + -1.0 * (1 - p)  # the boundary case stays non-increasing
+    assert build_loss_from_spec("poly1:-1").epsilon == -1 and bool((loss[1:] <= loss[:-1] + 1e-6).all())
+    for spec, match in [("focal:gamma=nan", "focal gamma must be a number >= 0, got nan"),
+                        ("focal:gamma=abc", "focal gamma must be a number >= 0, got 'abc'"),
+                        ("label_smoothing:eps=inf", r"label_smoothing eps must be a number in \[0, 1\)"),
+                        ("poly1:epsilon=true", "poly1 epsilon must be a number >= -1, got True")]:
+        with pytest.raises(ValueError, match=match):
+            build_loss_from_spec(spec)
+
+
 def test_parse_loss_spec() -> None:
     assert parse_loss_spec("ce") == ("ce", {})
     assert parse_loss_spec("focal:gamma=3") == ("focal", {"gamma": 3})

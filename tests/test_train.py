@@ -36,12 +36,30 @@ def test_lr_schedules() -> None:
     assert max(one) == 1 and one.index(1.0) == 24 and 0 < one[-1] < 0.05
 
 
-def test_config_validation(tiny_config: TrainConfig) -> None:
+def test_config_validation(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    """Every recipe field is checked before any work, naming the option and its valid range."""
     for bad, match in [(dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"),
                        (dict(schedule="step"), "cosine"), (dict(model="vgg"), "resnet20"),
-                       (dict(loss="hinge"), "focal"), (dict(train_subset=1), "subset")]:
+                       (dict(loss="hinge"), "focal"), (dict(train_subset=1), "subset"),
+                       (dict(epochs="3"), "--epochs must be an integer >= 1, got '3'"),
+                       (dict(epochs=True), "--epochs must be an integer"),
+                       (dict(lr=math.nan), "--lr must be a finite number > 0"),
+                       (dict(lr=math.inf), "--lr must be a finite number > 0"),
+                       (dict(weight_decay=math.inf), "--weight-decay must be a finite number >= 0"),
+                       (dict(weight_decay=-1e-4), "--weight-decay"),
+                       (dict(val_size=-5), "--val-size must be an integer >= 0"),
+                       (dict(warmup_epochs=math.nan), "--warmup-epochs"),
+                       (dict(balanced_subset=True, train_subset=None), "--balanced-subset needs --train-subset"),
+                       (dict(dataset="mnist"), "cifar10, cifar100"),
+                       (dict(device="tpu"), r"--device 'tpu'.*valid: auto, cpu, cuda, cuda:N"),
+                       (dict(loss="poly1:epsilon=-5"), "poly1 epsilon must be a number >= -1"),
+                       (dict(loss="focal:gamma=-1"), "focal gamma must be a number >= 0")]:
         with pytest.raises(ValueError, match=match):
             replace(tiny_config, **bad).validate()
+    for stop_after in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="--stop-after must be an integer >= 1"):
+            train(tiny_config, tmp_path / "run", progress=False, stop_after=stop_after)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("loss", [name for name in loss_names() if name != "edl"])

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import platform
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,10 +22,13 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build ``cls`` from a dict, recursing into nested dataclasses; unknown keys are an error."""
+    """Build ``cls`` from a dict, recursing into nested dataclasses; unknown keys are an error.
+
+    Every value is type-checked against its field (with the key in the message) before the
+    dataclass's own range checks run, and their errors are prefixed with ``where``."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a table/object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -32,28 +38,96 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = from_dict(hint, value, f"{where}.{name}")
-        elif typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
-            kwargs[name] = tuple(value)
         else:
-            _check_scalar(hint, value, f"{where}.{name}")
-            kwargs[name] = value
+            check_value(hint, value, f"{where}.{name}")
+            kwargs[name] = tuple(value) if typing.get_origin(hint) is tuple else value
     try:
         return cls(**kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"invalid {where}: {err}") from err
 
 
-def _check_scalar(hint: Any, value: Any, where: str) -> None:
-    """A number, string or flag of the wrong type is named here, before a check deep inside fails vaguely."""
-    numbers = {float: (int, float), int: (int,)}
-    if hint in numbers and (isinstance(value, bool) or not isinstance(value, numbers[hint])):
-        raise ValueError(f"{where} must be {'a number' if hint is float else 'an integer'}, got {value!r}")
-    if hint in (str, bool) and not isinstance(value, hint):
-        raise ValueError(f"{where} must be {'a string' if hint is str else 'true or false'}, got {value!r}")
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-def load_file(path: Path) -> dict[str, Any]:
-    """Read a JSON or TOML config file."""
+def check_fields(obj: Any) -> None:
+    """Type-check every non-dataclass field of a dataclass instance (call from ``__post_init__``),
+    so a float, string or flag where an integer belongs is named before any range check or run."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        hint = hints[f.name]
+        if not dataclasses.is_dataclass(hint):
+            check_value(hint, getattr(obj, f.name), f.name)
+
+
+def describe_type(hint: Any) -> str | None:
+    """'an integer', 'a list of 2 numbers', ... for the hints configs use; None for others."""
+    simple = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if hint in simple:
+        return simple[hint]
+    args = typing.get_args(hint)
+    if _is_union(hint) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        inner = describe_type(rest[0]) if len(rest) == 1 else None
+        return f"{inner} or null" if inner else None
+    if typing.get_origin(hint) is tuple and args:
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "flags"}
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {plural.get(args[0], 'values')}"
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} {plural.get(args[0], 'values')}"
+    return None
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) is typing.Union or isinstance(hint, types.UnionType)
+
+
+def _matches(hint: Any, value: Any) -> bool:
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    args = typing.get_args(hint)
+    if _is_union(hint):
+        return any(value is None if a is type(None) else _matches(a, value) for a in args)
+    if typing.get_origin(hint) is tuple and args:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(args[0], v) for v in value)
+        return len(value) == len(args) and all(_matches(a, v) for a, v in zip(args, value))
+    return True  # a hint configs don't use: left to the dataclass's own checks
+
+
+def check_value(hint: Any, value: Any, where: str) -> None:
+    """A number, string, flag or list of the wrong type is named here, before a check deep inside fails vaguely."""
+    if not _matches(hint, value):
+        raise ValueError(f"{where} must be {describe_type(hint) or hint}, got {value!r}")
+
+
+def check_range(where: str, value: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> None:
+    """A finite ``value`` with ``lo <= value <= hi`` (``lo < value`` when ``lo_open``), or an error naming the key and range."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (lo is None or (value > lo if lo_open else value >= lo)) and (hi is None or value <= hi)
+    if ok:
+        return
+    if lo is not None and hi is not None:
+        bounds = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    elif lo is not None:
+        bounds = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        bounds = f"<= {hi:g}"
+    finite = "" if isinstance(value, int) else "finite and "
+    raise ValueError(f"{where} must be {finite}{bounds}, got {value!r}")
+
+
+def load_file(path: Path, sections: tuple[str, ...] = ("lossnet", "objective", "es")) -> dict[str, Any]:
+    """Read a JSON or TOML config file, which must hold one object (a table of ``sections``)."""
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     text = path.read_text()
@@ -63,13 +137,17 @@ def load_file(path: Path) -> dict[str, Any]:
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib  # type: ignore[no-redef]
         try:
-            return tomllib.loads(text)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{path} is not valid TOML: {err}") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON (use .toml for TOML): {err}") from err
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON (use .toml for TOML): {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold an object/table with sections {', '.join(sections)}, got a JSON {type(data).__name__}")
+    return data
 
 
 def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from edloss.configs import check_fields, check_range
+
 MUTATIONS = ("chaotic", "gaussian")
 SCHEDULES = ("cosine", "linear", "constant")
 STUCK_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -50,7 +52,7 @@ class ESConfig:
 
     population: int = 64
     parents: int | None = None  # default: population // 4
-    elites: int | None = None  # default: population // 16 (at least 1)
+    elites: int | None = None  # default: population // 16 (at least 1, at most parents)
     mutation: str = "chaotic"
     sigma_init: float = 0.1
     sigma_final: float = 0.01
@@ -60,24 +62,27 @@ class ESConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        """Every field is checked here, naming it and its valid range, so a bad config fails before a run starts."""
+        check_fields(self)
         if self.mutation not in MUTATIONS:
             raise ValueError(f"mutation must be one of {MUTATIONS}, got {self.mutation!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.population < 2:
-            raise ValueError(f"population must be >= 2, got {self.population}")
+        check_range("population", self.population, 2)
         if self.parents is None:
             object.__setattr__(self, "parents", max(1, self.population // 4))
-        if self.elites is None:
-            object.__setattr__(self, "elites", max(1, self.population // 16))
         if not 1 <= self.parents <= self.population:
             raise ValueError(f"parents must be in [1, population={self.population}], got {self.parents}")
-        if not 0 <= self.elites < self.population:
-            raise ValueError(f"elites must be in [0, population), got {self.elites}")
-        if self.generations < 1:
-            raise ValueError(f"generations must be >= 1, got {self.generations}")
-        if not (self.sigma_init > 0 and self.sigma_final > 0 and math.isfinite(self.sigma_init)):
-            raise ValueError(f"sigmas must be finite and > 0, got {self.sigma_init}, {self.sigma_final}")
+        if self.elites is None:  # the elites are the best parents, so never more of them than parents
+            object.__setattr__(self, "elites", min(max(1, self.population // 16), self.parents))
+        if not 0 <= self.elites <= self.parents or self.elites >= self.population:
+            raise ValueError(f"elites must be in [0, min(parents={self.parents}, population - 1={self.population - 1})] "
+                             f"(elites are the best parents, copied unchanged), got {self.elites}")
+        check_range("generations", self.generations, 1)
+        check_range("sigma_init", self.sigma_init, 0, lo_open=True)
+        check_range("sigma_final", self.sigma_final, 0, lo_open=True)
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
 
 
 @dataclass

@@ -92,11 +92,12 @@ FEATURES: dict[str, Feature] = {
     "rank": rank,
 }
 
-DEFAULT_FEATURES: tuple[str, ...] = ("log_kpy", "margin", "entropy")
+FREE_FEATURES: tuple[str, ...] = ("log_kpy", "margin", "entropy")  # the v0-v3 losses
 # Features that never fall when z_y rises and never rise when a wrong logit rises. A loss that is
 # non-increasing in each of them is monotone in every logit (``LossNetConfig(form="monotone")``).
 # ``margin`` is not among them: near its soft floor a third class's logit can move it either way.
 MONOTONE_FEATURES: tuple[str, ...] = ("log_kpy", "logit_margin", "p_y")
+DEFAULT_FEATURES = MONOTONE_FEATURES  # v4: the monotone form
 
 
 def check_feature_names(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:

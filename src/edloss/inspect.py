@@ -13,8 +13,12 @@ from edloss.shapes import format_gradient_ratio_table, format_shape_table, gradi
 
 def resolve_checkpoint(path: Path) -> Path:
     """Accept a loss folder, its files, or a pretraining run folder holding ``loss/``."""
-    if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / "loss" / CONFIG_FILE).exists():
-        return path / "loss"
+    if path.is_dir() and not (path / CONFIG_FILE).exists():
+        if (path / "loss" / CONFIG_FILE).exists():
+            return path / "loss"
+        if (path / "config.json").is_file() and (path / "metrics.jsonl").exists():
+            raise FileNotFoundError(f"{path} is a pretraining run with no exported loss yet: loss/ is written when "
+                                    "the run finishes (rerun its command, without --fresh, to finish it)")
     return path
 
 
@@ -51,11 +55,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    """A damaged loss (bad checksum, non-finite weights) is refused by ``EDLLoss.from_file``: exit 2, one line."""
+    if args.classes < 2:
+        raise ValueError(f"--classes must be >= 2, got {args.classes}")
     if str(args.checkpoint) == "default" and not args.checkpoint.exists():
         loss = EDLLoss.pretrained()
     else:
         loss = EDLLoss.from_file(resolve_checkpoint(args.checkpoint))
-    if args.classes < 2:
-        raise ValueError(f"--classes must be >= 2, got {args.classes}")
     print(describe(loss, args.classes))
     return 0

@@ -267,8 +267,8 @@ class EDLLoss(nn.Module):
             tensors = load_safetensors(blob)
         except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
             raise ValueError(f"{folder / WEIGHTS_FILE} is not a valid safetensors file ({err})") from err
-        try:
-            config = LossNetConfig(**meta["lossnet"])
+        try:  # files written before the monotone form existed hold free-form networks
+            config = LossNetConfig(**{"form": "free", **meta["lossnet"]})
         except (TypeError, ValueError) as err:
             raise ValueError(f"{folder / CONFIG_FILE}: invalid field 'lossnet': {err}") from err
         net = LossNet(config)

@@ -54,7 +54,7 @@ class LossNetConfig:
     features: tuple[str, ...] = DEFAULT_FEATURES
     hidden: tuple[int, ...] = (16, 16)
     activation: str = "tanh"
-    form: str = "free"
+    form: str = "monotone"  # v4 default; "free" for the v0-v3 losses (configs/ pins them)
 
     def __post_init__(self) -> None:
         if isinstance(self.features, str) or not all(isinstance(f, str) for f in self.features):
@@ -72,7 +72,7 @@ class LossNetConfig:
         if self.form == "monotone":
             bad = [f for f in self.features if f not in MONOTONE_FEATURES]
             if bad:
-                raise ValueError(f"the monotone form needs features that rise with correctness; {bad} are not ({', '.join(MONOTONE_FEATURES)} are)")
+                raise ValueError(f"the monotone form (the default) needs features that rise with correctness; {bad} are not ({', '.join(MONOTONE_FEATURES)} are). For any features set lossnet.form = \"free\"")
             if self.activation not in MONOTONE_ACTIVATIONS:
                 raise ValueError(f"the monotone form needs a non-decreasing activation ({', '.join(MONOTONE_ACTIVATIONS)}), got {self.activation!r}")
 

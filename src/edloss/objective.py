@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from edloss.configs import check_fields, check_range
 from edloss.features import label_features
 from edloss.lossnet import LossNetConfig, population_forward
 from edloss.synthetic import ExpectationConfig, MixtureConfig, sample_class_count, sample_expectation, sample_mixture
@@ -75,22 +76,28 @@ class ObjectiveConfig:
     expectation: ExpectationConfig = field(default_factory=ExpectationConfig)
 
     def __post_init__(self) -> None:
+        """Every field is checked here, naming it and its valid range, so a bad config fails before a run starts."""
+        check_fields(self)
         if self.kind not in KINDS:
             raise ValueError(f"objective kind must be one of {KINDS}, got {self.kind!r}")
         if self.severity not in SEVERITIES[self.kind]:
             raise ValueError(f"severity {self.severity!r} is not valid for the {self.kind} objective; valid: {SEVERITIES[self.kind]}")
         weights = [self.value_weight, self.gradient_weight, self.anchor_weight, self.margin_weight, self.calibration_weight]
-        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) == 0:
+        for term, weight in zip(TERMS, weights):
+            check_range(f"{term}_weight", weight, 0)
+        if sum(weights) == 0:
             raise ValueError(f"term weights must be finite, >= 0 and not all zero, got {dict(zip(TERMS, weights))}")
         lo, hi = self.classes
         if not (2 <= lo <= hi):
             raise ValueError(f"classes must be a range (lo, hi) with 2 <= lo <= hi, got {self.classes}")
-        if self.blocks < 1 or self.evals_per_block < 16 or self.min_items < 2 or self.max_labels < 2:
-            raise ValueError("need blocks >= 1, evals_per_block >= 16, min_items >= 2 and max_labels >= 2")
-        if self.temperature <= 0 or self.delta < 0:
-            raise ValueError("temperature must be > 0 and delta >= 0")
-        if not (math.isfinite(self.disagreement_weight) and self.disagreement_weight >= 0):
-            raise ValueError(f"disagreement_weight must be finite and >= 0, got {self.disagreement_weight}")
+        check_range("blocks", self.blocks, 1)
+        check_range("evals_per_block", self.evals_per_block, 16)
+        check_range("min_items", self.min_items, 2)
+        check_range("max_labels", self.max_labels, 2)
+        check_range("temperature", self.temperature, 0, lo_open=True)
+        check_range("delta", self.delta, 0)
+        check_range("margin_gamma", self.margin_gamma, 0)
+        check_range("disagreement_weight", self.disagreement_weight, 0)
 
     @property
     def needs_gradients(self) -> bool:

@@ -8,7 +8,12 @@ A run folder holds:
   every ``heldout_every`` generations the held-out synthetic metrics of the generation's best);
 * ``loss/``: the exported loss (``EDLLoss.from_file``), best held-out elite of the last generation;
 * ``loss_shape.png``: the loss and its gradient norm against p_y beside cross-entropy;
-* ``summary.json``: held-out metrics of the exported loss and of cross-entropy, wall time.
+* ``summary.json``: held-out metrics of the exported loss and of cross-entropy, wall time (summed
+  over every segment of a resumed run).
+
+A run holds ``.lock`` in its folder while it runs: a second run into the same folder is refused
+with the holder's pid, instead of interleaving rows and files. ``--fresh`` (or a start with no
+checkpoint) first removes everything a previous run wrote, so no old loss can pass for this run's.
 
 Each generation's synthetic batch is drawn from a generator seeded by (seed, generation), and
 the ES state carries its own generator, so a resumed run reproduces an uninterrupted one.
@@ -18,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -31,10 +38,11 @@ import torch
 from tqdm import tqdm
 
 from edloss import evolve
-from edloss.configs import diff_dicts, from_dict, load_file, to_dict, versions
+from edloss.configs import check_fields, check_range, diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig, ESState
-from edloss.files import atomic_torch_save, atomic_write_bytes, atomic_write_json
-from edloss.loss import EDLLoss
+from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_folder,
+                          read_jsonl)
+from edloss.loss import CONFIG_FILE, WEIGHTS_FILE, EDLLoss
 from edloss.lossnet import LossNet, LossNetConfig, init_scale
 from edloss.objective import (
     ObjectiveConfig,
@@ -50,7 +58,10 @@ from edloss.objective import (
 )
 from edloss.shapes import format_shape_table, plot_shapes, shape_table
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 1  # "elapsed_seconds" was added later, optional: older checkpoints still load
+# What a run writes into its folder; --fresh (or a start without a checkpoint) removes all of it.
+RUN_FILES = ("loss", "summary.json", "loss_shape.png", "metrics.csv", "metrics.jsonl", "checkpoint.pt", "config.json")
+LOSS_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what EDLLoss.save writes into loss/
 
 # (theta (P, D), lossnet config, batches, objective config) -> per-individual metrics, as
 # objective.evaluate_population; distributed.RayEvaluator spreads it over Ray actors.
@@ -69,8 +80,26 @@ class PretrainConfig:
     heldout_seed: int = 20260528
 
     def __post_init__(self) -> None:
-        if self.heldout_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("heldout_every and checkpoint_every must be >= 1")
+        check_fields(self)
+        check_range("heldout_every", self.heldout_every, 1)
+        check_range("checkpoint_every", self.checkpoint_every, 1)
+        if not 0 <= self.heldout_seed < 2**63:
+            raise ValueError(f"heldout_seed must be in [0, 2**63), got {self.heldout_seed}")
+
+
+def discard_previous_run(out: Path, names: tuple[str, ...] = RUN_FILES) -> None:
+    """Remove what an earlier run wrote into ``out`` (exported loss first, config last), so an
+    interrupted new run can never leave the old loss or summary looking like its own."""
+    for name in names:
+        path = Path(out) / name
+        if path.is_dir() and not path.is_symlink():
+            foreign = sorted(p.name for p in path.iterdir() if p.name not in LOSS_FILES and not p.name.startswith("."))
+            if foreign:  # not a folder a run exported: never delete what we did not write
+                raise ValueError(f"{path} holds files a pretraining run does not write ({', '.join(foreign[:3])}); "
+                                 "move them or choose another --out")
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def batch_seed(seed: int, generation: int) -> int:
@@ -89,24 +118,56 @@ def summarise(metrics: dict[str, torch.Tensor], prefix: str = "") -> dict[str, f
 
 
 class Run:
-    """One pretraining run in a folder: start or resume, step generations, export."""
+    """One pretraining run in a folder: start or resume, step generations, export.
+
+    It holds the folder's lock from construction to ``close()`` (or the end of a ``with`` block,
+    or garbage collection), so two runs never write into one folder."""
 
     def __init__(self, cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False, evaluator: Evaluator | None = None) -> None:
-        self.cfg, self.out, self.command = cfg, out, command
-        self.evaluator = evaluator or evaluate_population  # where, not what: the numbers are the same
-        self.heldout = heldout_batches(cfg.objective, cfg.heldout_seed)
-        if fresh and out.exists():
-            for name in ("checkpoint.pt", "metrics.jsonl", "metrics.csv", "summary.json"):
-                (out / name).unlink(missing_ok=True)
-        self.state = self._resume_or_init()
+        self.cfg, self.out, self.command = cfg, Path(out), command
+        self._lock: RunLock | None = None
+        prepare_output_folder(self.out)
+        self._lock = RunLock(self.out, "pretraining run").__enter__()
+        try:
+            self.evaluator = evaluator or evaluate_population  # where, not what: the numbers are the same
+            self.heldout = heldout_batches(cfg.objective, cfg.heldout_seed)
+            if fresh:
+                discard_previous_run(self.out)
+            self.elapsed_before = 0.0  # wall seconds of earlier segments, from the checkpoint
+            self.state = self._resume_or_init()
+        except BaseException:
+            self.close()
+            raise
+        self.segment_start = time.perf_counter()
+
+    def close(self) -> None:
+        """Release the folder's lock (the kernel also does when the process dies)."""
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit; the kernel drops the lock anyway
+            pass
+
+    def elapsed(self) -> float:
+        """Wall seconds of the whole run: earlier segments (from the checkpoint) plus this one."""
+        return self.elapsed_before + time.perf_counter() - self.segment_start
 
     # -------------------------------------------------------------- state
     def _resume_or_init(self) -> ESState:
         path = self.out / "checkpoint.pt"
-        if not path.exists():
-            self.out.mkdir(parents=True, exist_ok=True)
+        if not path.exists():  # a start from generation 0: nothing an earlier run wrote may stay
+            discard_previous_run(self.out)
             atomic_write_json(self.out / "config.json", {"config": to_dict(self.cfg), "command": self.command, "seed": self.cfg.es.seed, "versions": versions()})
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
             return evolve.init(self.cfg.es, init_scale(self.cfg.lossnet))
         try:
             saved = torch.load(path, weights_only=True)
@@ -118,11 +179,13 @@ class Run:
         if differences:
             raise ValueError(f"{self.out} holds a run with a different config; pass --fresh to overwrite it or use another --out. Differences: " + "; ".join(differences))
         state = ESState.from_dict(saved["state"])
+        self.elapsed_before = float(saved.get("elapsed_seconds", 0.0))
         truncate_metrics(self.out, state.generation)
         return state
 
     def save_checkpoint(self) -> None:
-        checkpoint = {"version": CHECKPOINT_VERSION, "config": json.dumps(to_dict(self.cfg)), "state": self.state.to_dict()}
+        checkpoint = {"version": CHECKPOINT_VERSION, "config": json.dumps(to_dict(self.cfg)), "state": self.state.to_dict(),
+                      "elapsed_seconds": self.elapsed()}
         atomic_torch_save(checkpoint, self.out / "checkpoint.pt")
 
     @property
@@ -168,16 +231,16 @@ def generation_row(cfg: PretrainConfig, t: int, sigma: float, batches: list, the
 
 
 def append_row(out: Path, row: dict[str, Any]) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_jsonl(out / "metrics.jsonl", row)
 
 
 def truncate_metrics(out: Path, generation: int) -> None:
-    """Drop metric rows written after the checkpoint: a resumed run recomputes them identically."""
+    """Drop metric rows written after the checkpoint (a resumed run recomputes them identically),
+    and a last line torn by a crash or a full disk, with a note."""
     path = out / "metrics.jsonl"
     if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["generation"] < generation]
-        atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode())
+        rows = [r for r in read_jsonl(path, repair=True) if isinstance(r.get("generation"), int) and r["generation"] < generation]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def export_best(
@@ -224,17 +287,17 @@ def loss_rows(loss: EDLLoss):
 
 
 def write_csv(jsonl: Path, csv_path: Path) -> None:
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    """The JSONL rows as a CSV table, written atomically."""
+    rows = read_jsonl(jsonl, repair=True)
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
-    tmp.replace(csv_path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+    atomic_write_text(csv_path, text.getvalue())
 
 
 def pretrain(cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False, progress: bool = True,
@@ -244,23 +307,25 @@ def pretrain(cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = Fa
     ``evaluator`` scores each generation's population (default ``objective.evaluate_population``
     in this process; ``distributed.RayEvaluator`` on Ray actors, with identical numbers).
     """
-    run = Run(cfg, Path(out), command, fresh, evaluator)
-    start = time.perf_counter()
-    bar = tqdm(total=cfg.es.generations, initial=run.state.generation, disable=not progress, desc=f"pretrain {cfg.es.mutation}", unit="gen")
-    while not run.done:
-        row = run.step()
-        postfix = {"fit": f"{row['fitness_best']:.4f}"}
-        if "heldout_fitness_best" in row:
-            postfix["heldout"] = f"{row['heldout_fitness_best']:.4f}"
-        bar.set_postfix(postfix)
-        bar.update(1)
-    bar.close()
-    return run.export(time.perf_counter() - start)
+    with Run(cfg, Path(out), command, fresh, evaluator) as run:  # holds out/.lock until the loss is exported
+        bar = tqdm(total=cfg.es.generations, initial=run.state.generation, disable=not progress, desc=f"pretrain {cfg.es.mutation}", unit="gen")
+        while not run.done:
+            row = run.step()
+            postfix = {"fit": f"{row['fitness_best']:.4f}"}
+            if "heldout_fitness_best" in row:
+                postfix["heldout"] = f"{row['heldout_fitness_best']:.4f}"
+            bar.set_postfix(postfix)
+            bar.update(1)
+        bar.close()
+        return run.export(run.elapsed())
 
 
 # ---------------------------------------------------------------------- CLI
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     data: dict[str, Any] = load_file(Path(args.config)) if args.config else {}
+    for section in ("es", "objective", "lossnet"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ValueError(f"config.{section} must be a table/object, got {type(data[section]).__name__}")
     es = dict(data.get("es", {}))
     objective = dict(data.get("objective", {}))
     lossnet = dict(data.get("lossnet", {}))
@@ -285,14 +350,16 @@ def _parse_range(text: str) -> list[int]:
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"--classes takes K or LO,HI (integers), got {text!r}") from None
+        values = []
+    if len(values) not in (1, 2):
+        raise ValueError(f"--classes takes K or LO,HI (integers), got {text!r}")
     return values * 2 if len(values) == 1 else values
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="evolve a loss on synthetic data (no real data) and export it", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON or TOML file with sections lossnet, objective, es (flags override it)")
-    p.add_argument("--out", type=Path, help="run folder (default runs/pretrain-MUTATION-seedSEED)")
+    p.add_argument("--out", help="run folder (default runs/pretrain-MUTATION-seedSEED)")
     p.add_argument("--seed", type=int)
     p.add_argument("--generations", type=int)
     p.add_argument("--population", type=int)
@@ -317,9 +384,11 @@ def _main(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.ray_actors is not None and not args.ray:
         raise ValueError("--ray-actors needs --ray ADDRESS (or --ray auto)")
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise ValueError(f"--ray-actors must be >= 1, got {args.ray_actors}")
+    out = prepare_output_folder(Path("runs") / f"pretrain-{cfg.es.mutation}-seed{cfg.es.seed}" if args.out is None else args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or Path("runs") / f"pretrain-{cfg.es.mutation}-seed{cfg.es.seed}"
     command = "edloss " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("edloss") else "edloss pretrain " + shlex.join(_argv_of(args))
     evaluator = None
     if args.ray:

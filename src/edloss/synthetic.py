@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from edloss.configs import check_fields, check_range
+
 REGIMES = ("confident_correct", "confident_wrong", "uncertain", "boundary", "dirichlet")
 
 
@@ -37,12 +39,12 @@ class MixtureConfig:
     dirichlet_alpha: tuple[float, float] = (0.05, 5.0)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         weights = self.weights()
         if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
             raise ValueError(f"mixture weights must be finite, >= 0 and not all zero, got {dict(zip(REGIMES, weights))}")
         _check_range("dirichlet_alpha", self.dirichlet_alpha)
-        if self.max_margin <= 0:
-            raise ValueError(f"max_margin must be > 0, got {self.max_margin}")
+        check_range("max_margin", self.max_margin, 0, lo_open=True)
 
     def weights(self) -> list[float]:
         return [float(getattr(self, name)) for name in REGIMES]
@@ -58,12 +60,13 @@ class ExpectationConfig:
     one_hot_fraction: float = 0.5  # share of truths made one-hot at their top class, as real labels are
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check_range("alpha", self.alpha)
         _check_range("sigma", self.sigma)
         if not 0.0 <= self.one_hot_fraction <= 1.0:
             raise ValueError(f"one_hot_fraction must be in [0, 1], got {self.one_hot_fraction}")
         if self.predictions_per_truth < 2:
-            raise ValueError("predictions_per_truth must be >= 2 (rankings compare predictions of one truth)")
+            raise ValueError(f"predictions_per_truth must be >= 2 (rankings compare predictions of one truth), got {self.predictions_per_truth}")
 
 
 def _check_range(name: str, bounds: tuple[float, float]) -> None:

@@ -44,6 +44,9 @@ adds the (negative) calibration term and is noisier on the held-out set (the shi
 after 500 generations; the best of a generation scored 0.17-0.83 on it around generation 100), so
 pass levels suited to it.
 
+The ablation holds ``OUT/.lock`` while it runs (and each run its own folder's): a second
+``edloss ablate`` into the same ``--out`` is refused, naming the process that holds it.
+
 ``--ray ADDRESS`` (or ``auto``) runs every unfinished run as a Ray task of ``--threads`` CPUs
 instead of local worker processes (``edloss.distributed``), into the same run folders (on a
 file system every node shares). A task whose worker dies is retried and resumes from its
@@ -70,14 +73,15 @@ import torch
 
 from edloss import evolve
 from edloss.lab import stats
-from edloss.configs import diff_dicts, from_dict, load_file, to_dict, versions
+from edloss.configs import check_fields, diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig
-from edloss.files import atomic_write_bytes, atomic_write_json
+from edloss.files import RunLock, atomic_write_bytes, atomic_write_json, prepare_output_folder, read_jsonl
 from edloss.loss import EDLLoss
 from edloss.lossnet import init_scale
 from edloss.objective import (evaluate,
                               heldout_batches, population_penalty, sample_batches)
-from edloss.pretrain import PretrainConfig, append_row, batch_seed, export_best, generation_row, pretrain, truncate_metrics
+from edloss.pretrain import (RUN_FILES, PretrainConfig, append_row, batch_seed, discard_previous_run, export_best, generation_row, pretrain,
+                             truncate_metrics)
 
 ARMS = ("chaotic", "gaussian", "cmaes")
 ES_ARMS = ("chaotic", "gaussian")
@@ -93,7 +97,8 @@ ABLATION_FILE = "ablation.json"
 FORMAT_NAME = "edloss-ablation"
 FORMAT_VERSION = 1
 CMA_CHECKPOINT = "cma_checkpoint.pkl"
-CMA_CHECKPOINT_VERSION = 1
+CMA_CHECKPOINT_VERSION = 1  # "elapsed_seconds" was added later, optional: older checkpoints still load
+CMA_RUN_FILES = tuple(CMA_CHECKPOINT if name == "checkpoint.pt" else name for name in RUN_FILES)
 DEFAULT_COMPARE_ARGS = "--seeds 0 1 2 --models resnet20"
 
 
@@ -120,6 +125,7 @@ class AblationConfig:
         return [(arm, s) for s in sigmas for arm in self.arms if s in self.arm_sigmas(arm)]
 
     def __post_init__(self) -> None:
+        check_fields(self)
         object.__setattr__(self, "arms", tuple(self.arms))
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -188,30 +194,59 @@ class CMARun:
 
     cma draws from numpy's global generator; the run keeps that generator's state as its own
     (restored around every ask/tell, saved in the checkpoint), so a resumed run reproduces an
-    uninterrupted one and other numpy users in the process cannot disturb it.
+    uninterrupted one and other numpy users in the process cannot disturb it. Like ``pretrain.Run``
+    it holds its folder's lock until ``close()`` (or the end of a ``with`` block).
     """
 
     def __init__(self, cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False) -> None:
         self.cfg, self.out, self.command = cfg, Path(out), command
-        self.strategy = cma_strategy(cfg)
-        self.heldout = heldout_batches(cfg.objective, cfg.heldout_seed)
-        if fresh and self.out.exists():
-            for name in (CMA_CHECKPOINT, "metrics.jsonl", "metrics.csv", "summary.json"):
-                (self.out / name).unlink(missing_ok=True)
-        self.es: Any = None
-        self.np_state: Any = None
-        self.generation = 0
-        self.population = evolve.init(cfg.es, init_scale(cfg.lossnet)).population
-        self.fitness: torch.Tensor | None = None
-        self._resume_or_init()
+        self._lock: RunLock | None = None
+        prepare_output_folder(self.out)
+        self._lock = RunLock(self.out, "pretraining run").__enter__()
+        try:
+            self.strategy = cma_strategy(cfg)
+            self.heldout = heldout_batches(cfg.objective, cfg.heldout_seed)
+            if fresh:
+                discard_previous_run(self.out, CMA_RUN_FILES)
+            self.es: Any = None
+            self.np_state: Any = None
+            self.generation = 0
+            self.population = evolve.init(cfg.es, init_scale(cfg.lossnet)).population
+            self.fitness: torch.Tensor | None = None
+            self.elapsed_before = 0.0  # wall seconds of earlier segments, from the checkpoint
+            self._resume_or_init()
+        except BaseException:
+            self.close()
+            raise
+        self.segment_start = time.perf_counter()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
+    def __enter__(self) -> CMARun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit; the kernel drops the lock anyway
+            pass
+
+    def elapsed(self) -> float:
+        """Wall seconds of the whole run: earlier segments (from the checkpoint) plus this one."""
+        return self.elapsed_before + time.perf_counter() - self.segment_start
 
     def _resume_or_init(self) -> None:
         path = self.out / CMA_CHECKPOINT
-        if not path.exists():
-            self.out.mkdir(parents=True, exist_ok=True)
+        if not path.exists():  # a start from generation 0: nothing an earlier run wrote may stay
+            discard_previous_run(self.out, CMA_RUN_FILES)
             atomic_write_json(self.out / "config.json", {"config": to_dict(self.cfg), "strategy": self.strategy, "command": self.command,
                                                          "seed": self.cfg.es.seed, "versions": {**versions(), "cma": _cma_version()}})
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
             return
         try:
             saved = pickle.loads(path.read_bytes())  # our own file, written by save_checkpoint
@@ -225,12 +260,13 @@ class CMARun:
             raise ValueError(f"{self.out} holds a run with a different config; use another --out. Differences: " + "; ".join(differences))
         self.es, self.np_state, self.generation = saved["es"], saved["np_random"], saved["generation"]
         self.population, self.fitness = torch.from_numpy(saved["population"]), torch.from_numpy(saved["fitness"])
+        self.elapsed_before = float(saved.get("elapsed_seconds", 0.0))
         truncate_metrics(self.out, self.generation)
 
     def save_checkpoint(self) -> None:
         payload = {"version": CMA_CHECKPOINT_VERSION, "config": json.dumps(to_dict(self.cfg)), "strategy": self.strategy,
                    "generation": self.generation, "es": self.es, "np_random": self.np_state,
-                   "population": self.population.numpy(), "fitness": self.fitness.numpy()}
+                   "population": self.population.numpy(), "fitness": self.fitness.numpy(), "elapsed_seconds": self.elapsed()}
         atomic_write_bytes(self.out / CMA_CHECKPOINT, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
     @property
@@ -299,11 +335,10 @@ def _cma_version() -> str:
 
 def cma_pretrain(cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False) -> tuple[EDLLoss, dict[str, Any]]:
     """Run (or resume) a CMA-ES pretraining run in ``out`` and export its loss."""
-    run = CMARun(cfg, out, command, fresh)
-    start = time.perf_counter()
-    while not run.done:
-        run.step()
-    return run.export(time.perf_counter() - start)
+    with CMARun(cfg, out, command, fresh) as run:  # holds out/.lock until the loss is exported
+        while not run.done:
+            run.step()
+        return run.export(run.elapsed())
 
 
 # ---------------------------------------------------------------------- running the grid
@@ -375,7 +410,13 @@ def ablate(cfg: AblationConfig, out: Path, command: str = "", jobs: int = 1, thr
     whose tasks of ``threads`` CPUs run them instead (``jobs`` is then unused); runs that fail
     there are listed in ``status.failed`` and the others go on.
     """
-    out = Path(out)
+    out = prepare_output_folder(out)
+    with RunLock(out, "ablation"):  # one ablation per folder; each run also locks its own
+        return _ablate_locked(cfg, out, command, jobs, threads, progress, compare_args, summary_every, ray)
+
+
+def _ablate_locked(cfg: AblationConfig, out: Path, command: str, jobs: int, threads: int, progress: bool,
+                   compare_args: str, summary_every: float, ray: str | None) -> dict[str, Any]:
     tasks = plan(cfg, out)
     problems = mismatches(tasks)
     if problems:
@@ -451,28 +492,15 @@ def _say(progress: bool, message: str) -> None:
 
 
 # ---------------------------------------------------------------------- reading runs
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a kill: the rest will be recomputed on resume
-    return rows
-
-
 def read_ablation(out: Path) -> dict[str, Any] | None:
     path = Path(out) / ABLATION_FILE
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (OSError, json.JSONDecodeError):
         return None
-    return data if data.get("format") == FORMAT_NAME else None
+    return data if isinstance(data, dict) and data.get("format") == FORMAT_NAME else None
 
 
 def generations_to_level(generations: list[int], values: list[float], level: float) -> int | None:
@@ -776,6 +804,9 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> AblationConfig:
     data = to_dict(default_base())
     from_file = load_file(Path(args.config)) if args.config else {}
+    for section in ("es", "objective", "lossnet"):
+        if not isinstance(from_file.get(section, {}), dict):
+            raise ValueError(f"config.{section} must be a table/object, got {type(from_file[section]).__name__}")
     data = _merge(data, from_file)
     if args.generations is not None:
         data["es"]["generations"] = args.generations
@@ -795,7 +826,7 @@ def config_from_args(args: argparse.Namespace) -> AblationConfig:
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablate", help="chaotic vs Gaussian mutation (and CMA-ES) over seeds and sigmas, with statistics",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/ablation"), help="ablation folder (default %(default)s)")
+    p.add_argument("--out", default="runs/ablation", help="ablation folder (default %(default)s)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="default: %(default)s")
     p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS), help="default: 0 .. 9")
     p.add_argument("--sigmas", nargs="+", type=float, default=list(DEFAULT_SIGMAS), help="initial mutation scales (default: %(default)s)")
@@ -823,23 +854,29 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    if args.threads < 1 or args.jobs < 0:
-        raise ValueError("--threads must be >= 1 and --jobs >= 0")
-    torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1 (worker processes), got {args.jobs}")
     cfg = config_from_args(args)
+    if args.summary_only and str(args.out).strip() and read_ablation(Path(args.out)) is None:
+        raise FileNotFoundError(f"{Path(args.out) / ABLATION_FILE} does not exist (or is not an edloss ablation); run edloss ablate first")
+    out = prepare_output_folder(args.out)
+    torch.set_num_threads(args.threads)
     command = "edloss " + shlex.join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name == "edloss" else "edloss ablate " + shlex.join(_argv_of(args))
     if args.summary_only:
-        saved = read_ablation(args.out)
-        if saved is None:
-            raise FileNotFoundError(f"{args.out / ABLATION_FILE} does not exist; run edloss ablate first")
-        cfg = from_dict(AblationConfig, saved["config"])  # the recorded grid, whatever the flags say
-        summary = write_summary(args.out, cfg, "", compare_args=args.compare_args, materialise_best=True)
+        with RunLock(out, "ablation"):
+            saved = read_ablation(out)
+            if saved is None:
+                raise FileNotFoundError(f"{out / ABLATION_FILE} disappeared; run edloss ablate first")
+            cfg = from_dict(AblationConfig, saved["config"])  # the recorded grid, whatever the flags say
+            summary = write_summary(out, cfg, "", compare_args=args.compare_args, materialise_best=True)
     else:
-        summary = ablate(cfg, args.out, command, jobs=args.jobs, threads=args.threads, progress=not args.quiet, compare_args=args.compare_args,
+        summary = ablate(cfg, out, command, jobs=args.jobs, threads=args.threads, progress=not args.quiet, compare_args=args.compare_args,
                          ray=args.ray)
     if not args.quiet:
         print(format_summary(summary))
-        print(f"\nwrote {args.out / ABLATION_FILE}")
+        print(f"\nwrote {out / ABLATION_FILE}")
         if summary["compare_command"]:
             print(f"downstream check (CIFAR-10, same budget for every arm):\n  {summary['compare_command']}")
     for failure in summary["status"].get("failed", []):

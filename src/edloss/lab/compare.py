@@ -18,6 +18,9 @@ declaring ``--threads`` CPUs (1 by default) and a GPU when the device is cuda (o
 cluster with GPUs); the tasks write the same run folders, on a file system every node shares.
 A task whose worker dies is retried and resumes from its checkpoint; a run that fails is
 reported as ``failed`` in the summary and the grid goes on.
+
+The grid holds ``OUT/.lock`` while it runs (each training run locks its own folder below it):
+a second ``edloss compare`` into the same ``--out`` is refused, naming the process holding it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec
 from edloss.lab.models import model_names
-from edloss.files import atomic_write_text, save_figure
+from edloss.files import RunLock, atomic_write_text, prepare_output_folder, read_jsonl, save_figure
 from edloss.lab.train import (CHECKPOINT, EPOCHS, TrainConfig, TrainingDiverged, add_recipe_args,
                           apply_threads, config_diff, config_from_args,
                           is_finished, read_result, train)
@@ -118,19 +121,25 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
     ``ray``: a Ray cluster address (or ``auto``) to run the runs on, as tasks of ``threads``
     CPUs; runs that fail there are reported as ``failed`` and the grid goes on.
     """
-    out_dir = Path(out_dir)
     arms = parse_arms(losses)
     models = list(models or [recipe.model])
     if not seeds:
         raise ValueError("no seeds given; e.g. --seeds 0 1 2")
-    runs = plan(recipe, arms, list(seeds), models, out_dir)
+    _check_arms(arms)  # first: a missing EDL checkpoint is named with its arm
+    runs = plan(recipe, arms, list(seeds), models, Path(out_dir))
     for run in runs:
         run.config.validate()
+    out_dir = prepare_output_folder(out_dir)
+    with RunLock(out_dir, "comparison grid"):  # the grid folder; train() locks each run folder below it
+        return _compare_locked(recipe, arms, list(seeds), models, out_dir, runs, progress, ray, threads)
+
+
+def _compare_locked(recipe: TrainConfig, arms: list[Arm], seeds: list[int], models: list[str], out_dir: Path,
+                    runs: list[GridRun], progress: bool, ray: str | None, threads: int | None) -> dict[str, Any]:
     problems = _mismatches(runs)
     if problems:
         raise ValueError("run folders hold results of a different config (use another --out, "
                          "or the same recipe flags as before):\n  " + "\n  ".join(problems))
-    _check_arms(arms)
     if ray is not None:
         failures = _run_on_ray(runs, ray, threads, progress,
                                lambda f: write_summary(out_dir, recipe, arms, list(seeds), models, plot=False, failures=f))
@@ -218,10 +227,8 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _read_history(run_dir: Path) -> list[dict]:
-    path = run_dir / EPOCHS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """A run's per-epoch rows; a torn last line (a run killed mid-write) is dropped with a note."""
+    return read_jsonl(run_dir / EPOCHS)
 
 
 def _is_ce(spec: str) -> bool:
@@ -399,10 +406,11 @@ def write_summary(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: li
 def _cli(args: argparse.Namespace) -> int:
     apply_threads(args)
     recipe = config_from_args(args)
-    out = Path(args.out)
+    out = prepare_output_folder(args.out)
     if args.summary_only:
         arms = parse_arms(args.losses)
-        write_summary(out, recipe, arms, args.seeds, args.models or [recipe.model])
+        with RunLock(out, "comparison grid"):
+            write_summary(out, recipe, arms, args.seeds, args.models or [recipe.model])
         print(out / "summary.md")
         return 0
     summary = compare(recipe, args.losses, args.seeds, out, args.models, progress=not args.quiet,

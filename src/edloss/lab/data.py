@@ -12,6 +12,7 @@ images) and is what every tuning choice looks at; the test set is only for repor
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import pickle
@@ -21,7 +22,7 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -169,11 +170,68 @@ def download_and_extract(url: str, root: Path, md5: str | None = None,
 # ----------------------------------------------------------------------------- reading batches
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as Python 3 protocol-2 pickles use it for bytes (``encode(s, 'latin1')``),
+    and nothing else: pickles name the codec, so any other one is refused."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"bytes encoded as {encoding!r}; CIFAR batches use latin1 only")
+    return codecs.encode(text, "latin1")
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The only callables a pickled CIFAR batch may name: what rebuilds a numpy array (under
+    numpy 1 and 2 module names, protocols 2 to 5) and the latin1 bytes codec of protocol 2."""
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+        from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): _latin1_encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer
+    return allowed
+
+
+class UnsafePickle(ValueError):
+    """A data file asked the unpickler for something other than arrays, lists and plain values."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only numpy's array rebuilders.
+
+    A pickle can name any importable callable and have it called while loading (``os.system``,
+    ``builtins.exec``...), so reading a downloaded or shared batch with plain ``pickle.load``
+    runs whatever the file asks. CIFAR batches hold only dicts, lists, ints, bytes/strings and
+    numpy arrays; everything else is refused before it is even imported."""
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="bytes")
+        self.path = path
+        self.allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.allowed:
+            return self.allowed[(module, name)]
+        raise UnsafePickle(f"refusing to load {self.path}: it asks to run {module}.{name}; CIFAR batches "
+                           "hold only arrays and lists. The file is not a genuine CIFAR batch: delete "
+                           "the data folder and get it again (--download)")
+
+
+def read_pickle(path: Path) -> Any:
+    """Unpickle a CIFAR data file without running code from it (see ``_CifarUnpickler``)."""
+    with open(path, "rb") as f:
+        return _CifarUnpickler(f, Path(path)).load()
+
+
 def load_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One pickled CIFAR batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
     try:
-        with open(path, "rb") as f:
-            raw = pickle.load(f, encoding="bytes")
+        raw = read_pickle(path)
+    except UnsafePickle:
+        raise
     except Exception as err:  # truncated files raise EOFError, UnpicklingError, ValueError...
         raise ValueError(
             f"{path}: cannot be read as a CIFAR batch pickle ({type(err).__name__}: {err}); "
@@ -204,14 +262,16 @@ def load_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Tens
 
 
 def _class_names(spec: DatasetSpec, folder: Path) -> list[str]:
-    """Class names from the meta file if it is readable; generic names otherwise."""
+    """Class names from the meta file if it is readable; generic names otherwise. A meta file
+    that asks to run code is refused, not skipped: the folder is not what it claims to be."""
     try:
-        with open(folder / spec.meta_file, "rb") as f:
-            meta = pickle.load(f, encoding="bytes")
+        meta = read_pickle(folder / spec.meta_file)
         names = meta.get(spec.names_key.encode(), meta.get(spec.names_key))
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
         if len(names) == spec.num_classes:
             return names
+    except UnsafePickle:
+        raise
     except Exception:
         pass
     return [f"class{i}" for i in range(spec.num_classes)]
@@ -277,7 +337,8 @@ def subset_indices(labels: torch.Tensor, n: int, num_classes: int, balanced: boo
     With ``n`` not divisible by K the first ``n % K`` classes get one image more.
     """
     if n <= 0 or n > labels.numel():
-        raise ValueError(f"train subset {n} must be in 1..{labels.numel()} (the training part)")
+        raise ValueError(f"--train-subset {n} must be in 1..{labels.numel()} (the images left "
+                         "for training after --val-size)")
     if not balanced:
         return torch.arange(n)
     quota = torch.full((num_classes,), n // num_classes, dtype=torch.long)
@@ -317,7 +378,7 @@ def make_splits(arrays: CifarArrays, val_size: int = 5000, train_subset: int | N
     """
     n = arrays.train_x.shape[0]
     if not 0 <= val_size < n:
-        raise ValueError(f"validation size {val_size} must be in 0..{n - 1} "
+        raise ValueError(f"--val-size (validation size) {val_size} must be in 0..{n - 1} "
                          f"(the training set has {n} images)")
     cut = n - val_size
     train_x, train_y = arrays.train_x[:cut], arrays.train_y[:cut]

@@ -18,6 +18,7 @@ an unlabelled spec and ``f3=focal:gamma=3`` a labelled one.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from typing import Any, Callable
 
@@ -29,6 +30,16 @@ import torch.nn.functional as F
 def _target_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """log p_y per sample, computed stably from logits."""
     return F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+
+
+def _option(loss: str, option: str, value: Any, ok: Callable[[float], bool], valid: str,
+            why: str = "") -> float:
+    """``value`` as a float, or ValueError naming the loss, the option and its valid range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{loss} {option} must be {valid}, got {value!r}")
+    if not ok(float(value)):
+        raise ValueError(f"{loss} {option} must be {valid}, got {value!r}{why}")
+    return float(value)
 
 
 class CrossEntropy(nn.Module):
@@ -43,9 +54,7 @@ class LabelSmoothing(nn.Module):
 
     def __init__(self, eps: float = 0.1) -> None:
         super().__init__()
-        if not 0 <= eps < 1:
-            raise ValueError(f"label_smoothing eps must be in [0, 1), got {eps}")
-        self.eps = float(eps)
+        self.eps = _option("label_smoothing", "eps", eps, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), target, label_smoothing=self.eps)
@@ -56,9 +65,7 @@ class Focal(nn.Module):
 
     def __init__(self, gamma: float = 2.0) -> None:
         super().__init__()
-        if gamma < 0:
-            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = _option("focal", "gamma", gamma, lambda v: v >= 0, "a number >= 0")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logp = _target_logprob(logits, target)
@@ -66,11 +73,19 @@ class Focal(nn.Module):
 
 
 class Poly1(nn.Module):
-    """CE + epsilon * (1 - p_y) (Leng et al. 2022, PolyLoss with one extra term)."""
+    """CE + epsilon * (1 - p_y) (Leng et al. 2022, PolyLoss with one extra term).
+
+    d/dp_y = -1/p_y - epsilon, which is negative for every p_y in (0, 1] only if epsilon >= -1:
+    below that the loss rises once p_y > -1/epsilon and training would push the right class
+    down, so such an epsilon is refused.
+    """
 
     def __init__(self, epsilon: float = 1.0) -> None:
         super().__init__()
-        self.epsilon = float(epsilon)
+        self.epsilon = _option("poly1", "epsilon", epsilon, lambda v: v >= -1, "a number >= -1",
+                               ": below -1 the loss -log p_y + epsilon (1 - p_y) stops decreasing in "
+                               "p_y (it rises for p_y > -1/epsilon), so it would reward a less likely "
+                               "right answer")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logp = _target_logprob(logits, target)

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from edloss.lab.compare import format_delta
-from edloss.files import atomic_write_bytes, save_figure
+from edloss.files import atomic_write_bytes, prepare_output_folder, read_jsonl, save_figure
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 HEATMAP_K = 10
@@ -91,7 +92,10 @@ def _ablation_source(path: Path, saved: dict[str, Any]) -> Source:
         cfg = from_dict(AblationConfig, saved["config"])
     except (KeyError, ValueError, TypeError) as err:
         return Source(path, "invalid", f"has an ablation.json this version cannot read ({err})")
-    collected = collect(path, cfg)  # fresh from the run folders: a running ablation shows what has finished
+    try:
+        collected = collect(path, cfg)  # fresh from the run folders: a running ablation shows what has finished
+    except ValueError as err:  # a damaged metrics line in one of its runs
+        return Source(path, "invalid", f"has a damaged run file: {err}")
     st = collected["status"]
     source = Source(path, "ablation", data={**saved, **collected, "cfg": cfg, "best": best_losses(collected["groups"])})
     if st["complete"]:
@@ -122,10 +126,21 @@ def _compare_source(path: Path, summary: dict[str, Any]) -> Source:
     return source
 
 
-def _pretrain_source(path: Path, config: dict[str, Any]) -> Source:
-    from edloss.lab.ablate import read_jsonl
+def resume_command(command: str) -> str:
+    """The command that resumes a run: its own command without ``--fresh``, which would delete
+    the checkpoint instead of continuing from it."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # unbalanced quotes: leave the text alone, minus the flag
+        return " ".join(w for w in command.split() if w != "--fresh")
+    return shlex.join(w for w in words if w != "--fresh")
 
-    rows = read_jsonl(path / "metrics.jsonl")
+
+def _pretrain_source(path: Path, config: dict[str, Any]) -> Source:
+    try:
+        rows = read_jsonl(path / "metrics.jsonl")  # no repair: the run may still be writing
+    except ValueError as err:
+        return Source(path, "invalid", f"has a damaged metrics file: {err}")
     planned = int(config["config"]["es"].get("generations", 0))
     summary = _read_json(path / "summary.json")
     finished = isinstance(summary, dict) and (path / "loss" / "loss.json").is_file()
@@ -136,7 +151,7 @@ def _pretrain_source(path: Path, config: dict[str, Any]) -> Source:
         source.status = f"unfinished: {len(rows)} of {planned} generations, no exported loss yet"
         command = config.get("command")
         source.notes.append("its curve is drawn from the generations done; loss figures need the exported loss"
-                            + (f" (resume with: `{command}`)" if command else ""))
+                            + (f" (resume with: `{resume_command(command)}`)" if command else ""))
     return source
 
 
@@ -589,7 +604,7 @@ def build_report(paths: list[Path], out: Path, progress: bool = True) -> dict[st
             _say(progress, f"edloss report: {s.path} ({s.kind}) is {s.status}; reporting the finished parts")
     if not usable:
         raise ValueError("nothing to report: " + "; ".join(f"{s.path} {s.status}" for s in sources))
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_folder(out)
     lines = ["# EDL report", "", "| input | kind | status |", "|---|---|---|"]
     lines += [f"| `{s.path}` | {s.kind} | {s.status} |" for s in sources]
     lines.append("")
@@ -648,7 +663,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="markdown report with figures from ablation, pretraining and compare folders",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="ablation folders, pretraining runs, compare grids")
-    p.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/report for one input, runs/report for several)")
+    p.add_argument("--out", help="report folder (default: RUN_DIR/report for one input, runs/report for several)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_main)
@@ -656,7 +671,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
-    out = args.out or (args.runs[0] / "report" if len(args.runs) == 1 else Path("runs/report"))
+    if args.out is not None:
+        prepare_output_folder(args.out)  # a bad --out fails before any reading or drawing
+        out = Path(args.out)
+    else:
+        out = args.runs[0] / "report" if len(args.runs) == 1 else Path("runs/report")
     result = build_report(args.runs, out, progress=not args.quiet)
     if not args.quiet:
         print(result["report"])

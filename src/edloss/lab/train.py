@@ -9,21 +9,24 @@ A run folder holds:
 - ``epochs.jsonl``: one line per epoch (train loss/acc, validation CE loss/acc, lr, seconds);
 - ``checkpoint.pt``: model, optimizer, scheduler, RNG states and history after the last good
   epoch; a rerun resumes from it and reproduces the uninterrupted run exactly (on CPU);
-- ``result.json``: written atomically at the end: config, versions, seed, wall time, final
-  validation and test accuracy (the test set is evaluated only here).
+- ``result.json``: written atomically at the end: config, versions, seed, wall time over all
+  resumed segments, final validation and test accuracy (the test set is evaluated only here);
+  or, for a run whose loss or weights became NaN/Inf, status "diverged" and what to do;
+- ``.lock``: held for the whole run, so a second ``edloss train`` into the folder is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -31,8 +34,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from edloss.configs import versions
-from edloss.lab.data import BatchLoader, Splits, load_splits, resolve_data_dir
-from edloss.files import atomic_torch_save, atomic_write_text
+from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
+                          prepare_output_folder, read_jsonl)
+from edloss.lab.data import BatchLoader, Splits, get_spec, load_splits, resolve_data_dir
 from edloss.lab.losses import LOSSES, build_loss_from_spec, parse_loss_arm, parse_loss_spec
 from edloss.lab.models import build_model, model_names
 
@@ -75,45 +79,92 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast (CUDA only; ignored on CPU)
 
     def validate(self) -> None:
-        """Raise ValueError naming the bad field and the allowed values."""
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 2, f"batch size must be >= 2, got {self.batch_size}"),
-            (self.eval_batch_size >= 1, f"eval batch size must be >= 1, got {self.eval_batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
-            (self.warmup_epochs is None or 0 <= self.warmup_epochs < self.epochs,
-             f"warmup epochs must be in [0, epochs), got {self.warmup_epochs}"),
-            (self.val_size >= 0, f"validation size must be >= 0, got {self.val_size}"),
-            (self.train_subset is None or self.train_subset >= 2,
-             f"train subset must be >= 2 images, got {self.train_subset}"),
-            (not (self.nesterov and self.momentum == 0), "Nesterov momentum needs momentum > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        if self.model.lower().replace("-", "").replace("_", "") not in model_names():
+        """Raise ValueError naming the bad option and its valid range, before any work is done:
+        a value out of range would otherwise be used silently or fail minutes later."""
+        ints = [("epochs", "--epochs", 1), ("batch_size", "--batch-size", 2),
+                ("eval_batch_size", "--eval-batch-size", 1), ("val_size", "--val-size", 0),
+                ("seed", "--seed", 0)]
+        for name, flag, low in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
+        if self.seed >= 2**32:
+            raise ValueError(f"--seed must be an integer in [0, 2**32), got {self.seed}")
+        if self.train_subset is not None and (isinstance(self.train_subset, bool)
+                                              or not isinstance(self.train_subset, int) or self.train_subset < 2):
+            raise ValueError(f"--train-subset must be an integer >= 2 (images), got {self.train_subset!r}")
+        if self.balanced_subset and self.train_subset is None:
+            raise ValueError("--balanced-subset needs --train-subset N (it picks N/K images per class)")
+        _check_real("--lr", self.lr, _is_real(self.lr) and self.lr > 0, "a finite number > 0")
+        _check_real("--momentum", self.momentum, _is_real(self.momentum) and 0 <= self.momentum < 1,
+                    "in [0, 1)")
+        _check_real("--weight-decay", self.weight_decay, _is_real(self.weight_decay) and self.weight_decay >= 0,
+                    "a finite number >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_epochs is not None:
+            w = self.warmup_epochs
+            _check_real("--warmup-epochs", w, _is_real(w) and 0 <= w < self.epochs,
+                        f"in [0, --epochs) = [0, {self.epochs})")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum needs --momentum > 0 (or pass --no-nesterov)")
+        _check_device_name(self.device)
+        if not isinstance(self.model, str) or self.model.lower().replace("-", "").replace("_", "") not in model_names():
             raise ValueError(f"unknown model {self.model!r}; valid names: {', '.join(model_names())}")
+        get_spec(self.dataset)  # unknown dataset: ValueError naming the valid ones
         name, _ = parse_loss_spec(self.loss)
         if name not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; valid names: {', '.join(LOSSES)}")
+        build_loss_from_spec(self.loss)  # a bad option (focal:gamma=-1, poly1:epsilon=-5) fails now
+
+
+def _is_real(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_real(flag: str, value: Any, ok: bool, valid: str) -> None:
+    if not ok:
+        raise ValueError(f"{flag} must be {valid}, got {value!r}")
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _check_device_name(name: Any) -> None:
+    """A device string this trainer can use (whether it is present is checked when the run starts)."""
+    valid = "auto, cpu, cuda, cuda:N, mps"
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ValueError(f"--device {name!r} is not a device edloss train can use; valid: {valid}")
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or Inf; the last good checkpoint is kept."""
+    """The training, validation or test loss (or the weights) became NaN/Inf, or the loss refused
+    NaN/Inf logits; result.json records status "diverged" and the last good checkpoint is kept."""
 
 
 # ----------------------------------------------------------------------------- small helpers
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for ``name``, refusing one this machine lacks (with what it has instead)."""
+    _check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name!r} requested but CUDA is not available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name!r} requested but MPS is not available; use --device cpu")
     return device
 
 
@@ -189,11 +240,12 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True) -> tuple[f
 
 def _train_epoch(model: nn.Module, loss_fn: nn.Module, loader: BatchLoader,
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                 amp: bool, bar: tqdm, where: str) -> tuple[float, float, float]:
+                 amp: bool, bar: tqdm) -> tuple[float, float, float]:
     """One pass over the training loader; returns (mean loss, accuracy, lr of the last step).
 
     Raises TrainingDiverged as soon as the loss is seen to be non-finite: every step on CPU
-    (free), every NAN_CHECK_EVERY steps and at the end on CUDA (each check syncs).
+    (free), every NAN_CHECK_EVERY steps and at the end on CUDA (each check syncs). A loss that
+    refuses NaN/Inf logits (EDLLoss raises ValueError) counts as a divergence too.
     """
     model.train()
     device = loader.device
@@ -206,15 +258,15 @@ def _train_epoch(model: nn.Module, loss_fn: nn.Module, loader: BatchLoader,
             logits = model(x)
         try:
             loss = loss_fn(logits.float(), y)
-        except ValueError:  # e.g. EDLLoss refuses NaN/Inf logits instead of returning NaN
-            if torch.isfinite(logits.detach()).all():
+        except ValueError as err:  # e.g. EDLLoss refuses NaN/Inf logits instead of returning NaN
+            if torch.isfinite(logits.detach()).all() and "NaN or Inf" not in str(err):
                 raise
-            raise TrainingDiverged(f"the model's logits became NaN/Inf at {where}, step "
-                                   f"{step + 1}/{len(loader)}") from None
+            raise TrainingDiverged(f"the model's logits became NaN/Inf at step {step + 1}/{len(loader)} "
+                                   f"(the loss refused them: {err})") from None
         loss_sum += loss.detach().double() * y.numel()
         if device.type == "cpu" or step % NAN_CHECK_EVERY == 0 or step == len(loader) - 1:
             if not torch.isfinite(loss_sum):
-                raise TrainingDiverged(f"training loss became {loss.item()} at {where}, step "
+                raise TrainingDiverged(f"the training loss became {loss.item()} at step "
                                        f"{step + 1}/{len(loader)}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,6 +278,15 @@ def _train_epoch(model: nn.Module, loss_fn: nn.Module, loader: BatchLoader,
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}", refresh=False)
     return (loss_sum / count).item(), (correct.double() / count).item(), lr
+
+
+def nonfinite_state(model: nn.Module) -> str | None:
+    """The name of the first parameter or buffer holding NaN/Inf, or None: a step can blow the
+    weights up after the last loss was computed, so a finite training loss alone proves nothing."""
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 # ----------------------------------------------------------------------------- the run
@@ -287,7 +348,7 @@ def _build(config: TrainConfig) -> _Run:
                 train_loader, val_loader, loader(data.test_x, data.test_y, False))
 
 
-def _checkpoint(run: _Run, epoch: int, history: list[dict], seconds: float) -> dict[str, Any]:
+def _checkpoint(run: _Run, epoch: int, history: list[dict], clock: _Clock) -> dict[str, Any]:
     cuda = run.device.type == "cuda"
     return {
         "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": asdict(run.config),
@@ -295,7 +356,8 @@ def _checkpoint(run: _Run, epoch: int, history: list[dict], seconds: float) -> d
         "scheduler": run.scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "data": run.data_gen.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if cuda else []},
-        "history": history, "train_seconds": seconds,
+        "history": history, "train_seconds": clock.train, "wall_seconds": clock.wall(),
+        "segments": clock.segments,
     }
 
 
@@ -323,8 +385,30 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
     return ckpt
 
 
-def _write_epochs(path: Path, history: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in history))
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Name the file and the way out when a write fails (a full disk, a folder made read-only):
+    the atomic writers have already removed their temporary file, and the last checkpoint stands."""
+    try:
+        yield
+    except OSError as err:
+        fix = "free some disk space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the folder"
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}; {fix}, then rerun the "
+                                 "same command to resume from the last checkpoint") from None
+
+
+def _sync_epochs(path: Path, history: list[dict]) -> None:
+    """Make epochs.jsonl say what the checkpoint says. A torn last line (a crash or full disk
+    mid-write) is cut with a note, and lines of an epoch whose checkpoint never landed are
+    dropped; the checkpoint's history is the record, the file only mirrors it."""
+    try:
+        logged = read_jsonl(path, repair=True)
+    except ValueError as err:  # damage before the last line: the checkpoint still has it all
+        print(f"note: {err}; rewriting it from the checkpoint", file=sys.stderr)
+        logged = None
+    if logged != history or not path.exists():
+        with _writing(path):
+            atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
 def _log(progress: bool, message: str) -> None:
@@ -332,7 +416,25 @@ def _log(progress: bool, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def _result(run: _Run, status: str, history: list[dict], seconds: float,
+@dataclass
+class _Clock:
+    """Time spent on a run over all its segments (a run stopped and resumed has several):
+    ``train`` sums epoch and test-evaluation time; ``wall`` adds setup, evaluation and
+    checkpointing, i.e. the real time the run took up to its last checkpoint and now."""
+
+    train: float = 0.0
+    wall_before: float = 0.0  # wall time of the earlier segments
+    segments: int = 1
+    started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+
+def _result(run: _Run, status: str, history: list[dict], clock: _Clock,
             **extra: Any) -> dict[str, Any]:
     last = history[-1] if history else {}
     best = max(history, key=lambda r: r["val_acc"] or 0.0) if history else {}
@@ -346,13 +448,22 @@ def _result(run: _Run, status: str, history: list[dict], seconds: float,
         "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
         "final_val_acc": last.get("val_acc"),
         "best_val_acc": best.get("val_acc"), "best_val_epoch": best.get("epoch"),
-        "wall_seconds": seconds, **extra,
+        "wall_seconds": clock.wall(), "train_seconds": clock.train, "segments": clock.segments,
+        **extra,
     }
 
 
 def _remove_run_files(out_dir: Path) -> None:
     for name in (CHECKPOINT, EPOCHS, RESULT):
         (out_dir / name).unlink(missing_ok=True)
+
+
+def check_stop_after(stop_after: Any) -> None:
+    """``stop_after`` is None (run to the end) or a number of epochs >= 1."""
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or stop_after < 1):
+        raise ValueError(f"--stop-after must be an integer >= 1 (epochs to run in this call), "
+                         f"got {stop_after!r}")
 
 
 def train(config: TrainConfig, out_dir: Path, progress: bool = True, *, resume: bool = True,
@@ -362,12 +473,22 @@ def train(config: TrainConfig, out_dir: Path, progress: bool = True, *, resume: 
     ``resume=False`` deletes an earlier run's files in ``out_dir`` first. ``stop_after`` ends
     this call after that many epochs (for time-sliced jobs); the returned dict then has
     status "incomplete" and no result.json is written. A run whose result.json already exists
-    for the same config is returned as is. Raises TrainingDiverged if the loss becomes NaN/Inf
-    (result.json then records status "diverged"), ValueError for bad or mismatched configs.
+    for the same config is returned as is. Raises TrainingDiverged if the training, validation
+    or test loss (or the weights) become NaN/Inf (result.json then records status "diverged"),
+    ValueError for bad or mismatched configs or an unusable ``out_dir``, RunFolderBusy while
+    another process trains in ``out_dir`` (the folder is locked for the whole run).
     """
     config.validate()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_stop_after(stop_after)
+    resolve_device(config.device)  # a device this machine lacks is refused before the folder is touched
+    out_dir = prepare_output_folder(out_dir, "--out")
+    with RunLock(out_dir, "edloss train"):
+        return _train_locked(config, out_dir, progress, resume, stop_after)
+
+
+def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bool,
+                  stop_after: int | None) -> dict[str, Any]:
+    clock = _Clock()
     ckpt_path, epochs_path, result_path = out_dir / CHECKPOINT, out_dir / EPOCHS, out_dir / RESULT
     if not resume:
         _remove_run_files(out_dir)
@@ -385,12 +506,28 @@ def train(config: TrainConfig, out_dir: Path, progress: bool = True, *, resume: 
 
     run = _build(config)
     history: list[dict] = []
-    seconds, start = 0.0, 0
+    start = 0
     if ckpt is not None:
         _restore(run, ckpt)
-        history, seconds, start = list(ckpt["history"]), float(ckpt["train_seconds"]), ckpt["epoch"]
+        history, start = list(ckpt["history"]), ckpt["epoch"]
+        clock.train = float(ckpt["train_seconds"])
+        clock.wall_before = float(ckpt.get("wall_seconds", clock.train))
+        clock.segments = int(ckpt.get("segments", 1)) + 1
         _log(progress, f"{out_dir}: resuming after epoch {start}/{config.epochs}")
-    _write_epochs(epochs_path, history)  # drops lines of an epoch whose checkpoint never landed
+    _sync_epochs(epochs_path, history)
+
+    def diverged(epoch: int, what: str, kept_epoch: int) -> TrainingDiverged:
+        """Record the divergence in result.json and return the error to raise."""
+        kept = (f"the checkpoint of epoch {kept_epoch}" if kept_epoch
+                else "no checkpoint (it diverged in the first epoch)")
+        message = (f"training diverged in epoch {epoch}/{config.epochs}: {what}; stopped, keeping "
+                   f"{kept} in {out_dir}. Lower the learning rate (--lr {config.lr:g} now; try "
+                   f"{config.lr / 10:g}) or check the loss {config.loss!r}, then rerun with --fresh")
+        result = _result(run, "diverged", history, clock, message=message, diverged_epoch=epoch,
+                         test_acc=None, test_loss=None)
+        with _writing(result_path):
+            atomic_write_json(result_path, result)
+        return TrainingDiverged(message)
 
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
@@ -399,41 +536,45 @@ def train(config: TrainConfig, out_dir: Path, progress: bool = True, *, resume: 
         try:
             train_loss, train_acc, lr = _train_epoch(
                 run.forward, run.loss_fn, run.train_loader, run.optimizer, run.scheduler,
-                config.amp, bar, f"epoch {epoch}")
+                config.amp, bar)
         except TrainingDiverged as err:
-            kept = (f"the checkpoint of epoch {epoch - 1}" if epoch > 1
-                    else "no checkpoint (it diverged in the first epoch)")
-            message = (f"{err}; stopped, keeping {kept} in {out_dir}. Lower --lr, or check "
-                       f"the loss {config.loss!r}")
-            result = _result(run, "diverged", history, seconds, message=message,
-                             diverged_epoch=epoch, test_acc=None, test_loss=None)
-            atomic_write_text(result_path, json.dumps(result, indent=2) + "\n")
-            raise TrainingDiverged(message) from None
+            raise diverged(epoch, str(err), epoch - 1) from None
         finally:
             bar.close()
         val_loss = val_acc = None
         if run.val_loader is not None:
             val_loss, val_acc = evaluate(run.forward, run.val_loader, config.amp)
+        broken = nonfinite_state(run.model)
+        if val_loss is not None and not math.isfinite(val_loss):
+            where = f"; the weights hold NaN/Inf ({broken})" if broken else ""
+            raise diverged(epoch, f"the validation loss is {val_loss}{where}", epoch - 1)
+        if broken:
+            raise diverged(epoch, f"the weights hold NaN/Inf after the epoch ({broken})", epoch - 1)
         elapsed = time.perf_counter() - t0
-        seconds += elapsed
+        clock.train += elapsed
         history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                         "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": elapsed})
-        with open(epochs_path, "a") as f:
-            f.write(json.dumps(history[-1]) + "\n")
-        atomic_torch_save(_checkpoint(run, epoch, history, seconds), ckpt_path)
+        with _writing(epochs_path):
+            append_jsonl(epochs_path, history[-1])
+        with _writing(ckpt_path):
+            atomic_torch_save(_checkpoint(run, epoch, history, clock), ckpt_path)
         val_text = f"val loss {val_loss:.4f} acc {val_acc:.4f}" if val_acc is not None else "no val"
         _log(progress, f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f} "
                        f"acc {train_acc:.4f}  {val_text}  lr {lr:.4g}  {elapsed:.1f}s")
         if stop_after is not None and epoch - start >= stop_after and epoch < config.epochs:
-            return _result(run, "incomplete", history, seconds, test_acc=None, test_loss=None)
+            return _result(run, "incomplete", history, clock, test_acc=None, test_loss=None)
 
     t0 = time.perf_counter()
     test_loss, test_acc = evaluate(run.forward, run.test_loader, config.amp)
-    seconds += time.perf_counter() - t0
-    result = _result(run, "finished", history, seconds, test_loss=test_loss, test_acc=test_acc)
-    atomic_write_text(result_path, json.dumps(result, indent=2) + "\n")
+    clock.train += time.perf_counter() - t0
+    if not math.isfinite(test_loss):
+        raise diverged(config.epochs, f"the test loss is {test_loss} after the last epoch",
+                       config.epochs)
+    result = _result(run, "finished", history, clock, test_loss=test_loss, test_acc=test_acc)
+    with _writing(result_path):
+        atomic_write_json(result_path, result)
     _log(progress, f"done: val acc {history[-1]['val_acc']}  test acc {test_acc:.4f}  "
-                   f"({seconds:.0f}s) -> {result_path}")
+                   f"({result['wall_seconds']:.0f}s) -> {result_path}")
     return result
 
 
@@ -477,7 +618,7 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--no-amp", dest="amp", action="store_false",
                    help="no bf16 autocast on CUDA")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (>= 1)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
@@ -489,21 +630,25 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
 
 
 def apply_threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", None):
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    """Set torch's CPU threads from --threads; 0 or less is refused, not silently ignored."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"--threads must be an integer >= 1, got {threads!r}")
+    torch.set_num_threads(threads)
 
 
 def _cli(args: argparse.Namespace) -> int:
     apply_threads(args)
+    check_stop_after(args.stop_after)
     label, spec = parse_loss_arm(args.loss)
     config = config_from_args(args, loss=spec)
     out = Path(args.out) if args.out else Path("runs") / config.model / label / f"seed{config.seed}"
     try:
         result = train(config, out, progress=not args.quiet, resume=not args.fresh,
                        stop_after=args.stop_after)
-    except TrainingDiverged as err:
+    except TrainingDiverged as err:  # exit 1: the run is recorded (status "diverged"), not misused
         print(f"edloss train: diverged: {err}", file=sys.stderr)
         return 1
     if result["status"] == "incomplete":

@@ -1,0 +1,190 @@
+"""What EDLLoss guarantees, tested where users could break it (issue 12).
+
+* monotone: non-increasing in the true logit and non-decreasing in every wrong logit, everywhere
+  (margins to 1e4, K to 1e5), by construction of the monotone form, for any weights;
+* frozen: a pretrained loss's network never changes when a model trains with it (eager, fused or
+  not, and under torch.compile), unless the user asks (``trainable=True``);
+* any float dtype in, finite numbers out: float64 logits beyond float32's range, the module cast
+  with .half() / .bfloat16() / .double();
+* a checkpoint whose definition was edited (scale, activation, feature order, types) or whose
+  weights are not finite does not load.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edloss import EDLLoss
+from edloss.features import MONOTONE_FEATURES
+from edloss.lossnet import LossNet, LossNetConfig, init_scale
+
+MONOTONE = LossNetConfig(form="monotone", features=("log_kpy", "logit_margin", "p_y"), activation="softsign")
+
+
+def random_monotone(seed: int, activation: str = "softsign", features: tuple[str, ...] = MONOTONE.features) -> EDLLoss:
+    cfg = LossNetConfig(form="monotone", features=features, activation=activation)
+    theta = torch.randn(cfg.num_params, generator=torch.Generator().manual_seed(seed)) * init_scale(cfg) * 3
+    return EDLLoss(LossNet.from_flat(theta, cfg), scale=0.8, reduction="sum")
+
+
+def assert_monotone_gradient(loss: EDLLoss, logits: torch.Tensor, target: torch.Tensor) -> None:
+    z = logits.clone().requires_grad_(True)
+    loss(z, target).backward()
+    grad = z.grad
+    tol = 1e-6 * grad.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)  # float rounding only
+    true = grad.gather(1, target[:, None])
+    wrong = grad.scatter(1, target[:, None], 0.0)
+    assert (true <= tol).all(), f"the loss rises with the true logit: {true.max().item()}"
+    assert (wrong >= -tol).all(), f"the loss falls as a wrong logit rises: {wrong.min().item()}"
+
+
+@given(
+    k=st.sampled_from([2, 3, 10, 100, 1000, 100_000]),
+    margin=st.sampled_from([-1e4, -100.0, -30.0, -5.0, 0.0, 5.0, 30.0, 100.0, 1e4]),
+    spread=st.sampled_from([0.0, 1.0, 10.0]),
+    seed=st.integers(0, 2**16),
+    activation=st.sampled_from(["softsign", "tanh", "relu"]),
+    features=st.lists(st.sampled_from(MONOTONE_FEATURES), min_size=1, max_size=3, unique=True),
+)
+def test_monotone_form_is_monotone_everywhere(k, margin, spread, seed, activation, features):
+    """By construction: any weights, any K, margins far outside the pretraining range."""
+    g = torch.Generator().manual_seed(seed)
+    n = 1 if k == 100_000 else 4
+    logits = torch.randn(n, k, generator=g, dtype=torch.float64).float() * spread
+    target = torch.randint(0, k, (n,), generator=g)
+    rival = (target + 1) % k
+    logits.scatter_(1, rival[:, None], logits.gather(1, target[:, None]) - margin)  # z_y - z_rival = margin
+    assert_monotone_gradient(random_monotone(seed % 5, activation, tuple(features)), logits, target)
+
+
+def test_shipped_default_is_monotone_and_gives_hopeless_samples_a_ce_gradient():
+    loss = EDLLoss.pretrained(reduction="sum")
+    assert loss.net.config.form == "monotone"
+    for k in (10, 1000, 100_000):
+        for m in (5.0, 23.0, 30.0, 40.0, 60.0, 1e3, 1e4):
+            z = torch.zeros(1, k)
+            z[0, 1] = m  # a wrong class ahead by m
+            assert_monotone_gradient(loss, z, torch.tensor([0]))
+            zc = torch.zeros(1, k)
+            zc[0, 0] = m  # the true class ahead by m
+            assert_monotone_gradient(loss, zc, torch.tensor([0]))
+        z = torch.zeros(1, k)
+        z[0, 1] = 1e4
+        z.requires_grad_(True)
+        loss(z, torch.tensor([0])).backward()
+        # deliberately CE's push (times the loss's scale), not the zero gradient of a bounded loss
+        assert z.grad[0, 0].item() == pytest.approx(-loss.scale, rel=1e-3)
+
+
+def test_loss_values_are_monotone_along_a_path():
+    loss = EDLLoss.pretrained(reduction="none")
+    z = torch.zeros(201, 10)
+    z[:, 0] = torch.linspace(-1e3, 1e3, 201)  # the true logit rises
+    values = loss(z, torch.zeros(201, dtype=torch.long))
+    assert (values[1:] <= values[:-1] + 1e-6).all()
+    z = torch.zeros(201, 10)
+    z[:, 3] = torch.linspace(-1e3, 1e3, 201)  # a wrong logit rises
+    values = loss(z, torch.zeros(201, dtype=torch.long))
+    assert (values[1:] >= values[:-1] - 1e-6).all()
+
+
+# ---------------------------------------------------------------------- frozen
+class Classifier(torch.nn.Module):
+    def __init__(self, criterion: EDLLoss) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(6, 4)
+        self.criterion = criterion
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.criterion(self.body(x), y)
+
+
+@pytest.mark.parametrize("mode", ["fused", "unfused", "compiled"])
+def test_pretrained_loss_stays_frozen_while_a_model_trains(mode):
+    torch.manual_seed(0)
+    criterion = EDLLoss.pretrained(fused=mode == "fused")
+    before = [p.detach().clone() for p in criterion.net.parameters()]
+    model = Classifier(criterion)
+    step = torch.compile(model) if mode == "compiled" else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    x, y = torch.randn(32, 6), torch.randint(0, 4, (32,))
+    for _ in range(3):
+        opt.zero_grad()
+        step(x, y).backward()
+        opt.step()
+    for p, b in zip(criterion.net.parameters(), before):
+        assert torch.equal(p, b) and p.grad is None
+
+
+def test_trainable_loss_is_an_explicit_choice():
+    criterion = EDLLoss.pretrained(trainable=True)
+    assert all(p.requires_grad for p in criterion.net.parameters())
+    z = torch.randn(8, 10, requires_grad=True)
+    criterion(z, torch.randint(0, 10, (8,))).backward()
+    assert all(p.grad is not None for p in criterion.net.parameters())
+
+
+# ---------------------------------------------------------------------- dtypes
+@pytest.mark.parametrize("magnitude", [1e39, 1e300])
+def test_float64_logits_beyond_float32_range_stay_finite(magnitude):
+    z = torch.zeros(2, 5, dtype=torch.float64)
+    z[0, 1], z[1, 0] = magnitude, magnitude
+    z.requires_grad_(True)
+    out = EDLLoss.pretrained()(z, torch.tensor([0, 0]))
+    out.backward()
+    assert out.dtype == torch.float64 and torch.isfinite(out) and torch.isfinite(z.grad).all()
+    assert z.grad[0, 0] < 0  # the hopeless sample is pushed the right way
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "double", "float"])
+def test_module_casts_keep_the_loss_defined(cast):
+    reference = EDLLoss.pretrained()
+    criterion = getattr(EDLLoss.pretrained(), cast)()
+    for p, q in zip(criterion.net.parameters(), reference.net.parameters()):
+        assert p.dtype in (torch.float32, torch.float64)
+        torch.testing.assert_close(p.double(), q.double())  # .half() did not round the weights
+    z = torch.randn(6, 10)
+    dtype = {"half": torch.half, "bfloat16": torch.bfloat16, "double": torch.float64, "float": torch.float32}[cast]
+    out = criterion(z.to(dtype), torch.randint(0, 10, (6,)))
+    assert out.dtype == dtype and torch.isfinite(out)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def tamper(tmp_path, edit) -> None:
+    EDLLoss.pretrained().save(tmp_path)
+    meta = json.loads((tmp_path / "loss.json").read_text())
+    edit(meta)
+    (tmp_path / "loss.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda m: m.__setitem__("scale", m["scale"] * 10), "edited after saving"),
+        (lambda m: m["lossnet"].__setitem__("activation", "relu"), "edited after saving"),
+        (lambda m: m["lossnet"].__setitem__("features", m["lossnet"]["features"][::-1]), "edited after saving"),
+        (lambda m: m.__setitem__("scale", True), "field 'scale' must be float or int, got bool"),
+        (lambda m: m.__setitem__("scale", "2.0"), "field 'scale' must be float or int, got str"),
+        (lambda m: m.__setitem__("format_version", "1"), "field 'format_version' must be int, got str"),
+        (lambda m: m.pop("definition_sha256"), "definition_sha256"),
+        (lambda m: m.__setitem__("lossnet", [1, 2]), "field 'lossnet' must be dict"),
+    ],
+)
+def test_edited_definition_is_refused(tmp_path, edit, match):
+    tamper(tmp_path, edit)
+    with pytest.raises(ValueError, match=match):
+        EDLLoss.from_file(tmp_path)
+
+
+def test_non_finite_weights_are_refused_even_with_a_matching_checksum(tmp_path):
+    loss = EDLLoss.pretrained()
+    with torch.no_grad():
+        loss.net.layers[0].weight[0, 0] = float("nan")
+    loss.save(tmp_path)  # checksums are recomputed over the NaN weights
+    with pytest.raises(ValueError, match="non-finite weights"):
+        EDLLoss.from_file(tmp_path)
