@@ -136,3 +136,23 @@ def test_delta_cell_for_paired_reference_and_old_rows() -> None:
     assert C.format_delta({"delta_vs_ce": 0.0, "is_reference": True}) == "reference"
     assert C.format_delta({"delta_vs_ce": -0.5}) == "-0.50"  # a summary written before pairing
     assert C.format_delta({"delta_vs_ce": None}) == "—"
+
+
+def test_summary_has_paired_wilcoxon_p_values_and_calibration(tmp_path: Path) -> None:
+    """p-values against CE and Poly-1, paired by seed, and mean NLL / ECE per arm, from results on disk."""
+    accuracies = {"ce": [0.50, 0.52, 0.49, 0.51, 0.50, 0.53], "poly1": [0.51, 0.53, 0.50, 0.52, 0.52, 0.54],
+                  "edl": [0.55, 0.56, 0.54, 0.57, 0.55, 0.58]}
+    for label, values in accuracies.items():
+        for seed, acc in enumerate(values):
+            run = tmp_path / "resnet20" / label / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / RESULT).write_text(json.dumps({"status": "finished", "test_acc": acc, "final_val_acc": acc,
+                                                  "wall_seconds": 1.0, "test_nll": 1.5, "test_ece": 0.05}))
+    arms = C.parse_arms(list(accuracies))
+    summary = C.collect(tmp_path, TrainConfig(), arms, list(range(6)), ["resnet20"])
+    edl = next(r for r in summary["rows"] if r["label"] == "edl")
+    assert edl["wins_vs_ce"] == 6 and edl["pairs_vs_ce"] == 6 and edl["wilcoxon_p_vs_ce"] == pytest.approx(0.03125)
+    assert edl["wins_vs_poly1"] == 6 and edl["wilcoxon_p_vs_poly1"] == pytest.approx(0.03125)
+    assert edl["nll_mean"] == pytest.approx(1.5) and edl["ece_mean"] == pytest.approx(5.0)
+    table = C.render_markdown(summary)
+    assert "p = 0.0312 (6/6 better)" in table and "ECE (%)" in table

@@ -36,6 +36,13 @@ def _fake_compare(folder: Path, ablation: Path) -> None:
         runs += [{"model": "resnet20", "label": label, "spec": spec, "seed": s, "status": "finished" if n else "missing",
                   "dir": "", "test_acc": None, "val_acc": None, "wall_seconds": None} for s in (0, 1)]
     folder.mkdir(parents=True)
+    for run in runs:  # the reliability bins each finished run records
+        if run["status"] == "finished":
+            run_dir = folder / run["model"] / run["label"] / f"seed{run['seed']}"
+            run_dir.mkdir(parents=True)
+            confidence = [(i + 0.5) / 15 for i in range(15)]
+            (run_dir / "result.json").write_text(json.dumps({"status": "finished", "test_reliability": {
+                "count": [100] * 15, "confidence": confidence, "accuracy": [c * 0.9 for c in confidence]}}))
     (folder / "summary.json").write_text(json.dumps({"recipe": {"dataset": "cifar10", "epochs": 2, "batch_size": 128, "lr": 0.1,
                                                                 "schedule": "onecycle", "train_subset": 1000},
                                                      "seeds": [0, 1], "models": ["resnet20"], "arms": [], "rows": rows, "runs": runs}))
@@ -52,7 +59,7 @@ def test_report_renders_every_figure_from_a_mini_ablation(mini: Path, tmp_path: 
     finally:
         shutil.rmtree(mini / "compare")
     md = (tmp_path / "rep" / "report.md").read_text()
-    for name in ("convergence.png", "time_to_level.png", "final_metrics.png", "loss_shapes.png", "loss_heatmap.png"):
+    for name in ("convergence.png", "time_to_level.png", "final_metrics.png", "loss_shapes.png", "loss_heatmap.png", "reliability.png"):
         assert any(f.endswith(name) for f in result["figures"]), name
     for image in _images(md):
         png = tmp_path / "rep" / image

@@ -74,6 +74,13 @@ def test_one_epoch_smoke_every_loss(loss: str, tiny_config: TrainConfig, tmp_pat
     assert len(rows) == 1 and set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss",
                                                "val_acc", "lr", "seconds"}
     assert (tmp_path / CHECKPOINT).is_file()
+    # calibration next to accuracy: NLL, top-label ECE over 15 bins, the reliability bins
+    reliability = saved["test_reliability"]
+    assert saved["test_nll"] == saved["test_loss"] and 0 <= saved["test_ece"] <= 1
+    assert sum(reliability["count"]) == saved["num_test"] and len(reliability["count"]) == 15
+    hits = sum(a * n for a, n in zip(reliability["accuracy"], reliability["count"]) if n)
+    assert hits / saved["num_test"] == pytest.approx(saved["test_acc"])
+    assert not Path(saved["data_path"]).is_absolute()
 
 
 def test_smoke_cifar100(tmp_path: Path) -> None:

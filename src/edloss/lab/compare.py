@@ -256,6 +256,7 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                              "status": status, "dir": str(run_dir),
                              "test_acc": result.get("test_acc"),
                              "val_acc": result.get("final_val_acc"),
+                             "test_nll": result.get("test_nll"), "test_ece": result.get("test_ece"),
                              "wall_seconds": result.get("wall_seconds")})
                 if status == "failed":
                     runs[-1]["error"] = failures[str(run_dir)]
@@ -268,13 +269,17 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                    "failed": sum(r["status"] == "failed" for r in runs[-len(seeds):]),
                    "test_mean": _mean_std(test)[0], "test_std": _mean_std(test)[1],
                    "val_mean": _mean_std(val)[0], "val_std": _mean_std(val)[1],
+                   **_calibration_columns(done),
                    "wall_mean": _mean_std([r["wall_seconds"] for r in done])[0]}
             if reference is None and _is_ce(arm.spec):
                 reference = row
             rows.append(row)
+        poly1 = next((r for r in rows if r["model"] == model and parse_loss_spec(r["spec"])[0] == "poly1"), None)
         for row in rows:
             if row["model"] == model:
                 row.update(_paired_delta(runs, model, row["label"], reference["label"] if reference else None))
+                row.update(_paired_test(runs, model, row["label"], reference["label"] if reference else None, "ce"))
+                row.update(_paired_test(runs, model, row["label"], poly1["label"] if poly1 else None, "poly1"))
     shared = {k: v for k, v in asdict(recipe).items() if k not in ("model", "loss", "seed")}
     return {"recipe": shared, "seeds": seeds, "models": models,
             "arms": [asdict(a) for a in arms], "rows": rows, "runs": runs}
@@ -293,6 +298,38 @@ def _paired_delta(runs: list[dict[str, Any]], model: str, label: str, ce_label: 
             "delta_wins": sum(d > 0 for d in diffs), "is_reference": label == ce_label}
 
 
+def _calibration_columns(done: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Mean test NLL and ECE (percent) over an arm's finished runs that recorded them."""
+    nll = [r["test_nll"] for r in done if r.get("test_nll") is not None]
+    ece = [100 * r["test_ece"] for r in done if r.get("test_ece") is not None]
+    return {"nll_mean": _mean_std(nll)[0], "ece_mean": _mean_std(ece)[0], "ece_std": _mean_std(ece)[1]}
+
+
+def _paired_test(runs: list[dict[str, Any]], model: str, label: str, other: str | None, name: str) -> dict[str, Any]:
+    """Two-sided Wilcoxon signed-rank test of test accuracy against ``other``, paired by seed."""
+    if other is None or other == label:
+        return {}
+    def by_seed(arm: str) -> dict[int, float]:
+        return {r["seed"]: r["test_acc"] for r in runs if r["model"] == model and r["label"] == arm and r["status"] == "finished"}
+    mine, theirs = by_seed(label), by_seed(other)
+    seeds = sorted(mine.keys() & theirs.keys())
+    if len(seeds) < 2:
+        return {}
+    from edloss.lab.stats import wilcoxon_paired
+
+    test = wilcoxon_paired([(mine[s], theirs[s]) for s in seeds])
+    return {f"wilcoxon_p_vs_{name}": test["p"], f"pairs_vs_{name}": len(seeds),
+            f"wins_vs_{name}": sum(mine[s] > theirs[s] for s in seeds)}
+
+
+def format_p(row: dict[str, Any], name: str) -> str:
+    """"p = 0.031 (8/10 better)" or "—"."""
+    p = row.get(f"wilcoxon_p_vs_{name}")
+    if p is None:
+        return "—"
+    return f"p = {p:.3g} ({row[f'wins_vs_{name}']}/{row[f'pairs_vs_{name}']} better)"
+
+
 def format_delta(row: dict[str, Any]) -> str:
     """A row's Δ vs CE as a table cell: "reference", "—" or "+1.07 ± 2.05 (3/5 seeds better)".
 
@@ -308,6 +345,10 @@ def format_delta(row: dict[str, Any]) -> str:
     if row.get("delta_pairs"):
         cell += f" ({row['delta_wins']}/{row['delta_pairs']} seeds better)"
     return cell
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -330,12 +371,14 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "Accuracies in percent, mean ± sample std over finished seeds; test accuracy is measured "
         "once, after the last epoch; validation accuracy is the last epoch's. Δ vs CE is the "
         "mean ± std of per-seed differences in test accuracy (points) over the seeds both finished, "
-        "with how many of those seeds the loss beat CE.", "",
+        "with how many of those seeds the loss beat CE. p: two-sided Wilcoxon signed-rank test "
+        "of test accuracy, paired by seed, against CE and against Poly-1. NLL and ECE (top-label, "
+        "15 equal-width bins, percent) are measured on the test set after the last epoch.", "",
     ]
     for model in summary["models"]:
         lines += [f"## {model}", "",
-                  "| loss | spec | seeds | test acc | val acc | Δ vs CE | wall time (s) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| loss | spec | seeds | test acc | val acc | Δ vs CE | vs CE | vs Poly-1 | test NLL | ECE (%) | wall time (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in summary["rows"]:
             if row["model"] != model:
                 continue
@@ -345,7 +388,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
             wall = "—" if row["wall_mean"] is None else f"{row['wall_mean']:.0f}"
             lines.append(f"| {row['label']} | `{row['spec']}` | {seeds} | "
                          f"{_pm(row['test_mean'], row['test_std'])} | "
-                         f"{_pm(row['val_mean'], row['val_std'])} | {delta} | {wall} |")
+                         f"{_pm(row['val_mean'], row['val_std'])} | {delta} | {format_p(row, 'ce')} | "
+                         f"{format_p(row, 'poly1')} | {_num(row.get('nll_mean'), 3)} | "
+                         f"{_pm(row.get('ece_mean'), row.get('ece_std'))} | {wall} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from edloss.lab.compare import format_delta
+from edloss.lab.compare import format_delta, format_p
 from edloss.files import atomic_write_bytes, prepare_output_folder, read_jsonl, save_figure
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -381,6 +381,43 @@ def plot_accuracy(summary: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_reliability(grid: Path, summary: dict[str, Any], path: Path) -> Path | None:
+    """Reliability diagram per loss (test set, seeds pooled): accuracy against confidence per
+    equal-width bin, the diagonal being perfect calibration; one curve per arm, CE dashed."""
+    from edloss.lab.train import read_result
+
+    pooled: dict[str, list[list[float]]] = {}
+    for run in summary.get("runs", []):
+        if run.get("status") != "finished":
+            continue
+        result = read_result(grid / run["model"] / run["label"] / f"seed{run['seed']}") or {}  # compare's layout
+        rel = result.get("test_reliability")
+        if not rel:
+            continue
+        n, conf, acc = rel["count"], rel["confidence"], rel["accuracy"]
+        sums = pooled.setdefault(run["label"], [[0.0] * len(n), [0.0] * len(n), [0.0] * len(n)])
+        for i, k in enumerate(n):
+            if k:
+                sums[0][i] += k
+                sums[1][i] += conf[i] * k
+                sums[2][i] += acc[i] * k
+    if not pooled:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    ax.plot([0, 1], [0, 1], color="black", linestyle=":", linewidth=1, label="perfect calibration")
+    for label, (n, conf, acc) in pooled.items():
+        keep = [i for i, k in enumerate(n) if k >= 20]  # bins too thin to read are left out
+        style = {"color": "black", "linestyle": "--"} if label in ("ce", "cross_entropy") else {"color": ARM_COLORS.get(label)}
+        ax.plot([conf[i] / n[i] for i in keep], [acc[i] / n[i] for i in keep], marker="o", markersize=3, label=label, **style)
+    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title="reliability on the test set (seeds pooled)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------------- markdown
 def _pm(d: dict[str, Any] | None, digits: int = 4) -> str:
     if not d or d.get("mean") is None:
@@ -547,10 +584,12 @@ def _compare_markdown(src: Source, out: Path, prefix: str, synthetic: dict[str, 
                   f"{r.get('schedule')} schedule, training images: {r.get('train_subset') or 'all'}; seeds "
                   f"{', '.join(map(str, s.get('seeds', [])))}.", ""]
     has_synth = bool(synthetic) and any(row["label"] in synthetic for row in s.get("rows", []))
-    head = "| model | loss | spec | seeds | test acc (%) | val acc (%) | Δ vs CE |" + (" held-out fitness of the loss |" if has_synth else "")
+    head = ("| model | loss | spec | seeds | test acc (%) | val acc (%) | Δ vs CE | vs CE | vs Poly-1 | test NLL | ECE (%) |"
+            + (" held-out fitness of the loss |" if has_synth else ""))
     lines += ["Accuracy in percent, mean ± std over finished seeds; Δ vs CE in points of test accuracy, paired by seed "
-              "(summaries written before pairing: difference of means).", "",
-              head, "|---|---|---|---|---|---|---|" + ("---|" if has_synth else "")]
+              "(summaries written before pairing: difference of means); p: two-sided Wilcoxon signed-rank, paired by seed; "
+              "NLL and top-label ECE (15 bins) on the test set.", "",
+              head, "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if has_synth else "")]
     for row in s.get("rows", []):
         delta = format_delta(row)
         test = _pm({"mean": row.get("test_mean"), "std": row.get("test_std")}, 2)
@@ -559,11 +598,15 @@ def _compare_markdown(src: Source, out: Path, prefix: str, synthetic: dict[str, 
         cell = ""
         if has_synth:
             cell = f" {synthetic[row['label']]:.4f} |" if row["label"] in synthetic else " — |"
-        lines.append(f"| {row['model']} | {row['label']} | `{row['spec']}` | {seeds} | {test} | {val} | {delta} |{cell}")
+        nll = "—" if row.get("nll_mean") is None else f"{row['nll_mean']:.3f}"
+        ece = _pm({"mean": row.get("ece_mean"), "std": row.get("ece_std")}, 2)
+        lines.append(f"| {row['model']} | {row['label']} | `{row['spec']}` | {seeds} | {test} | {val} | {delta} | "
+                     f"{format_p(row, 'ce')} | {format_p(row, 'poly1')} | {nll} | {ece} |{cell}")
     lines.append("")
     if has_synth:
         lines += agreement(s.get("rows", []), synthetic) + [""]
     lines += _image(plot_accuracy(s, out / f"{prefix}accuracy.png"), out, "test accuracy per loss")
+    lines += _image(plot_reliability(src.path, s, out / f"{prefix}reliability.png"), out, "reliability diagram")
     return lines
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import errno
 import json
 import math
@@ -222,20 +223,40 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+ECE_BINS = 15  # equal-width confidence bins, top-label ECE (Guo et al., 2017)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a loader (whatever loss the model trained with)."""
+def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True, calibration: bool = False) -> tuple[float, float] | tuple[float, float, dict[str, Any]]:
+    """Mean cross-entropy (the NLL) and accuracy over a loader (whatever loss the model trained
+    with); with ``calibration``, also the top-label expected calibration error and the
+    reliability bins (count, mean confidence, accuracy per equal-width confidence bin)."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
     correct = torch.zeros((), dtype=torch.int64, device=loader.device)
+    bins = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=loader.device)  # count, confidence, correct
     count = 0
     for x, y in loader:
         with _autocast(loader.device, amp):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        hit = logits.argmax(1) == y
+        correct += hit.sum()
         count += y.numel()
-    return (loss_sum / count).item(), (correct.double() / count).item()
+        if calibration:
+            confidence = logits.softmax(1).amax(1).double()
+            index = (confidence * ECE_BINS).long().clamp_max(ECE_BINS - 1)
+            for row, value in enumerate((torch.ones_like(confidence), confidence, hit.double())):
+                bins[row].index_add_(0, index, value)
+    nll, accuracy = (loss_sum / count).item(), (correct.double() / count).item()
+    if not calibration:
+        return nll, accuracy
+    n, conf, hits = bins.tolist()
+    ece = sum(abs(h - c) for h, c in zip(hits, conf)) / count
+    reliability = {"count": n, "confidence": [c / k if k else None for c, k in zip(conf, n)],
+                   "accuracy": [h / k if k else None for h, k in zip(hits, n)]}
+    return nll, accuracy, {"ece": ece, "bins": ECE_BINS, "reliability": reliability}
 
 
 def _train_epoch(model: nn.Module, loss_fn: nn.Module, loader: BatchLoader,
@@ -442,7 +463,7 @@ def _result(run: _Run, status: str, history: list[dict], clock: _Clock,
         "status": status, "config": asdict(run.config), "seed": run.config.seed,
         "versions": versions(), "device": str(run.device), "threads": torch.get_num_threads(),
         "loss": repr(run.loss_fn), "epochs_completed": len(history),
-        "data_path": str(resolve_data_dir(run.config.data_dir)),
+        "data_path": _portable(resolve_data_dir(run.config.data_dir)),
         "num_train": int(run.data.train_x.shape[0]), "num_val": int(run.data.val_x.shape[0]),
         "num_test": int(run.data.test_x.shape[0]),
         "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
@@ -451,6 +472,11 @@ def _result(run: _Run, status: str, history: list[dict], clock: _Clock,
         "wall_seconds": clock.wall(), "train_seconds": clock.train, "segments": clock.segments,
         **extra,
     }
+
+
+def _portable(path: Path) -> str:
+    """A path as recorded in results: relative to the working folder, not this machine's absolute path."""
+    return os.path.relpath(Path(path).resolve(), Path.cwd())
 
 
 def _remove_run_files(out_dir: Path) -> None:
@@ -565,12 +591,13 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
             return _result(run, "incomplete", history, clock, test_acc=None, test_loss=None)
 
     t0 = time.perf_counter()
-    test_loss, test_acc = evaluate(run.forward, run.test_loader, config.amp)
+    test_loss, test_acc, calibration = evaluate(run.forward, run.test_loader, config.amp, calibration=True)
     clock.train += time.perf_counter() - t0
     if not math.isfinite(test_loss):
         raise diverged(config.epochs, f"the test loss is {test_loss} after the last epoch",
                        config.epochs)
-    result = _result(run, "finished", history, clock, test_loss=test_loss, test_acc=test_acc)
+    result = _result(run, "finished", history, clock, test_loss=test_loss, test_acc=test_acc,
+                     test_nll=test_loss, test_ece=calibration["ece"], test_reliability=calibration["reliability"])
     with _writing(result_path):
         atomic_write_json(result_path, result)
     _log(progress, f"done: val acc {history[-1]['val_acc']}  test acc {test_acc:.4f}  "
