@@ -115,3 +115,34 @@ def test_calibration_is_zero_for_the_proper_loss_of_the_severity_only():
     assert squared["value"] > 0.8 and squared["calibration"] < -0.3  # mostly in order, wrong proportions
     poly = ObjectiveConfig(severity="kl_disagreement", calibration_weight=1.0, **SMALL)
     assert metrics(poly1_penalty, poly)["calibration"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_label_noise_objective_prefers_the_noise_corrected_loss():
+    """Labels through a symmetric channel, ranking by the clean severity: forward-corrected CE
+    (proper for the noisy labels, minimised at the clean truth) must outrank plain CE, which is
+    proper for the *noisy* label distribution and so prefers predictions smeared toward it."""
+    import math
+
+    from edloss.objective import ObjectiveConfig, cross_entropy_penalty, evaluate, noisy_label_distribution, sample_batches
+
+    q = torch.softmax(torch.randn(5, 7), 1)
+    noisy = noisy_label_distribution(q, 0.6)
+    torch.testing.assert_close(noisy.sum(1), torch.ones(5))
+    torch.testing.assert_close(noisy_label_distribution(q, 0.0), q)
+    eta = 0.6
+    cfg = ObjectiveConfig(classes=(10, 10), label_noise=eta, evals_per_block=2048, severity="kl", calibration_weight=0.0)
+
+    def forward(logp, labels):
+        k = logp.shape[-1]
+        p_y = logp.gather(-1, labels.expand(*logp.shape[:-1], labels.shape[-1])).exp()
+        return -torch.log((1 - eta * k / (k - 1)) * p_y + eta / (k - 1))
+
+    batches = sample_batches(cfg, torch.Generator().manual_seed(0))
+    ce = evaluate(cross_entropy_penalty, 1, batches, cfg)["value"].item()
+    fc = evaluate(forward, 1, batches, cfg)["value"].item()
+    assert fc > ce + 0.02, (fc, ce)
+    with pytest.raises(ValueError, match="label_noise"):
+        ObjectiveConfig(label_noise=1.5)
+    with pytest.raises(ValueError, match="expectation objective"):
+        ObjectiveConfig(kind="per_sample", severity="one_minus_py", label_noise=0.2)
+    assert math.isfinite(fc)

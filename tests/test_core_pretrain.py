@@ -142,3 +142,29 @@ def test_per_sample_objective_runs(tmp_path):
     config.write_text(json.dumps({"objective": {"kind": "per_sample"}}))
     args = build_parser().parse_args(["pretrain", "--config", str(config)])
     assert config_from_args(args).objective.calibration_weight == 0.0
+
+
+def test_pretrain_for_label_noise_gives_a_bounded_monotone_loss(tmp_path):
+    """`--label-noise ETA`: the regime is described to the synthetic world; the network defaults
+    to the bounded form, which is monotone and pulls a confidently contradicted label with a
+    vanishing gradient (as forward correction, GCE and MAE do)."""
+    import json
+
+    import torch
+
+    from edloss import EDLLoss
+    from edloss.cli import main
+
+    out = tmp_path / "noisy"
+    code = main(["pretrain", "--label-noise", "0.4", "--generations", "3", "--population", "8", "--classes", "2,20",
+                 "--out", str(out), "--quiet", "--threads", "1"])
+    assert code == 0
+    meta = json.loads((out / "loss" / "loss.json").read_text())
+    assert meta["lossnet"]["form"] == "bounded" and meta["provenance"]["config"]["objective"]["label_noise"] == 0.4
+    loss = EDLLoss.from_file(out / "loss", reduction="sum")
+    z = torch.zeros(1, 10)
+    z[0, 1] = 1e4  # the label says class 0, the model is sure of class 1
+    z.requires_grad_(True)
+    loss(z, torch.tensor([0])).backward()
+    assert -1e-6 < z.grad[0, 0].item() <= 0  # bounded: no pull, and never the wrong way
+    assert main(["pretrain", "--label-noise", "1.5", "--out", str(tmp_path / "bad"), "--quiet"]) == 2

@@ -305,3 +305,24 @@ def test_real_cifar10_slice() -> None:
     # last 5,000 images of the training set = the default validation split
     out = D.augment(x[-256:], torch.Generator().manual_seed(0))
     assert out.shape == (256, 3, 32, 32)
+
+
+def test_symmetric_label_noise_flips_exactly_the_asked_share_of_each_class() -> None:
+    labels = torch.arange(10).repeat_interleave(50)[torch.randperm(500, generator=torch.Generator().manual_seed(1))]
+    noisy, flipped = D.flip_labels(labels, 10, 0.4, seed=7)
+    changed = (noisy != labels).nonzero().flatten()
+    assert torch.equal(changed, flipped)  # every flipped label moved to another class
+    for c in range(10):
+        assert int(((labels == c) & (noisy != labels)).sum()) == 20  # floor(0.4 * 50)
+    again, same = D.flip_labels(labels, 10, 0.4, seed=7)
+    assert torch.equal(again, noisy) and torch.equal(same, flipped)  # the noise seed decides
+    assert not torch.equal(D.flip_labels(labels, 10, 0.4, seed=8)[0], noisy)
+    assert torch.equal(D.flip_labels(labels, 10, 0.0, seed=7)[0], labels)
+
+
+def test_label_noise_refuses_what_it_cannot_do() -> None:
+    labels = torch.arange(10).repeat(3)
+    with pytest.raises(ValueError, match="flips no label"):
+        D.flip_labels(labels, 10, 0.2, seed=0)  # floor(0.2 * 3) = 0 for every class
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        D.flip_labels(labels, 10, 1.0, seed=0)

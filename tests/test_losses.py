@@ -24,7 +24,7 @@ def _p_y(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def test_registry_names() -> None:
-    assert loss_names()[:6] == ["ce", "label_smoothing", "focal", "poly1", "mae", "edl"]
+    assert loss_names()[:10] == ["ce", "label_smoothing", "focal", "poly1", "mae", "gce", "sce", "nce_rce", "forward", "edl"]
 
 
 def test_baselines_match_their_formulas(batch) -> None:
@@ -41,7 +41,25 @@ def test_baselines_match_their_formulas(batch) -> None:
     assert torch.allclose(build_loss("mae")(z, y), mae.mean(), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["ce", "label_smoothing", "focal", "poly1", "mae"])
+def test_noise_robust_baselines_match_their_formulas(batch) -> None:
+    z, y = batch
+    p = z.softmax(1)
+    p_y = _p_y(z, y)
+    assert torch.allclose(build_loss("gce")(z, y), ((1 - p_y ** 0.7) / 0.7).mean(), atol=1e-5)
+    onehot = F.one_hot(y, 10).float().clamp_min(1e-4)  # the reference code's clamped label
+    rce = -(p * onehot.log()).sum(1)
+    assert torch.allclose(build_loss("sce")(z, y), (0.1 * -p_y.log() + rce).mean(), atol=1e-4)
+    nce = p_y.log() / p.log().sum(1)
+    assert torch.allclose(build_loss("nce_rce")(z, y), (nce + rce).mean(), atol=1e-4)
+    eta = 0.4
+    t = torch.full((10, 10), eta / 9).fill_diagonal_(1 - eta)  # symmetric noise: T_ij = P(noisy j | true i)
+    noisy_p = p @ t  # (T^T p) for every row
+    forward = -noisy_p.gather(1, y[:, None]).squeeze(1).log()
+    assert torch.allclose(build_loss("forward", eta=eta)(z, y), forward.mean(), atol=1e-5)
+    assert torch.allclose(build_loss("forward", eta=0.0)(z, y), (-p_y.log()).mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ce", "label_smoothing", "focal", "poly1", "mae", "gce", "sce", "nce_rce", "forward"])
 def test_scalar_and_differentiable(name: str, batch) -> None:
     z, y = batch
     z = z.clone().requires_grad_(True)

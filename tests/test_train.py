@@ -225,3 +225,18 @@ def test_real_cifar10_slice_trains(tmp_path: Path) -> None:
                       train=False)
     val_loss, val_acc = evaluate(model, val)
     assert math.isfinite(val_loss) and 0 <= val_acc <= 1
+
+
+def test_label_noise_changes_training_labels_only_and_is_saved(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    noisy = replace(tiny_config, label_noise=0.5, noise_seed=3)
+    result = train(noisy, tmp_path / "noisy", progress=False)
+    assert result["status"] == "finished"
+    saved = json.loads((tmp_path / "noisy" / "noise.json").read_text())
+    assert saved["label_noise"] == 0.5 and saved["noise_seed"] == 3 and len(saved["flipped"]) > 0
+    clean = train(tiny_config, tmp_path / "clean", progress=False)  # same seed, clean labels
+    assert not (tmp_path / "clean" / "noise.json").exists()
+    assert clean["num_val"] == result["num_val"] and clean["num_test"] == result["num_test"]
+    for bad, match in (({"label_noise": 1.0}, "--label-noise"), ({"label_noise": -0.1}, "--label-noise"),
+                       ({"noise_seed": 1.5}, "--noise-seed")):
+        with pytest.raises(ValueError, match=match):
+            replace(tiny_config, **bad).validate()

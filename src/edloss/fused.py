@@ -139,7 +139,7 @@ def closed_form(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: floa
             outs.append(a)
         h = torch.addmm(b, a, w.t())
     loss = F.softplus(h).squeeze(1)
-    if net.config.monotone:
+    if net.config.ce_base:
         loss = loss - logp_y.squeeze(1)
     loss = loss * scale
     if not with_grad:
@@ -151,7 +151,7 @@ def closed_form(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: floa
         g = g @ (plan.layers[index - 1][0] if index > 0 else plan.first_w)  # the last is (M, nb): d loss / d basis
     multipliers = torch.cat([torch.sigmoid(shifted), torch.ones_like(pair), p_y], dim=1)  # d basis / d log p (y or c)
     ay_ac = (g[:, :5] * multipliers) @ plan.to_coefficients[:5]  # (M, 2)
-    if net.config.monotone:  # the -log p_y base
+    if net.config.ce_base:  # the -log p_y base
         ay_ac[:, 0] -= 1.0
     ay_ac.mul_(scale)
     cp = ay_ac.sum(dim=1, keepdim=True).neg_()

@@ -219,7 +219,7 @@ class EDLLoss(nn.Module):
         labels = torch.arange(x.shape[1], device=x.device)[None, :]
         feats = label_features(logp, labels, self.net.config.features)  # (M, C, F)
         out = self.net.forward_features(feats)
-        if self.net.config.monotone:
+        if self.net.config.ce_base:
             out = out - logp
         return out * self.scale
 

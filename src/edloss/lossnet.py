@@ -3,6 +3,9 @@
 Two forms:
 
 * ``free``: penalty = softplus(MLP(features)), any features, any weights (the v0-v3 losses);
+* ``bounded``: the monotone form without -log p_y: monotone too, and bounded, so a sample the
+  model confidently disagrees with (for noisy labels: often a wrong label) pulls with a
+  vanishing gradient, as forward-corrected CE, GCE or MAE do;
 * ``monotone``: penalty = -log p_y + softplus(MLP+(-features)), where MLP+ has non-negative
   weights (|theta| is used) and a monotone activation, and every feature rises with correctness
   (``features.MONOTONE_FEATURES``). The penalty is then non-increasing in the true logit and
@@ -44,7 +47,7 @@ def softsign(x: torch.Tensor) -> torch.Tensor:
 
 ACTIVATIONS = {"tanh": tanh, "softsign": softsign, "relu": torch.relu, "silu": nn.functional.silu, "gelu": nn.functional.gelu}
 MONOTONE_ACTIVATIONS = ("tanh", "softsign", "relu")  # non-decreasing: a non-negative-weight MLP of them is monotone
-FORMS = ("free", "monotone")
+FORMS = ("free", "monotone", "bounded")
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class LossNetConfig:
             raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
         if self.form not in FORMS:
             raise ValueError(f"unknown lossnet form {self.form!r}; valid: {', '.join(FORMS)}")
-        if self.form == "monotone":
+        if self.form in ("monotone", "bounded"):
             bad = [f for f in self.features if f not in MONOTONE_FEATURES]
             if bad:
                 raise ValueError(f"the monotone form (the default) needs features that rise with correctness; {bad} are not ({', '.join(MONOTONE_FEATURES)} are). For any features set lossnet.form = \"free\"")
@@ -78,6 +81,12 @@ class LossNetConfig:
 
     @property
     def monotone(self) -> bool:
+        """Non-negative weights on correctness features: the monotone and bounded forms."""
+        return self.form in ("monotone", "bounded")
+
+    @property
+    def ce_base(self) -> bool:
+        """The monotone form adds -log p_y; the bounded form (for noisy labels) does not."""
         return self.form == "monotone"
 
     @property
@@ -228,6 +237,6 @@ class LossNet(nn.Module):
 
     def forward(self, logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         learned = self.forward_features(compute_features(logp, target, self.config.features))
-        if self.config.monotone:
+        if self.config.ce_base:
             return learned - logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         return learned

@@ -72,6 +72,7 @@ class ObjectiveConfig:
     evals_per_block: int = 4096  # loss evaluations per block: pairs, or predictions x labels
     min_items: int = 16  # at least this many predictions per block, even at large K
     max_labels: int = 64  # above this K, E_{y~q} is estimated from this many labels drawn from q
+    label_noise: float = 0.0  # symmetric label noise eta: labels come from T^T q, severity stays clean
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     expectation: ExpectationConfig = field(default_factory=ExpectationConfig)
 
@@ -98,6 +99,9 @@ class ObjectiveConfig:
         check_range("delta", self.delta, 0)
         check_range("margin_gamma", self.margin_gamma, 0)
         check_range("disagreement_weight", self.disagreement_weight, 0)
+        check_range("label_noise", self.label_noise, 0, 0.99)
+        if self.label_noise > 0 and self.kind != "expectation":
+            raise ValueError("label_noise needs the expectation objective: it changes the distribution the labels come from")
 
     @property
     def needs_gradients(self) -> bool:
@@ -150,6 +154,17 @@ def _expectation_severity(q: torch.Tensor, log_q: torch.Tensor, logp: torch.Tens
     return kl + cfg.disagreement_weight * (1 - (q * logp.exp()).sum(1))
 
 
+def noisy_label_distribution(q: torch.Tensor, eta: float) -> torch.Tensor:
+    """T^T q for symmetric noise at rate eta: a label is kept with probability 1 - eta, else
+    replaced by one of the other K - 1 classes uniformly. A loss good under noise ranks
+    E_{y~T^T q} l(p, y) by the clean severity s(p, q): it pays to predict the truth although the
+    labels lie."""
+    if eta == 0:
+        return q
+    k = q.shape[-1]
+    return (1 - eta) * q + eta / (k - 1) * (1 - q)
+
+
 def make_batch(cfg: ObjectiveConfig, k: int, gen: torch.Generator) -> RankingBatch:
     """One block of synthetic items at class count k, sized to ~cfg.evals_per_block evaluations."""
     if cfg.kind == "per_sample":
@@ -165,11 +180,12 @@ def make_batch(cfg: ObjectiveConfig, k: int, gen: torch.Generator) -> RankingBat
     log_q, logits, truth = sample_expectation(n_truths, k, cfg.expectation, gen)
     q = log_q.exp()
     logp = torch.log_softmax(logits, 1)
-    severity = _expectation_severity(q[truth], log_q[truth], logp, cfg)
+    severity = _expectation_severity(q[truth], log_q[truth], logp, cfg)  # how far from the *clean* truth
+    label_q = noisy_label_distribution(q, cfg.label_noise)  # what the loss sees: labels through the channel
     if k <= cfg.max_labels:  # exact expectation over every label
-        labels, weights = torch.arange(k).expand(len(truth), k), q[truth]
+        labels, weights = torch.arange(k).expand(len(truth), k), label_q[truth]
     else:  # labels drawn from q, shared by the predictions of one truth (common random numbers)
-        labels = torch.multinomial(q, n_labels, replacement=True, generator=gen)[truth]
+        labels = torch.multinomial(label_q, n_labels, replacement=True, generator=gen)[truth]
         weights = torch.full(labels.shape, 1.0 / n_labels, dtype=torch.float64)
     a, b = torch.triu_indices(r, r, offset=1)
     base = (torch.arange(n_truths) * r)[:, None]
@@ -204,7 +220,7 @@ def population_penalty(theta: torch.Tensor, net: LossNetConfig) -> Penalty:
         b, i, l, f = feats.shape
         flat = feats.reshape(b, i * l, f)
         out = population_forward(theta, flat if b == theta.shape[0] else flat[0], net).reshape(theta.shape[0], i, l)
-        if net.monotone:  # -log p_y + the learned, bounded, monotone correction
+        if net.ce_base:  # -log p_y + the learned, bounded, monotone correction
             out = out + cross_entropy_penalty(logp, labels)
         return out
 

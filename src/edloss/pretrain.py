@@ -337,6 +337,10 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
             objective[key] = value
     if args.classes is not None:
         objective["classes"] = _parse_range(args.classes)
+    if args.label_noise is not None:  # the regime: labels through a symmetric noisy channel
+        objective["label_noise"] = args.label_noise
+        if args.label_noise > 0:  # a loss for noisy labels must be able to stay bounded (see lossnet)
+            lossnet.setdefault("form", "bounded")
     if args.features is not None:
         lossnet["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
     if objective.get("kind") == "per_sample":  # the paper read literally: ranking only, unless the config says otherwise
@@ -369,6 +373,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--severity", help="expectation: kl_disagreement (default)|kl|tv; per_sample: one_minus_py|margin|rank")
     p.add_argument("--classes", help="class count range for synthetic data, LO,HI (or one K)")
     p.add_argument("--features", help="comma-separated loss-network features")
+    p.add_argument("--label-noise", type=float, metavar="ETA",
+                   help="pretrain for symmetric label noise at rate ETA in [0, 0.99]: synthetic labels pass through the "
+                        "noisy channel, the ranking keeps the clean severity; the network form defaults to 'bounded'")
     p.add_argument("--fresh", action="store_true", help="discard an existing run in --out instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     p.add_argument("--threads", type=int, help="torch CPU threads (here, or per Ray actor with --ray: 1 by default there)")

@@ -367,7 +367,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"(momentum {r['momentum']}{', Nesterov' if r['nesterov'] else ''}), weight decay "
         f"{r['weight_decay']}, {r['schedule']} schedule, augmentation {'on' if r['augment'] else 'off'}; "
         f"training images: {subset}; validation: last {r['val_size']} training images. "
-        f"Seeds: {', '.join(map(str, summary['seeds']))}.", "",
+        + (f"Symmetric label noise {r['label_noise']} on the training labels (noise seed {r.get('noise_seed', 0)}; "
+           "validation and test clean). " if r.get("label_noise") else "")
+        + f"Seeds: {', '.join(map(str, summary['seeds']))}.", "",
         "Accuracies in percent, mean ± sample std over finished seeds; test accuracy is measured "
         "once, after the last epoch; validation accuracy is the last epoch's. Δ vs CE is the "
         "mean ± std of per-seed differences in test accuracy (points) over the seeds both finished, "

@@ -478,3 +478,28 @@ class BatchLoader:
             if self.train and self.augment_data:
                 x = augment(x, self.generator, self.pad, self.flip)
             yield self.normalise(x), self.labels[idx]
+
+
+def flip_labels(labels: torch.Tensor, num_classes: int, rate: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric label noise as in the SCE and APL papers: exactly floor(rate * n_c) labels of each
+    class c are moved to a class drawn uniformly from the other K - 1. Seeded by ``seed`` alone,
+    so every loss of a comparison sees the same noisy labels. Returns (noisy labels, flipped
+    indices, sorted)."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"--label-noise must be a rate in [0, 1), got {rate!r}")
+    gen = torch.Generator().manual_seed(seed)
+    noisy = labels.clone()
+    flipped = []
+    for c in range(num_classes):
+        members = (labels == c).nonzero().flatten()
+        count = int(rate * members.numel())
+        chosen = members[torch.randperm(members.numel(), generator=gen)[:count]]
+        noisy[chosen] = (c + torch.randint(1, num_classes, (count,), generator=gen)) % num_classes
+        flipped.append(chosen)
+    indices = torch.cat(flipped).sort().values if flipped else torch.zeros(0, dtype=torch.long)
+    if rate > 0 and indices.numel() == 0:
+        smallest = int(torch.bincount(labels, minlength=num_classes).min())
+        raise ValueError(f"--label-noise {rate} flips no label: the smallest class has {smallest} training images "
+                         f"and floor({rate} x {smallest}) = 0; use more images or a higher rate")
+    return noisy, indices
+

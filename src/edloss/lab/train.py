@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from edloss.configs import versions
 from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
                           prepare_output_folder, read_jsonl)
-from edloss.lab.data import BatchLoader, Splits, get_spec, load_splits, resolve_data_dir
+from edloss.lab.data import BatchLoader, Splits, flip_labels, get_spec, load_splits, resolve_data_dir
 from edloss.lab.losses import LOSSES, build_loss_from_spec, parse_loss_arm, parse_loss_spec
 from edloss.lab.models import build_model, model_names
 
@@ -78,6 +78,8 @@ class TrainConfig:
     channels_last: bool = True  # 1.3x faster ResNet-20 steps on CPU (bench_training.py)
     compile: bool = False  # torch.compile the model
     amp: bool = True  # bf16 autocast (CUDA only; ignored on CPU)
+    label_noise: float = 0.0  # symmetric noise: this share of each class's training labels flipped
+    noise_seed: int = 0  # which labels flip: shared by every loss of a comparison
 
     def validate(self) -> None:
         """Raise ValueError naming the bad option and its valid range, before any work is done:
@@ -112,6 +114,10 @@ class TrainConfig:
         _check_device_name(self.device)
         if not isinstance(self.model, str) or self.model.lower().replace("-", "").replace("_", "") not in model_names():
             raise ValueError(f"unknown model {self.model!r}; valid names: {', '.join(model_names())}")
+        _check_real("--label-noise", self.label_noise, _is_real(self.label_noise) and 0 <= self.label_noise < 1,
+                    "a noise rate in [0, 1)")
+        if isinstance(self.noise_seed, bool) or not isinstance(self.noise_seed, int) or self.noise_seed < 0:
+            raise ValueError(f"--noise-seed must be an integer >= 0, got {self.noise_seed!r}")
         get_spec(self.dataset)  # unknown dataset: ValueError naming the valid ones
         name, _ = parse_loss_spec(self.loss)
         if name not in LOSSES:
@@ -329,6 +335,7 @@ class _Run:
     train_loader: BatchLoader
     val_loader: BatchLoader | None
     test_loader: BatchLoader
+    flipped: torch.Tensor | None = None  # training indices whose label --label-noise changed
 
 
 def _build(config: TrainConfig) -> _Run:
@@ -337,6 +344,9 @@ def _build(config: TrainConfig) -> _Run:
         torch.backends.cudnn.benchmark = True
     data = load_splits(config.dataset, config.data_dir, config.val_size, config.train_subset,
                        config.balanced_subset, config.download)
+    flipped = None
+    if config.label_noise > 0:  # training labels only: validation and test stay clean
+        data.train_y, flipped = flip_labels(data.train_y, data.num_classes, config.label_noise, config.noise_seed)
     torch.manual_seed(config.seed)  # the model is built first, so every loss gets the same init
     model = build_model(config.model, data.num_classes, channels_last=config.channels_last)
     model.to(device)
@@ -366,7 +376,7 @@ def _build(config: TrainConfig) -> _Run:
     forward = torch.compile(model) if config.compile else model
     val_loader = loader(data.val_x, data.val_y, False) if config.val_size else None
     return _Run(config, device, data, model, forward, loss_fn, optimizer, scheduler, data_gen,
-                train_loader, val_loader, loader(data.test_x, data.test_y, False))
+                train_loader, val_loader, loader(data.test_x, data.test_y, False), flipped)
 
 
 def _checkpoint(run: _Run, epoch: int, history: list[dict], clock: _Clock) -> dict[str, Any]:
@@ -531,6 +541,10 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
     ckpt = _load_checkpoint(ckpt_path, config) if ckpt_path.is_file() else None
 
     run = _build(config)
+    if run.flipped is not None:  # which labels lied, saved with the run (the same for every loss)
+        atomic_write_text(out_dir / "noise.json", json.dumps({
+            "label_noise": config.label_noise, "noise_seed": config.noise_seed, "flipped": run.flipped.tolist(),
+            "noisy_labels": run.data.train_y[run.flipped].tolist()}) + "\n")
     history: list[dict] = []
     start = 0
     if ckpt is not None:
@@ -625,6 +639,11 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
                    help="with --train-subset: take the first N/K images of each class")
     g.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random crop / flip")
+    g.add_argument("--label-noise", type=float, default=d.label_noise, metavar="ETA",
+                   help="flip exactly floor(ETA n_c) training labels of each class c to a uniformly drawn other "
+                        "class (symmetric noise; validation and test stay clean; default %(default)s)")
+    g.add_argument("--noise-seed", type=int, default=d.noise_seed, metavar="S",
+                   help="which labels flip (shared by every loss of a comparison; default %(default)s)")
     g = parser.add_argument_group("recipe")
     g.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
