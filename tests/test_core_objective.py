@@ -146,3 +146,13 @@ def test_label_noise_objective_prefers_the_noise_corrected_loss():
     with pytest.raises(ValueError, match="expectation objective"):
         ObjectiveConfig(kind="per_sample", severity="one_minus_py", label_noise=0.2)
     assert math.isfinite(fc)
+
+
+def test_label_noise_draws_only_class_counts_where_labels_still_inform():
+    from edloss.objective import ObjectiveConfig
+
+    assert ObjectiveConfig(label_noise=0.4).class_range == (2, 1000)  # 0.4 < 1/2
+    assert ObjectiveConfig(label_noise=0.6).class_range == (3, 1000)  # K = 2 at 0.6: labels mostly lie
+    assert ObjectiveConfig(label_noise=0.8).class_range == (6, 1000)  # 0.8 < 5/6
+    with pytest.raises(ValueError, match="needs K >= 6"):
+        ObjectiveConfig(label_noise=0.8, classes=(2, 5))

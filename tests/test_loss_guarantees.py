@@ -188,3 +188,38 @@ def test_non_finite_weights_are_refused_even_with_a_matching_checksum(tmp_path):
     loss.save(tmp_path)  # checksums are recomputed over the NaN weights
     with pytest.raises(ValueError, match="non-finite weights"):
         EDLLoss.from_file(tmp_path)
+
+
+# ---------------------------------------------------------------------- noise-aware losses
+def test_noise_rate_picks_the_nearest_shipped_loss_and_refuses_the_rest(tmp_path):
+    from edloss.loss import pretrained_noise_rate
+
+    default = EDLLoss.pretrained(noise_rate=0)
+    assert default.metadata["command"] == EDLLoss.pretrained().metadata["command"]
+    for rate, expected in ((0.2, 0.2), (0.45, 0.4), (0.5, 0.4), (0.61, 0.6), (0.8, 0.8)):
+        loss = EDLLoss.pretrained(noise_rate=rate)
+        assert loss.metadata["config"]["objective"]["label_noise"] == expected
+        assert loss.net.config.form == "bounded"
+        assert f"--label-noise {expected}" in loss.metadata["command"]
+    for bad in (0.9, -0.1, float("nan"), "0.4", True):
+        with pytest.raises(ValueError, match="noise_rate must be a number in"):
+            EDLLoss.pretrained(noise_rate=bad)
+    EDLLoss.pretrained().save(tmp_path)  # a clean-label loss asked to be a noise-aware one: say so
+    with pytest.raises(ValueError, match="pretrained for label noise 0, not 0.4"):
+        EDLLoss.from_file(tmp_path, noise_rate=0.4)
+    assert pretrained_noise_rate({"provenance": {}}) == 0.0
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.4, 0.6, 0.8])
+def test_shipped_noise_losses_are_monotone_and_bounded(rate):
+    loss = EDLLoss.pretrained(noise_rate=rate, reduction="sum")
+    for k in (10, 1000):
+        for m in (0.0, 5.0, 30.0, 1e4):
+            z = torch.zeros(1, k)
+            z[0, 1] = m
+            assert_monotone_gradient(loss, z, torch.tensor([0]))
+    z = torch.zeros(1, 10)
+    z[0, 1] = 1e4
+    z.requires_grad_(True)
+    loss(z, torch.tensor([0])).backward()
+    assert abs(z.grad[0, 0].item()) < 1e-3  # a label the model flatly contradicts pulls (almost) nothing

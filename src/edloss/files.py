@@ -132,6 +132,37 @@ class RunFolderBusy(RuntimeError):
     """Another live process holds the run folder's lock."""
 
 
+class LockedRun:
+    """Base of a run that holds its folder's lock from construction until ``close()`` (or the end
+    of a ``with`` block, or garbage collection; the kernel also drops it when the process dies),
+    and counts wall time over resumed segments: ``elapsed_before`` comes from the checkpoint."""
+
+    _lock: RunLock | None = None
+    elapsed_before: float = 0.0
+    segment_start: float = 0.0
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
+    def __enter__(self) -> LockedRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit; the kernel drops the lock anyway
+            pass
+
+    def elapsed(self) -> float:
+        """Wall seconds of the whole run: earlier segments plus this one."""
+        return self.elapsed_before + time.perf_counter() - self.segment_start
+
+
 # ---------------------------------------------------------------------- JSONL
 def read_jsonl(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     """Rows of a JSONL file. A torn *last* line (a crash or full disk mid-write) is dropped with a

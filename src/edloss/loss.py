@@ -233,9 +233,15 @@ class EDLLoss(nn.Module):
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def pretrained(cls, name: str = "default", **kwargs: Any) -> EDLLoss:
+    def pretrained(cls, name: str = "default", *, noise_rate: float | None = None, **kwargs: Any) -> EDLLoss:
         """A loss shipped inside the package (made by ``edloss pretrain``; see its loss.json).
+
+        ``noise_rate``: the share of training labels you expect to be wrong (symmetric noise), in
+        [0, 0.8]: 0 is the default loss, otherwise the shipped loss pretrained for the nearest
+        rate (``noise-0.2`` ... ``noise-0.8``, made by ``edloss pretrain --label-noise ETA``).
         Keyword arguments are ``EDLLoss``'s (weight, ignore_index, reduction, label_smoothing, ...)."""
+        if noise_rate is not None:
+            name = _noise_loss_name(name, noise_rate)
         root = resources.files("edloss") / "weights"
         folder = root / name
         if not isinstance(name, str) or not name or "/" in name or not folder.is_dir():
@@ -245,11 +251,18 @@ class EDLLoss(nn.Module):
             return cls.from_file(path, **kwargs)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> EDLLoss:
+    def from_file(cls, path: str | os.PathLike[str], *, noise_rate: float | None = None, **kwargs: Any) -> EDLLoss:
         """Load a checkpoint folder (or its loss.json / loss.safetensors), verifying both checksums,
-        the field types and that every weight is finite."""
+        the field types and that every weight is finite. ``noise_rate``, if given, must be the
+        rate the loss was pretrained for (a file holds one loss; nothing is guessed)."""
         folder = _checkpoint_folder(Path(path))
         meta = _read_config(folder / CONFIG_FILE)
+        if noise_rate is not None:
+            trained = pretrained_noise_rate(meta)
+            if not _is_rate(noise_rate) or abs(trained - noise_rate) > 1e-9:
+                raise ValueError(f"{folder} was pretrained for label noise {trained:g}, not {noise_rate!r}; "
+                                 f"pretrain one with `edloss pretrain --label-noise {noise_rate}`, or use "
+                                 "EDLLoss.pretrained(noise_rate=...) for the shipped ones")
         blob = _read_bytes(folder / WEIGHTS_FILE)
         digest = hashlib.sha256(blob).hexdigest()
         if digest != meta["sha256"]:
@@ -301,6 +314,36 @@ class EDLLoss(nn.Module):
         atomic_write_bytes(folder / WEIGHTS_FILE, blob)
         atomic_write_json(folder / CONFIG_FILE, meta)
         return folder
+
+
+NOISE_RANGE = (0.0, 0.8)
+
+
+def _is_rate(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def pretrained_noise_rate(meta: dict[str, Any]) -> float:
+    """The label-noise rate a checkpoint was pretrained for (0 for clean labels)."""
+    objective = meta.get("provenance", {}).get("config", {}).get("objective", {})
+    return float(objective.get("label_noise", 0.0) or 0.0)
+
+
+def _noise_loss_name(name: str, rate: Any) -> str:
+    """The shipped loss for a noise rate: the default at 0, else the nearest noise-ETA folder."""
+    lo, hi = NOISE_RANGE
+    if not _is_rate(rate) or not lo <= rate <= hi:
+        raise ValueError(f"noise_rate must be a number in [{lo}, {hi}] (the share of wrong training labels), got {rate!r}")
+    if name != "default":
+        raise ValueError(f"pass either a loss name ({name!r}) or noise_rate, not both")
+    if rate == 0:
+        return "default"
+    root = resources.files("edloss") / "weights"
+    shipped = sorted(float(p.name.split("-", 1)[1]) for p in root.iterdir() if p.is_dir() and p.name.startswith("noise-"))
+    if not shipped:
+        raise FileNotFoundError("this edloss ships no noise-aware losses; pretrain one with `edloss pretrain --label-noise ETA`")
+    nearest = min(shipped, key=lambda r: (abs(r - rate), r))
+    return f"noise-{nearest:g}"
 
 
 def definition_digest(meta: dict[str, Any], blob: bytes) -> str:

@@ -102,6 +102,19 @@ class ObjectiveConfig:
         check_range("label_noise", self.label_noise, 0, 0.99)
         if self.label_noise > 0 and self.kind != "expectation":
             raise ValueError("label_noise needs the expectation objective: it changes the distribution the labels come from")
+        if self.class_range[0] > hi:
+            raise ValueError(f"label_noise {self.label_noise} leaves no class count in classes {self.classes}: symmetric noise "
+                             f"at that rate needs K >= {self.class_range[0]} for a label to be more likely right than wrong")
+
+    @property
+    def class_range(self) -> tuple[int, int]:
+        """The class counts drawn: ``classes``, less those where symmetric noise at ``label_noise``
+        leaves a label no more likely right than any one wrong class (eta >= (K - 1) / K): there
+        the labels say nothing, or the opposite, and no loss can learn from them."""
+        lo, hi = self.classes
+        if self.label_noise > 0:
+            lo = max(lo, math.floor(1 / (1 - self.label_noise)) + 1)
+        return lo, hi
 
     @property
     def needs_gradients(self) -> bool:
@@ -195,7 +208,7 @@ def make_batch(cfg: ObjectiveConfig, k: int, gen: torch.Generator) -> RankingBat
 
 def sample_batches(cfg: ObjectiveConfig, gen: torch.Generator, class_counts: list[int] | None = None) -> list[RankingBatch]:
     """A generation's fresh synthetic data: cfg.blocks blocks at log-uniform class counts."""
-    ks = class_counts or [sample_class_count(*cfg.classes, gen) for _ in range(cfg.blocks)]
+    ks = class_counts or [sample_class_count(*cfg.class_range, gen) for _ in range(cfg.blocks)]
     return [make_batch(cfg, k, gen) for k in ks]
 
 
@@ -205,7 +218,7 @@ def heldout_batches(cfg: ObjectiveConfig, seed: int = 20260528) -> list[RankingB
     Four times the items of a training block, and expectations exact over every label.
     """
     gen = torch.Generator().manual_seed(seed)
-    lo, hi = cfg.classes
+    lo, hi = cfg.class_range
     ks = sorted({min(max(k, lo), hi) for k in (2, 10, 100, 1000)})
     bigger = ObjectiveConfig(**{**cfg.__dict__, "evals_per_block": 4 * cfg.evals_per_block, "min_items": 4 * cfg.min_items, "max_labels": hi})
     return [make_batch(bigger, k, gen) for k in ks]
@@ -230,6 +243,18 @@ def population_penalty(theta: torch.Tensor, net: LossNetConfig) -> Penalty:
 def cross_entropy_penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy as a reference penalty: proper, and perfect under the KL expectation ranking."""
     return -logp.gather(-1, labels.expand(*logp.shape[:-1], labels.shape[-1]))
+
+
+def forward_corrected_penalty(eta: float) -> Penalty:
+    """-log (T^T p)_y for symmetric noise at rate eta (Patrini et al., 2017): proper for the noisy
+    labels, the reference a noise-aware loss should match."""
+
+    def penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        k = logp.shape[-1]
+        logp_y = -cross_entropy_penalty(logp, labels)
+        return -torch.logaddexp(logp_y + math.log(max(1 - eta * k / (k - 1), 1e-30)), torch.full_like(logp_y, math.log(eta / (k - 1))))
+
+    return penalty
 
 
 def poly1_penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

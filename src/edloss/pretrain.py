@@ -40,7 +40,7 @@ from tqdm import tqdm
 from edloss import evolve
 from edloss.configs import check_fields, check_range, diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig, ESState
-from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_folder,
+from edloss.files import (LockedRun, RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_folder,
                           read_jsonl)
 from edloss.loss import CONFIG_FILE, WEIGHTS_FILE, EDLLoss
 from edloss.lossnet import LossNet, LossNetConfig, init_scale
@@ -51,6 +51,7 @@ from edloss.objective import (
     cross_entropy_penalty,
     evaluate,
     evaluate_population,
+    forward_corrected_penalty,
     heldout_batches,
     poly1_penalty,
     population_penalty,
@@ -117,7 +118,7 @@ def summarise(metrics: dict[str, torch.Tensor], prefix: str = "") -> dict[str, f
     return row
 
 
-class Run:
+class Run(LockedRun):
     """One pretraining run in a folder: start or resume, step generations, export.
 
     It holds the folder's lock from construction to ``close()`` (or the end of a ``with`` block,
@@ -139,28 +140,6 @@ class Run:
             self.close()
             raise
         self.segment_start = time.perf_counter()
-
-    def close(self) -> None:
-        """Release the folder's lock (the kernel also does when the process dies)."""
-        if self._lock is not None:
-            self._lock.__exit__(None, None, None)
-            self._lock = None
-
-    def __enter__(self) -> Run:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - at interpreter exit; the kernel drops the lock anyway
-            pass
-
-    def elapsed(self) -> float:
-        """Wall seconds of the whole run: earlier segments (from the checkpoint) plus this one."""
-        return self.elapsed_before + time.perf_counter() - self.segment_start
 
     # -------------------------------------------------------------- state
     def _resume_or_init(self) -> ESState:
@@ -264,6 +243,9 @@ def export_best(
     scores = {name: float(value[best]) for name, value in metrics.items()}
     ce, poly1 = ({name: float(v[0]) for name, v in evaluate(ref, 1, heldout, cfg.objective, all_metrics=True).items()}
                  for ref in (cross_entropy_penalty, poly1_penalty))
+    if cfg.objective.label_noise > 0:  # the fair rival under noise: it knows the rate too
+        fc = evaluate(forward_corrected_penalty(cfg.objective.label_noise), 1, heldout, cfg.objective, all_metrics=True)
+        summary_extra = {**(summary_extra or {}), "forward_corrected_heldout": {name: float(v[0]) for name, v in fc.items()}}
     provenance = {"command": command, "seed": cfg.es.seed, "config": to_dict(cfg), "heldout_metrics": scores, "versions": versions(), "real_data_stage": False}
     loss = EDLLoss(LossNet.from_flat(chosen, cfg.lossnet), scale=scale, metadata={**provenance, **(provenance_extra or {})})
     loss.save(out / "loss")

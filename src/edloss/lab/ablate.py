@@ -75,7 +75,7 @@ from edloss import evolve
 from edloss.lab import stats
 from edloss.configs import check_fields, diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig
-from edloss.files import RunLock, atomic_write_bytes, atomic_write_json, prepare_output_folder, read_jsonl
+from edloss.files import LockedRun, RunLock, atomic_write_bytes, atomic_write_json, prepare_output_folder, read_jsonl
 from edloss.loss import EDLLoss
 from edloss.lossnet import init_scale
 from edloss.objective import (evaluate,
@@ -189,7 +189,7 @@ def cma_strategy(cfg: PretrainConfig) -> dict[str, Any]:
             "covariance": "full", "export_candidates": "top elites of the last generation and the CMA mean"}
 
 
-class CMARun:
+class CMARun(LockedRun):
     """A CMA-ES pretraining run in a folder, with the same rows, checkpoints and export as ``pretrain.Run``.
 
     cma draws from numpy's global generator; the run keeps that generator's state as its own
@@ -219,27 +219,6 @@ class CMARun:
             self.close()
             raise
         self.segment_start = time.perf_counter()
-
-    def close(self) -> None:
-        if self._lock is not None:
-            self._lock.__exit__(None, None, None)
-            self._lock = None
-
-    def __enter__(self) -> CMARun:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - at interpreter exit; the kernel drops the lock anyway
-            pass
-
-    def elapsed(self) -> float:
-        """Wall seconds of the whole run: earlier segments (from the checkpoint) plus this one."""
-        return self.elapsed_before + time.perf_counter() - self.segment_start
 
     def _resume_or_init(self) -> None:
         path = self.out / CMA_CHECKPOINT
