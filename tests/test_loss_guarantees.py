@@ -223,3 +223,14 @@ def test_shipped_noise_losses_are_monotone_and_bounded(rate):
     z.requires_grad_(True)
     loss(z, torch.tensor([0])).backward()
     assert abs(z.grad[0, 0].item()) < 1e-3  # a label the model flatly contradicts pulls (almost) nothing
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_a_masked_target_logit_is_an_error_on_every_path(reduction):
+    """-inf in a wrong class is a mask (allowed, as in CE); -inf at the target would be an
+    infinite loss: an error naming the row, on the fused fast path as on the others."""
+    z = torch.randn(4, 5)
+    z[1, 3] = float("-inf")
+    assert torch.isfinite(EDLLoss.pretrained(reduction=reduction)(z, torch.tensor([0, 2, 1, 1])).sum())
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        EDLLoss.pretrained(reduction=reduction)(z, torch.tensor([0, 3, 1, 1]))

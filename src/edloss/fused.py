@@ -128,15 +128,10 @@ def closed_form(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: floa
     # the MLP, its first layer folded with the feature map
     act, name = net._act, net.config.activation
     h = torch.addmm(torch.add(plan.first_bias, plan.first_logk, alpha=log_k), basis, plan.first_weight)
-    outs = []  # what each activation's backward needs: its output, or softsign's 1 + |h|
+    outs = []  # each activation's output: what its backward needs
     for w, b in plan.layers:
-        if name == "softsign":
-            denominator = h.abs().add_(1.0)
-            outs.append(denominator)
-            a = h.div_(denominator)
-        else:
-            a = torch.tanh(h) if name == "tanh" else act(h)  # one kernel (lossnet's tanh is written for autograd)
-            outs.append(a)
+        a = torch.tanh(h) if name == "tanh" else act(h)  # one kernel (lossnet's tanh is written for autograd)
+        outs.append(a)
         h = torch.addmm(b, a, w.t())
     loss = F.softplus(h).squeeze(1)
     if net.config.ce_base:
@@ -147,8 +142,7 @@ def closed_form(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: floa
 
     g = torch.sigmoid(h) * plan.layers[-1][0]  # d softplus / d a_last: (M, H_last)
     for index in range(len(plan.layers) - 1, -1, -1):
-        g = g / outs[index] / outs[index] if name == "softsign" else activation_backward(name, g, outs[index])
-        g = g @ (plan.layers[index - 1][0] if index > 0 else plan.first_w)  # the last is (M, nb): d loss / d basis
+        g = activation_backward(name, g, outs[index]) @ (plan.layers[index - 1][0] if index > 0 else plan.first_w)  # last: (M, nb)
     multipliers = torch.cat([torch.sigmoid(shifted), torch.ones_like(pair), p_y], dim=1)  # d basis / d log p (y or c)
     ay_ac = (g[:, :5] * multipliers) @ plan.to_coefficients[:5]  # (M, 2)
     if net.config.ce_base:  # the -log p_y base

@@ -132,7 +132,10 @@ class EDLLoss(nn.Module):
                 if ignored == 0 and self.weight is None and self.label_smoothing == 0 and self.reduction != "none" and self._fused_ok:
                     # the common case: one fused call returns the reduced loss
                     factor = 1.0 / x.shape[0] if self.reduction == "mean" else 1.0
-                    return fused_reduced_loss(x, target, self.net, self.scale * factor).to(out_dtype)
+                    reduced = fused_reduced_loss(x, target, self.net, self.scale * factor)
+                    if not bool(torch.isfinite(reduced)):  # a -inf target logit: name the rows, as every path does
+                        _check_finite(x, torch.log_softmax(x.detach(), 1).gather(1, target[:, None]).squeeze(1))
+                    return reduced.to(out_dtype)
                 loss, denominator = self._class_index_loss(x, target, checking)
         loss = loss if loss.dtype == out_dtype else loss.to(out_dtype)
         if self.reduction == "none":

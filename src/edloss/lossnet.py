@@ -1,6 +1,6 @@
 """The loss network: features of (p, y) -> tiny MLP -> softplus -> a penalty >= 0.
 
-Two forms:
+Three forms:
 
 * ``free``: penalty = softplus(MLP(features)), any features, any weights (the v0-v3 losses);
 * ``bounded``: the monotone form without -log p_y: monotone too, and bounded, so a sample the
@@ -13,7 +13,7 @@ Two forms:
   pretraining range; the correction is bounded, so a hopeless sample gets cross-entropy's
   gradient (times the loss's scale) and a confidently right one gets CE's vanishing gradient.
 
-It exists in two forms that compute the same function:
+It exists in two implementations that compute the same function:
 
 * ``LossNet``: a plain ``nn.Module`` used by ``EDLLoss`` at training time;
 * ``population_forward``: P flat parameter vectors evaluated on the same features in one
@@ -162,6 +162,9 @@ def _population_mlp(layers: list[tuple[torch.Tensor, torch.Tensor]], features: t
     return nn.functional.softplus(h.squeeze(-1))
 
 
+CLOSED_FORM_ACTIVATIONS = ("tanh", "softsign", "relu")  # those activation_backward knows
+
+
 def activation_backward(name: str, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """grad * act'(x), written with the activation's output ``out`` (closed forms for tanh, softsign, relu)."""
     if name == "tanh":
@@ -215,25 +218,7 @@ class LossNet(nn.Module):
 
     @property
     def has_closed_form_gradient(self) -> bool:
-        return self.config.activation in ("tanh", "softsign", "relu")
-
-    def value_and_input_grad(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Penalty (N,) and its gradient with respect to the features (N, F), by a hand-written
-        backward pass: a dozen small ops instead of an autograd graph (tanh and relu only)."""
-        activations = []
-        h = features
-        layers = self.effective(features.dtype)
-        for index, (w, b) in enumerate(layers):
-            h = torch.addmm(b, h, w.t())
-            if index < len(layers) - 1:
-                h = self._act(h)
-                activations.append(h)
-        grad = torch.sigmoid(h) * layers[-1][0]  # softplus' times the last layer: (N, H)
-        for index in reversed(range(len(activations))):
-            a = activations[index]
-            grad = activation_backward(self.config.activation, grad, a)
-            grad = grad @ layers[index][0]
-        return nn.functional.softplus(h.squeeze(-1)), grad
+        return self.config.activation in CLOSED_FORM_ACTIVATIONS
 
     def forward(self, logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         learned = self.forward_features(compute_features(logp, target, self.config.features))

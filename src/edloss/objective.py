@@ -245,14 +245,23 @@ def cross_entropy_penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return -logp.gather(-1, labels.expand(*logp.shape[:-1], labels.shape[-1]))
 
 
+def forward_corrected_nll(logp_y: torch.Tensor, k: int, eta: float) -> torch.Tensor:
+    """-log (T^T p)_y for symmetric noise at rate eta (Patrini et al., 2017), from log p_y:
+    -log((1 - eta K / (K - 1)) p_y + eta / (K - 1)), in log space so tiny p_y stay finite."""
+    slope, floor = 1 - eta * k / (k - 1), eta / (k - 1)
+    if floor == 0:
+        return -logp_y
+    if slope <= 0:  # eta >= (K - 1) / K: the labels carry no information; (T^T p)_y no longer rises with p_y
+        raise ValueError(f"forward correction needs eta < (K - 1) / K = {(k - 1) / k:.3f} for K = {k}, got {eta}")
+    return -torch.logaddexp(logp_y + math.log(slope), torch.full_like(logp_y, math.log(floor)))
+
+
 def forward_corrected_penalty(eta: float) -> Penalty:
-    """-log (T^T p)_y for symmetric noise at rate eta (Patrini et al., 2017): proper for the noisy
-    labels, the reference a noise-aware loss should match."""
+    """Forward-corrected CE as a reference penalty: proper for the noisy labels, the reference a
+    noise-aware loss should match."""
 
     def penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        k = logp.shape[-1]
-        logp_y = -cross_entropy_penalty(logp, labels)
-        return -torch.logaddexp(logp_y + math.log(max(1 - eta * k / (k - 1), 1e-30)), torch.full_like(logp_y, math.log(eta / (k - 1))))
+        return forward_corrected_nll(-cross_entropy_penalty(logp, labels), logp.shape[-1], eta)
 
     return penalty
 

@@ -170,14 +170,9 @@ class ForwardCorrected(nn.Module):
         self.eta = _option("forward", "eta", eta, lambda v: 0 <= v < 1, "a noise rate in [0, 1)")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        k = logits.shape[1]
-        slope, floor = 1 - self.eta * k / (k - 1), self.eta / (k - 1)
-        logp = _target_logprob(logits, target)
-        if floor == 0:
-            return (-logp).mean()
-        if slope <= 0:  # eta >= (K - 1) / K: the labels carry no information; (T^T p)_y no longer rises with p_y
-            raise ValueError(f"forward correction needs eta < (K - 1) / K = {(k - 1) / k:.3f} for K = {k}, got {self.eta}")
-        return -torch.logaddexp(logp + math.log(slope), torch.full_like(logp, math.log(floor))).mean()
+        from edloss.objective import forward_corrected_nll  # the one formula, shared with pretraining
+
+        return forward_corrected_nll(_target_logprob(logits, target), logits.shape[1], self.eta).mean()
 
 
 def _edl(checkpoint: str | None = None, **options: Any) -> nn.Module:
