@@ -86,6 +86,8 @@ def _dump(path: Path, obj: dict) -> None:
 
 def find_data(given: str | None) -> Path:
     """An npz file or a folder holding cifar-10-batches-py: the option, the repo's data/, $EDLOSS_DATA, ../shared/data."""
+    if given and not (Path(given).is_file() or Path(given).is_dir()):  # never fall back from a path the user named
+        raise FileNotFoundError(f"--data {given}: no such file or folder")
     candidates = [given, ROOT / "data" / "cifar10_jpeg.npz", os.environ.get("EDLOSS_DATA"), ROOT.parent / "shared" / "data"]
     for c in candidates:
         if not c:
@@ -206,7 +208,10 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"budget_s": args.budget, "recipe": RECIPE, "epochs": EPOCHS, "runs": [], "device": args.device}
-    source = find_data(args.data)
+    try:
+        source = find_data(args.data)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     scratch = Path(tempfile.mkdtemp(prefix="edloss-gpu-"))
     data_dir = npz_to_pickle_layout(source, scratch, os.cpu_count() or 1) if source.suffix == ".npz" else source
     results["data"] = {"source": source.name, "load_s": time.time() - start}
