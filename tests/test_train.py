@@ -240,3 +240,38 @@ def test_label_noise_changes_training_labels_only_and_is_saved(tiny_config: Trai
                        ({"noise_seed": 1.5}, "--noise-seed")):
         with pytest.raises(ValueError, match=match):
             replace(tiny_config, **bad).validate()
+
+
+def test_best_validation_epoch_weights_are_tested(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    """best_val_test_acc is the test accuracy of the weights after the best validation epoch:
+    checked against each epoch's checkpoint, tested by hand (resuming reproduces the run)."""
+    from edloss.lab.train import _build, evaluate
+
+    config = replace(tiny_config, epochs=4, lr=0.5)
+    result = train(config, tmp_path / "straight", progress=False)
+    per_epoch = []
+    for _ in range(config.epochs - 1):
+        train(config, tmp_path / "sliced", progress=False, stop_after=1)
+        run = _build(config)
+        run.model.load_state_dict(torch.load(tmp_path / "sliced" / CHECKPOINT, weights_only=True)["model"])
+        per_epoch.append(evaluate(run.forward, run.test_loader, config.amp))
+    resumed = train(config, tmp_path / "sliced", progress=False)
+    per_epoch.append((result["test_nll"], result["test_acc"]))
+    best = result["best_val_epoch"]
+    assert best < config.epochs, "pick a config whose best validation epoch is not the last one"
+    assert result["best_val_test_nll"] == pytest.approx(per_epoch[best - 1][0], rel=1e-6)
+    assert result["best_val_test_acc"] == per_epoch[best - 1][1]
+    assert resumed["best_val_test_acc"] == result["best_val_test_acc"]
+
+
+def test_runs_of_older_versions_still_count_as_finished(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    """A config field added later (with the default that keeps the old behaviour) is absent from
+    older runs' files; they still resume and are not retrained."""
+    result = train(tiny_config, tmp_path, progress=False)
+    stored = json.loads((tmp_path / RESULT).read_text())
+    for added in ("label_noise", "noise_seed"):
+        del stored["config"][added]
+    (tmp_path / RESULT).write_text(json.dumps(stored))
+    assert train(tiny_config, tmp_path, progress=False)["wall_seconds"] == result["wall_seconds"]
+    with pytest.raises(ValueError, match="label_noise"):  # a real difference is still refused
+        train(replace(tiny_config, label_noise=0.5), tmp_path, progress=False)

@@ -10,7 +10,9 @@ A run folder holds:
 - ``checkpoint.pt``: model, optimizer, scheduler, RNG states and history after the last good
   epoch; a rerun resumes from it and reproduces the uninterrupted run exactly (on CPU);
 - ``result.json``: written atomically at the end: config, versions, seed, wall time over all
-  resumed segments, final validation and test accuracy (the test set is evaluated only here);
+  resumed segments, final validation and test accuracy, and the test accuracy of the weights
+  of the best validation epoch (early stopping's answer; label noise shows as the gap between
+  the two). The test set is evaluated only here;
   or, for a run whose loss or weights became NaN/Inf, status "diverged" and what to do;
 - ``.lock``: held for the whole run, so a second ``edloss train`` into the folder is refused.
 """
@@ -185,12 +187,16 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
 
 
 def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two config dicts, ignoring RESUME_IGNORED fields."""
+    """Human-readable differences between two config dicts, ignoring RESUME_IGNORED fields.
+    A field a saved run lacks counts as its default: fields are added with the default that
+    reproduces the older behaviour, so older runs still resume and still count as finished."""
     out = []
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
     for key in sorted(set(saved) | set(current)):
         if key in RESUME_IGNORED:
             continue
-        a, b = saved.get(key, "(absent)"), current.get(key, "(absent)")
+        a = saved.get(key, defaults.get(key, "(absent)"))
+        b = current.get(key, defaults.get(key, "(absent)"))
         if a != b:
             out.append(f"{key}: {a!r} in the saved run, {b!r} now")
     return out
@@ -336,6 +342,7 @@ class _Run:
     val_loader: BatchLoader | None
     test_loader: BatchLoader
     flipped: torch.Tensor | None = None  # training indices whose label --label-noise changed
+    best_state: dict[str, torch.Tensor] | None = None  # weights after the best validation epoch so far
 
 
 def _build(config: TrainConfig) -> _Run:
@@ -388,7 +395,7 @@ def _checkpoint(run: _Run, epoch: int, history: list[dict], clock: _Clock) -> di
         "rng": {"torch": torch.get_rng_state(), "data": run.data_gen.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if cuda else []},
         "history": history, "train_seconds": clock.train, "wall_seconds": clock.wall(),
-        "segments": clock.segments,
+        "segments": clock.segments, "best_model": run.best_state,
     }
 
 
@@ -398,6 +405,7 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     run.scheduler.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     run.data_gen.set_state(ckpt["rng"]["data"])
+    run.best_state = ckpt.get("best_model")  # absent in checkpoints of older versions: tracked from here on
     if ckpt["rng"]["cuda"] and run.device.type == "cuda":
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
@@ -482,6 +490,23 @@ def _result(run: _Run, status: str, history: list[dict], clock: _Clock,
         "wall_seconds": clock.wall(), "train_seconds": clock.train, "segments": clock.segments,
         **extra,
     }
+
+
+def _best_val_test(run: _Run, history: list[dict], test_loss: float, test_acc: float) -> dict[str, Any]:
+    """Test NLL and accuracy of the weights kept at the best validation epoch (the last epoch's
+    numbers when that was the best). Selection is by validation alone; the test set only reports.
+    None when there is no validation split or the run resumed from a checkpoint that predates
+    the kept weights."""
+    best_epoch = max(history, key=lambda r: r["val_acc"] or 0.0)["epoch"] if history else None
+    if run.val_loader is None or best_epoch is None:
+        return {"best_val_test_acc": None, "best_val_test_nll": None}
+    if best_epoch == history[-1]["epoch"]:
+        return {"best_val_test_acc": test_acc, "best_val_test_nll": test_loss}
+    if run.best_state is None:
+        return {"best_val_test_acc": None, "best_val_test_nll": None}
+    run.model.load_state_dict(run.best_state)
+    nll, acc = evaluate(run.forward, run.test_loader, run.config.amp)
+    return {"best_val_test_acc": acc, "best_val_test_nll": nll}
 
 
 def _portable(path: Path) -> str:
@@ -592,6 +617,8 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
             raise diverged(epoch, f"the weights hold NaN/Inf after the epoch ({broken})", epoch - 1)
         elapsed = time.perf_counter() - t0
         clock.train += elapsed
+        if val_acc is not None and val_acc > max((r["val_acc"] for r in history), default=-1.0):
+            run.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                         "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": elapsed})
         with _writing(epochs_path):
@@ -606,12 +633,14 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
 
     t0 = time.perf_counter()
     test_loss, test_acc, calibration = evaluate(run.forward, run.test_loader, config.amp, calibration=True)
-    clock.train += time.perf_counter() - t0
     if not math.isfinite(test_loss):
         raise diverged(config.epochs, f"the test loss is {test_loss} after the last epoch",
                        config.epochs)
+    best_val = _best_val_test(run, history, test_loss, test_acc)
+    clock.train += time.perf_counter() - t0
     result = _result(run, "finished", history, clock, test_loss=test_loss, test_acc=test_acc,
-                     test_nll=test_loss, test_ece=calibration["ece"], test_reliability=calibration["reliability"])
+                     test_nll=test_loss, test_ece=calibration["ece"], test_reliability=calibration["reliability"],
+                     **best_val)
     with _writing(result_path):
         atomic_write_json(result_path, result)
     _log(progress, f"done: val acc {history[-1]['val_acc']}  test acc {test_acc:.4f}  "
