@@ -46,8 +46,10 @@ def test_grid_runs_skips_finished_and_summarises(tiny_config: TrainConfig, tmp_p
     mean = 100 * sum(r["test_acc"] for r in results) / 2
     assert rows["f1"]["test_mean"] == pytest.approx(mean)
     assert rows["f1"]["delta_vs_ce"] == pytest.approx(mean - rows["ce"]["test_mean"])
+    early = 100 * sum(r["best_val_test_acc"] for r in results) / 2
+    assert rows["f1"]["best_val_test_mean"] == pytest.approx(early)
     md = (tmp_path / "summary.md").read_text()
-    assert "| f1 | `focal:gamma=1` | 2 |" in md and "Δ vs CE" in md and "±" in md
+    assert "| f1 | `focal:gamma=1` | 2 |" in md and "Δ vs CE" in md and "±" in md and "at best val" in md
     assert json.loads((tmp_path / "summary.json").read_text())["rows"] == summary["rows"]
     png = (tmp_path / "val_accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -255,6 +255,7 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                 runs.append({"model": model, "label": arm.label, "spec": arm.spec, "seed": seed,
                              "status": status, "dir": str(run_dir),
                              "test_acc": result.get("test_acc"),
+                             "best_val_test_acc": result.get("best_val_test_acc"),
                              "val_acc": result.get("final_val_acc"),
                              "test_nll": result.get("test_nll"), "test_ece": result.get("test_ece"),
                              "wall_seconds": result.get("wall_seconds")})
@@ -264,11 +265,13 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                     done.append(runs[-1])
             test = [100 * r["test_acc"] for r in done]
             val = [100 * r["val_acc"] for r in done if r["val_acc"] is not None]
+            early = [100 * r["best_val_test_acc"] for r in done if r.get("best_val_test_acc") is not None]
             row = {"model": model, "label": arm.label, "spec": arm.spec, "n": len(done),
                    "diverged": sum(r["status"] == "diverged" for r in runs[-len(seeds):]),
                    "failed": sum(r["status"] == "failed" for r in runs[-len(seeds):]),
                    "test_mean": _mean_std(test)[0], "test_std": _mean_std(test)[1],
                    "val_mean": _mean_std(val)[0], "val_std": _mean_std(val)[1],
+                   "best_val_test_mean": _mean_std(early)[0], "best_val_test_std": _mean_std(early)[1],
                    **_calibration_columns(done),
                    "wall_mean": _mean_std([r["wall_seconds"] for r in done])[0]}
             if reference is None and _is_ce(arm.spec):
@@ -371,7 +374,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
            "validation and test clean). " if r.get("label_noise") else "")
         + f"Seeds: {', '.join(map(str, summary['seeds']))}.", "",
         "Accuracies in percent, mean ± sample std over finished seeds; test accuracy is measured "
-        "once, after the last epoch; validation accuracy is the last epoch's. Δ vs CE is the "
+        "after the last epoch, and again with the weights of the best validation epoch (\"at best "
+        "val\": early stopping chosen on validation; memorised label noise shows as the gap); "
+        "validation accuracy is the last epoch's. Δ vs CE is the "
         "mean ± std of per-seed differences in test accuracy (points) over the seeds both finished, "
         "with how many of those seeds the loss beat CE. p: two-sided Wilcoxon signed-rank test "
         "of test accuracy, paired by seed, against CE and against Poly-1. NLL and ECE (top-label, "
@@ -379,8 +384,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
     ]
     for model in summary["models"]:
         lines += [f"## {model}", "",
-                  "| loss | spec | seeds | test acc | val acc | Δ vs CE | vs CE | vs Poly-1 | test NLL | ECE (%) | wall time (s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| loss | spec | seeds | test acc | test acc at best val | val acc | Δ vs CE | vs CE | vs Poly-1 "
+                  "| test NLL | ECE (%) | wall time (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in summary["rows"]:
             if row["model"] != model:
                 continue
@@ -390,6 +396,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
             wall = "—" if row["wall_mean"] is None else f"{row['wall_mean']:.0f}"
             lines.append(f"| {row['label']} | `{row['spec']}` | {seeds} | "
                          f"{_pm(row['test_mean'], row['test_std'])} | "
+                         f"{_pm(row.get('best_val_test_mean'), row.get('best_val_test_std'))} | "
                          f"{_pm(row['val_mean'], row['val_std'])} | {delta} | {format_p(row, 'ce')} | "
                          f"{format_p(row, 'poly1')} | {_num(row.get('nll_mean'), 3)} | "
                          f"{_pm(row.get('ece_mean'), row.get('ece_std'))} | {wall} |")
