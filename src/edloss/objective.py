@@ -212,15 +212,18 @@ def sample_batches(cfg: ObjectiveConfig, gen: torch.Generator, class_counts: lis
     return [make_batch(cfg, k, gen) for k in ks]
 
 
-def heldout_batches(cfg: ObjectiveConfig, seed: int = 20260528) -> list[RankingBatch]:
+def heldout_batches(cfg: ObjectiveConfig, seed: int = 20260528, evals_per_block: int | None = None) -> list[RankingBatch]:
     """A fixed synthetic set (K = 2, 10, 100, 1000 within the configured range), so runs compare.
 
-    Four times the items of a training block, and expectations exact over every label.
+    ``evals_per_block`` per block (default: four times a training block's), and expectations
+    exact over every label. Fixing it apart from the training blocks keeps one held-out set
+    while the training fitness is made noisier or cleaner (the fitness-noise ablation).
     """
     gen = torch.Generator().manual_seed(seed)
     lo, hi = cfg.class_range
     ks = sorted({min(max(k, lo), hi) for k in (2, 10, 100, 1000)})
-    bigger = ObjectiveConfig(**{**cfg.__dict__, "evals_per_block": 4 * cfg.evals_per_block, "min_items": 4 * cfg.min_items, "max_labels": hi})
+    evals = evals_per_block or 4 * cfg.evals_per_block
+    bigger = ObjectiveConfig(**{**cfg.__dict__, "evals_per_block": evals, "min_items": 4 * cfg.min_items, "max_labels": hi})
     return [make_batch(bigger, k, gen) for k in ks]
 
 

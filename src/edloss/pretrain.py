@@ -79,13 +79,32 @@ class PretrainConfig:
     heldout_every: int = 10
     checkpoint_every: int = 10
     heldout_seed: int = 20260528
+    heldout_evals_per_block: int = 0  # 0: four times a training block's; set to hold the held-out set fixed
 
     def __post_init__(self) -> None:
         check_fields(self)
         check_range("heldout_every", self.heldout_every, 1)
         check_range("checkpoint_every", self.checkpoint_every, 1)
+        if self.heldout_evals_per_block != 0:
+            check_range("heldout_evals_per_block", self.heldout_evals_per_block, 16)
         if not 0 <= self.heldout_seed < 2**63:
             raise ValueError(f"heldout_seed must be in [0, 2**63), got {self.heldout_seed}")
+
+
+def heldout_set(cfg: PretrainConfig) -> list:
+    """The run's fixed held-out synthetic set (selection of the exported loss, progress curves)."""
+    return heldout_batches(cfg.objective, cfg.heldout_seed, cfg.heldout_evals_per_block or None)
+
+
+def saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config.json/checkpoint config as today's ``to_dict`` writes it: fields added since it was
+    saved take their defaults (each added with the default that keeps the older numbers), so an
+    older run still resumes and still compares equal. A config that no longer parses is kept as
+    it was, so the difference is reported instead of hidden."""
+    try:
+        return to_dict(from_dict(PretrainConfig, saved))
+    except ValueError:
+        return saved
 
 
 def discard_previous_run(out: Path, names: tuple[str, ...] = RUN_FILES) -> None:
@@ -131,7 +150,7 @@ class Run(LockedRun):
         self._lock = RunLock(self.out, "pretraining run").__enter__()
         try:
             self.evaluator = evaluator or evaluate_population  # where, not what: the numbers are the same
-            self.heldout = heldout_batches(cfg.objective, cfg.heldout_seed)
+            self.heldout = heldout_set(cfg)
             if fresh:
                 discard_previous_run(self.out)
             self.elapsed_before = 0.0  # wall seconds of earlier segments, from the checkpoint
@@ -154,7 +173,7 @@ class Run(LockedRun):
             raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it or pass --fresh to start over") from err
         if saved.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint {path} has version {saved.get('version')}, expected {CHECKPOINT_VERSION}")
-        differences = diff_dicts(json.loads(saved["config"]), to_dict(self.cfg))
+        differences = diff_dicts(saved_config(json.loads(saved["config"])), to_dict(self.cfg))
         if differences:
             raise ValueError(f"{self.out} holds a run with a different config; pass --fresh to overwrite it or use another --out. Differences: " + "; ".join(differences))
         state = ESState.from_dict(saved["state"])

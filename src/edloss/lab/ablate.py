@@ -80,8 +80,8 @@ from edloss.loss import EDLLoss
 from edloss.lossnet import init_scale
 from edloss.objective import (evaluate,
                               heldout_batches, population_penalty, sample_batches)
-from edloss.pretrain import (RUN_FILES, PretrainConfig, append_row, batch_seed, discard_previous_run, export_best, generation_row, pretrain,
-                             truncate_metrics)
+from edloss.pretrain import (RUN_FILES, PretrainConfig, append_row, batch_seed, discard_previous_run, export_best, generation_row,
+                             heldout_set, pretrain, saved_config, truncate_metrics)
 
 ARMS = ("chaotic", "gaussian", "cmaes")
 ES_ARMS = ("chaotic", "gaussian")
@@ -92,7 +92,7 @@ DEFAULT_TRAIN_LEVELS = (0.94, 0.95)
 DEFAULT_CMAES_SIGMAS = (0.1,)
 DEFAULT_GENERATIONS = 100
 DEFAULT_HELDOUT_EVERY = 5
-METRICS = ("fitness", "value_hard", "gradient", "kendall_tau")
+METRICS = ("fitness", "value", "value_hard", "calibration", "gradient", "kendall_tau")
 ABLATION_FILE = "ablation.json"
 FORMAT_NAME = "edloss-ablation"
 FORMAT_VERSION = 1
@@ -205,7 +205,7 @@ class CMARun(LockedRun):
         self._lock = RunLock(self.out, "pretraining run").__enter__()
         try:
             self.strategy = cma_strategy(cfg)
-            self.heldout = heldout_batches(cfg.objective, cfg.heldout_seed)
+            self.heldout = heldout_set(cfg)
             if fresh:
                 discard_previous_run(self.out, CMA_RUN_FILES)
             self.es: Any = None
@@ -233,7 +233,7 @@ class CMARun(LockedRun):
             raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it to start that run over") from err
         if saved.get("version") != CMA_CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint {path} has version {saved.get('version')}, expected {CMA_CHECKPOINT_VERSION}")
-        differences = diff_dicts({"config": json.loads(saved["config"]), "strategy": saved["strategy"]},
+        differences = diff_dicts({"config": saved_config(json.loads(saved["config"])), "strategy": saved["strategy"]},
                                  {"config": to_dict(self.cfg), "strategy": self.strategy})
         if differences:
             raise ValueError(f"{self.out} holds a run with a different config; use another --out. Differences: " + "; ".join(differences))
@@ -370,7 +370,8 @@ def mismatches(tasks: list[Task]) -> list[str]:
         if saved is None:
             continue
         expected = _expected(task)
-        diff = diff_dicts({k: saved.get(k) for k in expected}, expected)
+        diff = diff_dicts({k: saved_config(saved[k]) if k == "config" and isinstance(saved.get(k), dict) else saved.get(k)
+                           for k in expected}, expected)
         if diff:
             problems.append(f"{task.out_dir}: {'; '.join(diff[:4])}" + (f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""))
     return problems
@@ -402,9 +403,10 @@ def _ablate_locked(cfg: AblationConfig, out: Path, command: str, jobs: int, thre
         raise ValueError("run folders hold runs of a different config (use another --out, or the flags of the "
                          "ablation that made them):\n  " + "\n  ".join(problems))
     saved = read_ablation(out)
-    if saved and saved.get("config") and diff_dicts(saved["config"]["base"], to_dict(cfg.base)):
+    differences = diff_dicts(saved_config(saved["config"]["base"]), to_dict(cfg.base)) if saved and saved.get("config") else []
+    if differences:
         raise ValueError(f"{out / ABLATION_FILE} records an ablation with another base config; use another --out. "
-                         "Differences: " + "; ".join(diff_dicts(saved["config"]["base"], to_dict(cfg.base))[:6]))
+                         "Differences: " + "; ".join(differences[:6]))
     if ray is not None:
         from edloss import distributed
 
@@ -827,6 +829,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                    "ray://HOST:PORT, or auto ($RAY_ADDRESS, a cluster started on this machine, else a new local one). "
                    "Needs pip install 'edloss[ray]' and --out on storage every node shares")
     p.add_argument("--compare-args", default=DEFAULT_COMPARE_ARGS, help="recipe flags for the printed edloss compare command (default: %(default)r)")
+    p.add_argument("--evals-per-generation", nargs="+", type=int, metavar="N",
+                   help="fitness-noise axis: one chaotic vs Gaussian ablation per level of synthetic evaluations per "
+                        "generation (e.g. 256 1024 4096 16384) into OUT/evals<N>/, the held-out set fixed, and "
+                        "OUT/fitness_noise.json/.png comparing the arms at each one's best sigma across levels")
     p.add_argument("--summary-only", action="store_true", help="only rewrite ablation.json (and best/) from the runs present")
     p.add_argument("--quiet", action="store_true", help="no progress lines or table")
     p.set_defaults(func=_main)
@@ -838,6 +844,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1 (worker processes), got {args.jobs}")
     cfg = config_from_args(args)
+    if args.evals_per_generation:
+        return _fitness_noise_main(args, cfg)
     if args.summary_only and str(args.out).strip() and read_ablation(Path(args.out)) is None:
         raise FileNotFoundError(f"{Path(args.out) / ABLATION_FILE} does not exist (or is not an edloss ablation); run edloss ablate first")
     out = prepare_output_folder(args.out)
@@ -861,6 +869,24 @@ def _main(args: argparse.Namespace) -> int:
     for failure in summary["status"].get("failed", []):
         print(f"edloss ablate: failed: {failure['dir']}: {failure['error']}", file=sys.stderr)
     return 1 if summary["status"].get("failed") else 0
+
+
+def _fitness_noise_main(args: argparse.Namespace, cfg: AblationConfig) -> int:
+    """``--evals-per-generation``: the chaotic vs Gaussian ablation at each fitness-noise level."""
+    from edloss.lab import fitness_noise
+
+    if "cmaes" in args.arms and args.arms != list(ARMS):
+        raise ValueError("--evals-per-generation compares chaotic and Gaussian mutation; drop cmaes from --arms")
+    levels = fitness_noise.check_levels(args.evals_per_generation, cfg.base)
+    out = prepare_output_folder(args.out)
+    torch.set_num_threads(args.threads)
+    command = "edloss ablate " + shlex.join(_argv_of(args))
+    result = fitness_noise.run(replace(cfg, arms=ES_ARMS), levels, out, command, jobs=args.jobs, threads=args.threads,
+                               progress=not args.quiet, summary_only=args.summary_only)
+    if not args.quiet:
+        print(fitness_noise.format_table(result))
+        print(f"\nwrote {out / fitness_noise.SUMMARY_FILE} and {out / fitness_noise.FIGURE_FILE}")
+    return 0
 
 
 def _argv_of(args: argparse.Namespace) -> list[str]:
