@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "train": "edloss.lab.train",
     "compare": "edloss.lab.compare",
     "ablate": "edloss.lab.ablate",
+    "adapt": "edloss.lab.adapt",
     "report": "edloss.lab.report",
 }
 

@@ -370,32 +370,38 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_splits(arrays: CifarArrays, val_size: int = 5000, train_subset: int | None = None,
-                balanced: bool = False) -> Splits:
+                balanced: bool = False, reserve: int = 0) -> Splits:
     """Cut validation off the end of the training set, then optionally subset the rest.
 
-    Normalisation uses the mean/std of the whole training part (all non-validation images),
-    so runs with different subset sizes see identically normalised pixels.
+    ``reserve`` sets the last images of the training set aside first, never read: the proxy
+    trainings of ``edloss adapt`` reserve the reporting validation split, so what is later
+    measured on it was not selected on it. Normalisation uses the mean/std of the whole
+    training part (all non-validation, non-reserved images), so runs with different subset
+    sizes see identically normalised pixels.
     """
     n = arrays.train_x.shape[0]
+    if not 0 <= reserve < n:
+        raise ValueError(f"reserve {reserve} must be in 0..{n - 1} (the training set has {n} images)")
+    n -= reserve
     if not 0 <= val_size < n:
         raise ValueError(f"--val-size (validation size) {val_size} must be in 0..{n - 1} "
-                         f"(the training set has {n} images)")
+                         f"(the training set has {n} images" + (f" after {reserve} reserved" if reserve else "") + ")")
     cut = n - val_size
     train_x, train_y = arrays.train_x[:cut], arrays.train_y[:cut]
     mean, std = channel_stats(train_x)
     if train_subset is not None:
         idx = subset_indices(train_y, train_subset, len(arrays.classes), balanced)
         train_x, train_y = train_x[idx], train_y[idx]
-    return Splits(train_x, train_y, arrays.train_x[cut:], arrays.train_y[cut:],
+    return Splits(train_x, train_y, arrays.train_x[cut:n], arrays.train_y[cut:n],
                   arrays.test_x, arrays.test_y, mean, std, len(arrays.classes), arrays.classes)
 
 
 def load_splits(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
                 val_size: int = 5000, train_subset: int | None = None, balanced: bool = False,
-                download: bool = False) -> Splits:
+                download: bool = False, reserve: int = 0) -> Splits:
     """``load_cifar`` + ``make_splits`` in one call."""
     arrays = load_cifar(dataset, data_dir, download)
-    return make_splits(arrays, val_size, train_subset, balanced)
+    return make_splits(arrays, val_size, train_subset, balanced, reserve)
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -1,6 +1,7 @@
 """CIFAR ResNets in plain torch: the 6n+2 family of He et al. (2016) and a CIFAR ResNet-18.
 
-- ``resnet20/32/44/56/110``: "Deep Residual Learning for Image Recognition", section 4.2:
+- ``resnet8/20/32/44/56/110``: "Deep Residual Learning for Image Recognition", section 4.2 (ResNet-8,
+  one block per stage, is not in the paper: a cheap proxy model for ``edloss adapt``):
   a 3x3 conv with 16 channels, three stages of n basic blocks at 16/32/64 channels (32x32,
   16x16, 8x8), global average pooling and a linear layer; 0.27M (ResNet-20) to 1.7M
   (ResNet-110) parameters. Shortcuts default to **option A**, as in the paper: identity, and
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 # name -> (block counts per stage, stage widths, default shortcut)
 ARCHITECTURES: dict[str, tuple[tuple[int, ...], tuple[int, ...], str]] = {
-    **{f"resnet{6 * n + 2}": ((n, n, n), (16, 32, 64), "A") for n in (3, 5, 7, 9, 18)},
+    **{f"resnet{6 * n + 2}": ((n, n, n), (16, 32, 64), "A") for n in (1, 3, 5, 7, 9, 18)},
     "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), "B"),
 }
 

@@ -82,13 +82,15 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast (CUDA only; ignored on CPU)
     label_noise: float = 0.0  # symmetric noise: this share of each class's training labels flipped
     noise_seed: int = 0  # which labels flip: shared by every loss of a comparison
+    reserve: int = 0  # the last N training images set aside before validation is cut (edloss adapt's proxies)
+    evaluate_test: bool = True  # False: no test evaluation at all (proxy trainings select on validation only)
 
     def validate(self) -> None:
         """Raise ValueError naming the bad option and its valid range, before any work is done:
         a value out of range would otherwise be used silently or fail minutes later."""
         ints = [("epochs", "--epochs", 1), ("batch_size", "--batch-size", 2),
                 ("eval_batch_size", "--eval-batch-size", 1), ("val_size", "--val-size", 0),
-                ("seed", "--seed", 0)]
+                ("seed", "--seed", 0), ("reserve", "reserve", 0)]
         for name, flag, low in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -350,7 +352,7 @@ def _build(config: TrainConfig) -> _Run:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = load_splits(config.dataset, config.data_dir, config.val_size, config.train_subset,
-                       config.balanced_subset, config.download)
+                       config.balanced_subset, config.download, config.reserve)
     flipped = None
     if config.label_noise > 0:  # training labels only: validation and test stay clean
         data.train_y, flipped = flip_labels(data.train_y, data.num_classes, config.label_noise, config.noise_seed)
@@ -561,7 +563,7 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
         if previous.get("status") == "diverged":
             raise TrainingDiverged(f"{previous.get('message')} (stored in {result_path}; "
                                    "rerun with --fresh to try again)")
-        _log(progress, f"{out_dir}: already finished (test acc {previous['test_acc']:.4f})")
+        _log(progress, f"{out_dir}: already finished (test acc {previous['test_acc']})")
         return previous
     ckpt = _load_checkpoint(ckpt_path, config) if ckpt_path.is_file() else None
 
@@ -631,6 +633,11 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
         if stop_after is not None and epoch - start >= stop_after and epoch < config.epochs:
             return _result(run, "incomplete", history, clock, test_acc=None, test_loss=None)
 
+    if not config.evaluate_test:  # a proxy run: validation decides, the test set stays unread
+        result = _result(run, "finished", history, clock, test_loss=None, test_acc=None)
+        with _writing(result_path):
+            atomic_write_json(result_path, result)
+        return result
     t0 = time.perf_counter()
     test_loss, test_acc, calibration = evaluate(run.forward, run.test_loader, config.amp, calibration=True)
     if not math.isfinite(test_loss):
