@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,20 @@ def test_gradient_ratio_table_against_cross_entropy():
     ratios = [b["ratio"] for b in gradient_ratio_table(poly1, k=10, truths=250)["bins"]]
     assert ratios[0] == pytest.approx(1.0, abs=0.02) and ratios == sorted(ratios) and 1.8 < ratios[-1] <= 2.0
     assert "mean cosine" in format_gradient_ratio_table(same)
+
+
+def test_inspect_sets_lab_losses_beside_the_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`edloss inspect --beside`: values and gradient ratios of the baselines in one table, and the figure."""
+    from edloss.cli import main as cli_main
+
+    figure = tmp_path / "shapes.png"
+    assert cli_main(["inspect", "default", "--beside", "gce", "fc=forward:0.4", "--figure", str(figure)]) == 0
+    out = capsys.readouterr().out.split("loss value by p_y")[1]  # the side-by-side section
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:] if line.strip()}
+    # forward correction at K = 10, eta = 0.4, p_y = 0.5: -log((1 - eta - eta/9) p_y + eta/9)
+    k, eta = 10, 0.4
+    expected = -math.log((1 - eta - eta / (k - 1)) * 0.5 + eta / (k - 1))
+    header = next(line.split() for line in out.splitlines() if line.split()[:1] == ["p_y"] and "fc" in line)
+    assert float(rows["0.5"][header.index("fc") - 1]) == pytest.approx(expected, rel=1e-3)
+    assert "gce" in rows and "fc" in rows and len(rows["fc"]) == 8  # 7 bins and the cosine
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,9 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from edloss.loss import CONFIG_FILE, EDLLoss
 from edloss.pretrain import loss_rows
-from edloss.shapes import format_gradient_ratio_table, format_shape_table, gradient_ratio_table, shape_table
+from edloss.shapes import (LossFn, TABLE_POINTS, format_gradient_ratio_table, format_shape_table, gradient_ratio_table,
+                            loss_profile, plot_shapes, shape_table)
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -47,10 +50,51 @@ def describe(loss: EDLLoss, k: int = 10) -> str:
     return "\n".join(lines)
 
 
+def reference_losses(specs: list[str]) -> dict[str, LossFn]:
+    """Lab losses by spec (``gce``, ``sce``, ``forward:0.4``, ``label=spec``), as per-row loss functions.
+
+    The registry's losses return the batch mean, so each row is evaluated on its own: the value
+    is then that row's loss and the gradient that row's gradient."""
+    from edloss.lab.compare import parse_arms  # the lab extra: only when references are asked for
+
+    def per_row(fn: LossFn) -> LossFn:
+        def rows(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if t.shape[0] > 512:  # only summed (gradient tables): N x the mean is the sum of the rows' losses
+                return (fn(z, t) * t.shape[0]).reshape(1)
+            return torch.stack([fn(z[i : i + 1], t[i : i + 1]) for i in range(t.shape[0])])
+        return rows
+
+    from edloss.lab.losses import build_loss_from_spec
+
+    return {arm.label: per_row(build_loss_from_spec(arm.spec)) for arm in parse_arms(specs)}
+
+
+def compare_shapes(name: str, loss: EDLLoss, references: dict[str, LossFn], k: int) -> str:
+    """The loss beside the references: values at a few p_y, and gradient-norm ratios to CE by p_y bin."""
+    losses = {name: loss_rows(loss), **references}
+    p = torch.tensor(TABLE_POINTS, dtype=torch.float64)
+    profiles = {label: loss_profile(fn, p, k) for label, fn in losses.items()}
+    width = max(10, *(len(label) + 1 for label in losses))
+    lines = [f"loss value by p_y at K = {k}:", f"{'p_y':>8}" + "".join(f"{label:>{width}}" for label in losses)]
+    for i, point in enumerate(TABLE_POINTS):
+        lines.append(f"{point:>8.3g}" + "".join(f"{float(profiles[label][0][i]):>{width}.4g}" for label in losses))
+    lines.append(f"gradient norm / cross-entropy's by p_y bin (synthetic predictions, K = {k}):")
+    tables = {label: gradient_ratio_table(fn, k) for label, fn in losses.items()}
+    bins = tables[name]["bins"]
+    lines.append(f"{'':>{width}}" + "".join(f"{b['p_y_from']:g}-{b['p_y_to']:g}".rjust(10) for b in bins) + "    cosine")
+    for label, table in tables.items():
+        lines.append(f"{label:>{width}}" + "".join(f"{b['ratio']:10.2f}" for b in table["bins"]) + f"{table['cosine']:10.3f}")
+    return "\n".join(lines)
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="print a loss checkpoint's config, synthetic metrics and shape")
     p.add_argument("checkpoint", type=Path, help="loss folder (loss.json + loss.safetensors), a pretraining run folder, or 'default'")
     p.add_argument("--classes", type=int, default=10, help="class count for the shape table")
+    p.add_argument("--beside", nargs="+", metavar="SPEC", default=[],
+                   help="lab losses to set beside it (e.g. gce sce forward:0.4 poly1; needs edloss[lab]): values and "
+                        "gradient ratios in one table")
+    p.add_argument("--figure", type=Path, help="also write the shape figure (PNG) of the loss and the --beside losses")
     p.set_defaults(func=_main)
 
 
@@ -62,5 +106,12 @@ def _main(args: argparse.Namespace) -> int:
         loss = EDLLoss.pretrained()
     else:
         loss = EDLLoss.from_file(resolve_checkpoint(args.checkpoint))
+    references = reference_losses(args.beside) if args.beside else {}
     print(describe(loss, args.classes))
+    name = "EDL" if str(args.checkpoint) == "default" else Path(args.checkpoint).name or "EDL"
+    if references:
+        print(compare_shapes(name, loss, references, args.classes))
+    if args.figure:
+        plot_shapes({name: loss_rows(loss), **references}, args.figure, args.classes)
+        print(f"wrote {args.figure}")
     return 0
