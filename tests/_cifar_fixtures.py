@@ -29,6 +29,27 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+def shared_cifar100_dir(tmp_root: Path) -> Path | None:
+    """A folder holding the real CIFAR-100 in the pickle layout: $EDLOSS_DATA or ./data when one is
+    materialised there, else materialised from ``../shared/data/cifar-100-jpeg`` into ``tmp_root``
+    (~20 s, needs Pillow), else None."""
+    for candidate in (os.environ.get("EDLOSS_DATA"), REPO_ROOT / "data"):
+        if candidate and (Path(candidate) / "cifar-100-python" / "train").is_file():
+            return Path(candidate)
+    script = REPO_ROOT.parent / "shared" / "data" / "materialize.py"
+    if not script.is_file() or not (script.parent / "cifar-100-jpeg" / "cifar100_jpeg.npz").is_file():
+        return None
+    try:
+        import PIL  # noqa: F401
+    except ModuleNotFoundError:
+        return None
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(script), str(tmp_root)], check=True, capture_output=True, cwd=script.parent)
+    return tmp_root
+
+
 def fake_images(labels: np.ndarray, palette: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(n, 3072) uint8 rows: noise plus a per-class colour, channel-major like CIFAR."""
     n = len(labels)

@@ -326,3 +326,34 @@ def test_label_noise_refuses_what_it_cannot_do() -> None:
         D.flip_labels(labels, 10, 0.2, seed=0)  # floor(0.2 * 3) = 0 for every class
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         D.flip_labels(labels, 10, 1.0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_cifar100(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from _cifar_fixtures import shared_cifar100_dir
+
+    root = shared_cifar100_dir(tmp_path_factory.mktemp("cifar100"))
+    if root is None:
+        pytest.skip("real CIFAR-100 not found: no cifar-100-python/ in $EDLOSS_DATA or ./data, and no "
+                    "../shared/data/cifar-100-jpeg archive (with Pillow) to materialise one from")
+    return root
+
+
+def test_real_cifar100_slice(real_cifar100: Path) -> None:
+    """The real CIFAR-100: fine labels, 500/100 images per class, validation as the tail, a balanced subset."""
+    splits = D.load_splits("cifar100", real_cifar100, val_size=5000, train_subset=1000, balanced=True)
+    assert splits.num_classes == 100 and len(splits.classes) == 100 and "apple" in splits.classes
+    assert torch.bincount(splits.train_y, minlength=100).tolist() == [10] * 100
+    assert splits.val_x.shape == (5000, 3, 32, 32) and splits.test_x.shape[0] == 10_000
+    assert torch.bincount(splits.test_y, minlength=100).tolist() == [100] * 100
+    assert 0.45 < float(splits.mean[0]) < 0.55  # CIFAR-100's red-channel mean is 0.507
+
+
+def test_reserve_sets_the_tail_aside_before_validation(tiny_cifar: Path) -> None:
+    full = D.load_splits("cifar10", tiny_cifar, val_size=32)
+    reserved = D.load_splits("cifar10", tiny_cifar, val_size=32, reserve=40)
+    n = full.train_x.shape[0] + 32
+    assert reserved.train_x.shape[0] == n - 40 - 32
+    assert torch.equal(reserved.val_x, full.train_x[n - 40 - 32 : n - 40])  # validation: just before the reserve
+    with pytest.raises(ValueError, match="reserve"):
+        D.load_splits("cifar10", tiny_cifar, reserve=n)
