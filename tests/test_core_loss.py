@@ -213,13 +213,14 @@ def test_shipped_default_loads_and_trains():
     magnitude=st.sampled_from([1e-3, 1.0, 10.0, 100.0]),
     features=st.lists(st.sampled_from(["log_kpy", "margin", "logit_margin", "log_krival", "entropy", "p_y", "rank"]), min_size=1, max_size=7, unique=True).filter(lambda f: f != ["rank"]),
     activation=st.sampled_from(["tanh", "softsign", "relu"]),
-    monotone=st.booleans(),
+    form=st.sampled_from(["free", "monotone", "corrected"]),
     seed=st.integers(0, 2**16),
 )
-def test_closed_form_gradient_equals_autograd(k, n, magnitude, features, activation, monotone, seed):
-    if monotone:
+def test_closed_form_gradient_equals_autograd(k, n, magnitude, features, activation, form, seed):
+    if form != "free":
         features = [f for f in features if f in MONOTONE_FEATURES] or ["log_kpy"]
-    cfg = LossNetConfig(features=tuple(features), activation=activation, form="monotone" if monotone else "free")
+    cfg = LossNetConfig(features=tuple(features), activation=activation, form=form,
+                        noise_rate=0.3 if form == "corrected" else 0.0)
     g = torch.Generator().manual_seed(seed)
     net = LossNet.from_flat(torch.randn(cfg.num_params, generator=g) * init_scale(cfg), cfg)
     logits = (torch.randn(n, k, generator=g) * magnitude).requires_grad_(True)

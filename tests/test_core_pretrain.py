@@ -144,10 +144,10 @@ def test_per_sample_objective_runs(tmp_path):
     assert config_from_args(args).objective.calibration_weight == 0.0
 
 
-def test_pretrain_for_label_noise_gives_a_bounded_monotone_loss(tmp_path):
+def test_pretrain_for_label_noise_gives_a_forward_corrected_monotone_loss(tmp_path):
     """`--label-noise ETA`: the regime is described to the synthetic world; the network defaults
-    to the bounded form, which is monotone and pulls a confidently contradicted label with a
-    vanishing gradient (as forward correction, GCE and MAE do)."""
+    to the corrected form (forward-corrected CE at ETA + the learned monotone correction), which
+    pulls a confidently contradicted label with a vanishing gradient (as GCE and MAE do)."""
     import json
 
     import torch
@@ -160,7 +160,8 @@ def test_pretrain_for_label_noise_gives_a_bounded_monotone_loss(tmp_path):
                  "--out", str(out), "--quiet", "--threads", "1"])
     assert code == 0
     meta = json.loads((out / "loss" / "loss.json").read_text())
-    assert meta["lossnet"]["form"] == "bounded" and meta["provenance"]["config"]["objective"]["label_noise"] == 0.4
+    assert meta["lossnet"]["form"] == "corrected" and meta["lossnet"]["noise_rate"] == 0.4
+    assert meta["provenance"]["config"]["objective"]["label_noise"] == 0.4
     loss = EDLLoss.from_file(out / "loss", reduction="sum")
     z = torch.zeros(1, 10)
     z[0, 1] = 1e4  # the label says class 0, the model is sure of class 1

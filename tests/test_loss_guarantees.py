@@ -26,8 +26,9 @@ from edloss.lossnet import LossNet, LossNetConfig, init_scale
 MONOTONE = LossNetConfig(form="monotone", features=("log_kpy", "logit_margin", "p_y"), activation="softsign")
 
 
-def random_monotone(seed: int, activation: str = "softsign", features: tuple[str, ...] = MONOTONE.features) -> EDLLoss:
-    cfg = LossNetConfig(form="monotone", features=features, activation=activation)
+def random_monotone(seed: int, activation: str = "softsign", features: tuple[str, ...] = MONOTONE.features,
+                    form: str = "monotone") -> EDLLoss:
+    cfg = LossNetConfig(form=form, features=features, activation=activation, noise_rate=0.4 if form == "corrected" else 0.0)
     theta = torch.randn(cfg.num_params, generator=torch.Generator().manual_seed(seed)) * init_scale(cfg) * 3
     return EDLLoss(LossNet.from_flat(theta, cfg), scale=0.8, reduction="sum")
 
@@ -50,16 +51,18 @@ def assert_monotone_gradient(loss: EDLLoss, logits: torch.Tensor, target: torch.
     seed=st.integers(0, 2**16),
     activation=st.sampled_from(["softsign", "tanh", "relu"]),
     features=st.lists(st.sampled_from(MONOTONE_FEATURES), min_size=1, max_size=3, unique=True),
+    form=st.sampled_from(["monotone", "corrected"]),
 )
-def test_monotone_form_is_monotone_everywhere(k, margin, spread, seed, activation, features):
-    """By construction: any weights, any K, margins far outside the pretraining range."""
+def test_monotone_form_is_monotone_everywhere(k, margin, spread, seed, activation, features, form):
+    """By construction: any weights, any K, margins far outside the pretraining range (the
+    corrected form too: its forward-corrected base rises with p_y for eta < (K - 1)/K)."""
     g = torch.Generator().manual_seed(seed)
     n = 1 if k == 100_000 else 4
     logits = torch.randn(n, k, generator=g, dtype=torch.float64).float() * spread
     target = torch.randint(0, k, (n,), generator=g)
     rival = (target + 1) % k
     logits.scatter_(1, rival[:, None], logits.gather(1, target[:, None]) - margin)  # z_y - z_rival = margin
-    assert_monotone_gradient(random_monotone(seed % 5, activation, tuple(features)), logits, target)
+    assert_monotone_gradient(random_monotone(seed % 5, activation, tuple(features), form), logits, target)
 
 
 def test_shipped_default_is_monotone_and_gives_hopeless_samples_a_ce_gradient():

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from edloss.features import FEATURE_SCALE, LOG_FLOOR, rank
-from edloss.lossnet import LossNet, activation_backward
+from edloss.lossnet import LossNet, activation_backward, base_penalty, base_slope
 
 BASIS = ("floor_y", "floor_c", "logp_y", "logp_c", "p_y", "entropy", "rank")
 # feature -> ({basis: coefficient}, coefficient of log K): each feature is linear in the basis
@@ -136,6 +136,8 @@ def closed_form(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: floa
     loss = F.softplus(h).squeeze(1)
     if net.config.ce_base:
         loss = loss - logp_y.squeeze(1)
+    elif net.config.has_base:
+        loss = loss + base_penalty(net.config, logp_y.squeeze(1), x.shape[1])
     loss = loss * scale
     if not with_grad:
         return loss, None, logp_y.squeeze(1)
@@ -147,6 +149,8 @@ def closed_form(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: floa
     ay_ac = (g[:, :5] * multipliers) @ plan.to_coefficients[:5]  # (M, 2)
     if net.config.ce_base:  # the -log p_y base
         ay_ac[:, 0] -= 1.0
+    elif net.config.has_base:  # the forward-corrected base
+        ay_ac[:, 0] += base_slope(net.config, logp_y.squeeze(1), x.shape[1])
     ay_ac.mul_(scale)
     cp = ay_ac.sum(dim=1, keepdim=True).neg_()
     if entropy is not None:  # dH/dz = -p (log p + H) / log K

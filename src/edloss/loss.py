@@ -31,7 +31,7 @@ from torch import nn
 
 from edloss.fused import fused_reduced_loss, fused_row_losses
 from edloss.files import atomic_write_bytes, atomic_write_json
-from edloss.lossnet import LossNet, LossNetConfig
+from edloss.lossnet import LossNet, LossNetConfig, base_penalty
 
 FORMAT_NAME = "edloss-loss"
 FORMAT_VERSION = 2  # 2: definition_sha256 covers the architecture and scale too
@@ -222,8 +222,8 @@ class EDLLoss(nn.Module):
         labels = torch.arange(x.shape[1], device=x.device)[None, :]
         feats = label_features(logp, labels, self.net.config.features)  # (M, C, F)
         out = self.net.forward_features(feats)
-        if self.net.config.ce_base:
-            out = out - logp
+        if self.net.config.has_base:
+            out = out + base_penalty(self.net.config, logp, x.shape[1])
         return out * self.scale
 
     def extra_repr(self) -> str:
@@ -308,7 +308,8 @@ class EDLLoss(nn.Module):
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "edloss_version": __version__,
-            "lossnet": {"features": list(cfg.features), "hidden": list(cfg.hidden), "activation": cfg.activation, "form": cfg.form},
+            "lossnet": {"features": list(cfg.features), "hidden": list(cfg.hidden), "activation": cfg.activation, "form": cfg.form,
+                        **({"noise_rate": cfg.noise_rate} if cfg.form == "corrected" else {})},
             "scale": float(self.scale),
             "sha256": hashlib.sha256(blob).hexdigest(),
         }

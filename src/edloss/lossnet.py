@@ -1,6 +1,6 @@
 """The loss network: features of (p, y) -> tiny MLP -> softplus -> a penalty >= 0.
 
-Three forms:
+Four forms:
 
 * ``free``: penalty = softplus(MLP(features)), any features, any weights (the v0-v3 losses);
 * ``bounded``: the monotone form without -log p_y: monotone too, and bounded, so a sample the
@@ -12,6 +12,11 @@ Three forms:
   non-decreasing in every wrong logit *everywhere*, by construction, not only inside the
   pretraining range; the correction is bounded, so a hopeless sample gets cross-entropy's
   gradient (times the loss's scale) and a confidently right one gets CE's vanishing gradient.
+* ``corrected``: the monotone form on the forward-corrected base for symmetric label noise at
+  ``noise_rate`` eta: penalty = -log((T^T p)_y) + softplus(MLP+(-features)), with
+  (T^T p)_y = (1 - eta K/(K-1)) p_y + eta/(K-1) (Patrini et al., 2017). The base is the proper
+  loss of the noisy labels, bounded as p_y -> 0; the search learns what the clean-severity
+  ranking wants beyond it, and can always turn its correction off (softplus -> 0).
 
 It exists in two implementations that compute the same function:
 
@@ -47,7 +52,7 @@ def softsign(x: torch.Tensor) -> torch.Tensor:
 
 ACTIVATIONS = {"tanh": tanh, "softsign": softsign, "relu": torch.relu, "silu": nn.functional.silu, "gelu": nn.functional.gelu}
 MONOTONE_ACTIVATIONS = ("tanh", "softsign", "relu")  # non-decreasing: a non-negative-weight MLP of them is monotone
-FORMS = ("free", "monotone", "bounded")
+FORMS = ("free", "monotone", "bounded", "corrected")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class LossNetConfig:
     hidden: tuple[int, ...] = (16, 16)
     activation: str = "tanh"
     form: str = "monotone"  # v4 default; "free" for the v0-v3 losses (configs/ pins them)
+    noise_rate: float = 0.0  # the corrected form's eta (its base); 0 for every other form
 
     def __post_init__(self) -> None:
         if isinstance(self.features, str) or not all(isinstance(f, str) for f in self.features):
@@ -72,7 +78,14 @@ class LossNetConfig:
             raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
         if self.form not in FORMS:
             raise ValueError(f"unknown lossnet form {self.form!r}; valid: {', '.join(FORMS)}")
-        if self.form in ("monotone", "bounded"):
+        rate = self.noise_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+            raise ValueError(f"lossnet.noise_rate must be a number, got {rate!r}")
+        if self.form == "corrected" and not 0 < rate < 1:
+            raise ValueError(f"the corrected form needs lossnet.noise_rate in (0, 1) (the label-noise rate of its base), got {rate!r}")
+        if self.form != "corrected" and rate != 0:
+            raise ValueError(f"lossnet.noise_rate is the corrected form's base; the {self.form} form takes none (got {rate!r})")
+        if self.monotone:
             bad = [f for f in self.features if f not in MONOTONE_FEATURES]
             if bad:
                 raise ValueError(f"the monotone form (the default) needs features that rise with correctness; {bad} are not ({', '.join(MONOTONE_FEATURES)} are). For any features set lossnet.form = \"free\"")
@@ -81,13 +94,18 @@ class LossNetConfig:
 
     @property
     def monotone(self) -> bool:
-        """Non-negative weights on correctness features: the monotone and bounded forms."""
-        return self.form in ("monotone", "bounded")
+        """Non-negative weights on correctness features: the monotone, bounded and corrected forms."""
+        return self.form in ("monotone", "bounded", "corrected")
 
     @property
     def ce_base(self) -> bool:
         """The monotone form adds -log p_y; the bounded form (for noisy labels) does not."""
         return self.form == "monotone"
+
+    @property
+    def has_base(self) -> bool:
+        """A known penalty the network corrects: -log p_y (monotone) or forward-corrected (corrected)."""
+        return self.form in ("monotone", "corrected")
 
     @property
     def layer_sizes(self) -> list[tuple[int, int]]:
@@ -98,6 +116,37 @@ class LossNetConfig:
     @property
     def num_params(self) -> int:
         return sum(i * o + o for i, o in self.layer_sizes)
+
+
+def forward_corrected_nll(logp_y: torch.Tensor, k: int, eta: float) -> torch.Tensor:
+    """-log (T^T p)_y for symmetric noise at rate eta (Patrini et al., 2017), from log p_y:
+    -log((1 - eta K / (K - 1)) p_y + eta / (K - 1)), in log space so tiny p_y stay finite."""
+    slope, floor = 1 - eta * k / (k - 1), eta / (k - 1)
+    if floor == 0:
+        return -logp_y
+    if slope <= 0:  # eta >= (K - 1) / K: the labels carry no information; (T^T p)_y no longer rises with p_y
+        raise ValueError(f"forward correction needs eta < (K - 1) / K = {(k - 1) / k:.3f} for K = {k}, got {eta}")
+    return -torch.logaddexp(logp_y + math.log(slope), torch.full_like(logp_y, math.log(floor)))
+
+
+def base_penalty(config: LossNetConfig, logp_y: torch.Tensor, k: int) -> torch.Tensor:
+    """The known part of the penalty that the network's output is added to (zero without a base)."""
+    if config.form == "monotone":
+        return -logp_y
+    if config.form == "corrected":
+        return forward_corrected_nll(logp_y, k, config.noise_rate)
+    return torch.zeros_like(logp_y)
+
+
+def base_slope(config: LossNetConfig, logp_y: torch.Tensor, k: int) -> torch.Tensor:
+    """d base_penalty / d log p_y: -1 for -log p_y; -s p_y / (s p_y + f) for the forward-corrected base."""
+    if config.form == "monotone":
+        return torch.full_like(logp_y, -1.0)
+    if config.form == "corrected":
+        eta = config.noise_rate
+        slope, floor = 1 - eta * k / (k - 1), eta / (k - 1)
+        return -torch.sigmoid(logp_y + math.log(slope) - math.log(floor))
+    return torch.zeros_like(logp_y)
 
 
 def init_scale(config: LossNetConfig) -> torch.Tensor:
@@ -222,6 +271,6 @@ class LossNet(nn.Module):
 
     def forward(self, logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         learned = self.forward_features(compute_features(logp, target, self.config.features))
-        if self.config.ce_base:
-            return learned - logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        if self.config.has_base:
+            return learned + base_penalty(self.config, logp.gather(-1, target.unsqueeze(-1)).squeeze(-1), logp.shape[-1])
         return learned

@@ -40,7 +40,7 @@ import torch
 
 from edloss.configs import check_fields, check_range
 from edloss.features import label_features
-from edloss.lossnet import LossNetConfig, population_forward
+from edloss.lossnet import LossNetConfig, base_penalty, forward_corrected_nll, population_forward  # noqa: F401 (re-exported)
 from edloss.synthetic import ExpectationConfig, MixtureConfig, sample_class_count, sample_expectation, sample_mixture
 
 KINDS = ("expectation", "per_sample")
@@ -236,8 +236,8 @@ def population_penalty(theta: torch.Tensor, net: LossNetConfig) -> Penalty:
         b, i, l, f = feats.shape
         flat = feats.reshape(b, i * l, f)
         out = population_forward(theta, flat if b == theta.shape[0] else flat[0], net).reshape(theta.shape[0], i, l)
-        if net.ce_base:  # -log p_y + the learned, bounded, monotone correction
-            out = out + cross_entropy_penalty(logp, labels)
+        if net.has_base:  # the base (-log p_y, or forward-corrected) + the learned, bounded, monotone correction
+            out = out + base_penalty(net, -cross_entropy_penalty(logp, labels), logp.shape[-1])
         return out
 
     return penalty
@@ -246,17 +246,6 @@ def population_penalty(theta: torch.Tensor, net: LossNetConfig) -> Penalty:
 def cross_entropy_penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy as a reference penalty: proper, and perfect under the KL expectation ranking."""
     return -logp.gather(-1, labels.expand(*logp.shape[:-1], labels.shape[-1]))
-
-
-def forward_corrected_nll(logp_y: torch.Tensor, k: int, eta: float) -> torch.Tensor:
-    """-log (T^T p)_y for symmetric noise at rate eta (Patrini et al., 2017), from log p_y:
-    -log((1 - eta K / (K - 1)) p_y + eta / (K - 1)), in log space so tiny p_y stay finite."""
-    slope, floor = 1 - eta * k / (k - 1), eta / (k - 1)
-    if floor == 0:
-        return -logp_y
-    if slope <= 0:  # eta >= (K - 1) / K: the labels carry no information; (T^T p)_y no longer rises with p_y
-        raise ValueError(f"forward correction needs eta < (K - 1) / K = {(k - 1) / k:.3f} for K = {k}, got {eta}")
-    return -torch.logaddexp(logp_y + math.log(slope), torch.full_like(logp_y, math.log(floor)))
 
 
 def forward_corrected_penalty(eta: float) -> Penalty:

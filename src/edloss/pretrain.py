@@ -89,6 +89,9 @@ class PretrainConfig:
             check_range("heldout_evals_per_block", self.heldout_evals_per_block, 16)
         if not 0 <= self.heldout_seed < 2**63:
             raise ValueError(f"heldout_seed must be in [0, 2**63), got {self.heldout_seed}")
+        if self.lossnet.form == "corrected" and self.lossnet.noise_rate != self.objective.label_noise:
+            raise ValueError(f"the corrected form's base must match the regime: lossnet.noise_rate {self.lossnet.noise_rate} "
+                             f"!= objective.label_noise {self.objective.label_noise}")
 
 
 def heldout_set(cfg: PretrainConfig) -> list:
@@ -340,8 +343,10 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         objective["classes"] = _parse_range(args.classes)
     if args.label_noise is not None:  # the regime: labels through a symmetric noisy channel
         objective["label_noise"] = args.label_noise
-        if args.label_noise > 0:  # a loss for noisy labels must be able to stay bounded (see lossnet)
-            lossnet.setdefault("form", "bounded")
+        if args.label_noise > 0:  # forward correction at the same rate as the base; the search learns the rest
+            lossnet.setdefault("form", "corrected")
+            if lossnet["form"] == "corrected":
+                lossnet.setdefault("noise_rate", args.label_noise)
     if args.features is not None:
         lossnet["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
     if objective.get("kind") == "per_sample":  # the paper read literally: ranking only, unless the config says otherwise
@@ -376,7 +381,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", help="comma-separated loss-network features")
     p.add_argument("--label-noise", type=float, metavar="ETA",
                    help="pretrain for symmetric label noise at rate ETA in [0, 0.99]: synthetic labels pass through the "
-                        "noisy channel, the ranking keeps the clean severity; the network form defaults to 'bounded'")
+                        "noisy channel, the ranking keeps the clean severity; the network form defaults to 'corrected' "
+                        "(forward-corrected CE at ETA plus the learned monotone correction; 'bounded' drops the base)")
     p.add_argument("--fresh", action="store_true", help="discard an existing run in --out instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     p.add_argument("--threads", type=int, help="torch CPU threads (here, or per Ray actor with --ray: 1 by default there)")
