@@ -169,3 +169,21 @@ def test_pretrain_for_label_noise_gives_a_forward_corrected_monotone_loss(tmp_pa
     loss(z, torch.tensor([0])).backward()
     assert -1e-6 < z.grad[0, 0].item() <= 0  # bounded: no pull, and never the wrong way
     assert main(["pretrain", "--label-noise", "1.5", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+
+
+def test_initial_population_offsets_only_the_corrected_forms_output_bias():
+    """The shipped losses' generation 0 is untouched (their commands still regenerate them bit for
+    bit); the corrected form starts with its correction nearly off, at forward correction."""
+    import torch
+
+    from edloss import evolve
+    from edloss.lossnet import CORRECTION_OFF, LossNetConfig, init_scale
+    from edloss.pretrain import PretrainConfig, initial_state
+
+    plain = PretrainConfig()
+    assert torch.equal(initial_state(plain).population, evolve.init(plain.es, init_scale(plain.lossnet)).population)
+    corrected = PretrainConfig(lossnet=LossNetConfig(form="corrected", noise_rate=0.4),
+                               objective=ObjectiveConfig(label_noise=0.4))
+    shifted = initial_state(corrected).population - evolve.init(corrected.es, init_scale(corrected.lossnet)).population
+    torch.testing.assert_close(shifted[:, -1], torch.full_like(shifted[:, -1], CORRECTION_OFF))
+    assert not shifted[:, :-1].any()

@@ -44,7 +44,7 @@ def _add_missing_extra(sub: argparse._SubParsersAction, name: str, missing: str)
     def refuse(args: argparse.Namespace) -> int:
         raise ModuleNotFoundError(f"`edloss {name}` is part of the CIFAR lab and needs {missing}: pip install 'edloss[lab]'")
 
-    p = sub.add_parser(name, help=f"(needs the lab extra: pip install 'edloss[lab]')", add_help=True)
+    p = sub.add_parser(name, help="(needs the lab extra: pip install 'edloss[lab]')", add_help=True)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=refuse)
 

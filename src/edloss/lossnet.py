@@ -158,6 +158,21 @@ def init_scale(config: LossNetConfig) -> torch.Tensor:
     return torch.cat(parts)
 
 
+CORRECTION_OFF = -4.0  # the corrected form's initial output bias: softplus(-4) = 0.018, the base nearly alone
+
+
+def init_offset(config: LossNetConfig) -> torch.Tensor:
+    """Mean of a fresh population: zero, except the corrected form's output bias, which starts at
+    CORRECTION_OFF. Its search then starts at forward correction (the proper loss of the noisy
+    labels) and adds a correction only where the ranking pays for one; from a zero bias the
+    correction starts at ~softplus(0) = 0.69 everywhere and the search never walked it back
+    (measured: held-out fitness 0.19 against forward correction's 0.48 at eta = 0.4)."""
+    offset = torch.zeros(config.num_params)
+    if config.form == "corrected":
+        offset[-1] = CORRECTION_OFF
+    return offset
+
+
 def unflatten(theta: torch.Tensor, config: LossNetConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Split (P, D) flat vectors into per-layer (P, out, in) weights and (P, out) biases."""
     if theta.shape[-1] != config.num_params:

@@ -43,7 +43,7 @@ from edloss.evolve import ESConfig, ESState
 from edloss.files import (LockedRun, RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_folder,
                           read_jsonl)
 from edloss.loss import CONFIG_FILE, WEIGHTS_FILE, EDLLoss
-from edloss.lossnet import LossNet, LossNetConfig, init_scale
+from edloss.lossnet import LossNet, LossNetConfig, init_offset, init_scale
 from edloss.objective import (
     ObjectiveConfig,
     anchor_gradient_norm,
@@ -92,6 +92,13 @@ class PretrainConfig:
         if self.lossnet.form == "corrected" and self.lossnet.noise_rate != self.objective.label_noise:
             raise ValueError(f"the corrected form's base must match the regime: lossnet.noise_rate {self.lossnet.noise_rate} "
                              f"!= objective.label_noise {self.objective.label_noise}")
+
+
+def initial_state(cfg: PretrainConfig) -> ESState:
+    """Generation 0: N(init_offset, init_scale^2) per gene, and fresh chaotic states."""
+    state = evolve.init(cfg.es, init_scale(cfg.lossnet))
+    state.population = state.population + init_offset(cfg.lossnet)
+    return state
 
 
 def heldout_set(cfg: PretrainConfig) -> list:
@@ -169,7 +176,7 @@ class Run(LockedRun):
         if not path.exists():  # a start from generation 0: nothing an earlier run wrote may stay
             discard_previous_run(self.out)
             atomic_write_json(self.out / "config.json", {"config": to_dict(self.cfg), "command": self.command, "seed": self.cfg.es.seed, "versions": versions()})
-            return evolve.init(self.cfg.es, init_scale(self.cfg.lossnet))
+            return initial_state(self.cfg)
         try:
             saved = torch.load(path, weights_only=True)
         except Exception as err:  # noqa: BLE001 - any failure to read means a damaged file

@@ -71,17 +71,14 @@ from typing import Any
 
 import torch
 
-from edloss import evolve
 from edloss.lab import stats
 from edloss.configs import check_fields, diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig
 from edloss.files import LockedRun, RunLock, atomic_write_bytes, atomic_write_json, prepare_output_folder, read_jsonl
 from edloss.loss import EDLLoss
-from edloss.lossnet import init_scale
-from edloss.objective import (evaluate,
-                              heldout_batches, population_penalty, sample_batches)
+from edloss.objective import evaluate, population_penalty, sample_batches
 from edloss.pretrain import (RUN_FILES, PretrainConfig, append_row, batch_seed, discard_previous_run, export_best, generation_row,
-                             heldout_set, pretrain, saved_config, truncate_metrics)
+                             heldout_set, initial_state, pretrain, saved_config, truncate_metrics)
 
 ARMS = ("chaotic", "gaussian", "cmaes")
 ES_ARMS = ("chaotic", "gaussian")
@@ -211,7 +208,7 @@ class CMARun(LockedRun):
             self.es: Any = None
             self.np_state: Any = None
             self.generation = 0
-            self.population = evolve.init(cfg.es, init_scale(cfg.lossnet)).population
+            self.population = initial_state(cfg).population
             self.fitness: torch.Tensor | None = None
             self.elapsed_before = 0.0  # wall seconds of earlier segments, from the checkpoint
             self._resume_or_init()
@@ -259,7 +256,7 @@ class CMARun(LockedRun):
         start = time.perf_counter()
         batches = sample_batches(cfg.objective, torch.Generator().manual_seed(batch_seed(cfg.es.seed, t)))
         if t == 0:
-            theta = evolve.init(cfg.es, init_scale(cfg.lossnet)).population
+            theta = initial_state(cfg).population
         else:
             np.random.set_state(self.np_state)
             asked = self.es.ask()

@@ -88,11 +88,10 @@ def probe_individual(base: PretrainConfig) -> tuple[torch.Tensor, str]:
             return shipped.net.flat().detach().float(), "the shipped default loss"
     except (OSError, ValueError):  # weights missing or unreadable: fall back to a seeded individual
         pass
-    from edloss import evolve
-    from edloss.lossnet import init_scale
+    from edloss.pretrain import initial_state
 
-    state = evolve.init(replace(base.es, seed=0), init_scale(base.lossnet))
-    return evolve.ask(state)[0].detach().float(), "individual 0 of the seed-0 initial population"
+    return initial_state(replace(base, es=replace(base.es, seed=0))).population[0].detach().float(), \
+        "individual 0 of the seed-0 initial population"
 
 
 def measure_fitness_noise(base: PretrainConfig, evals: int, repeats: int = NOISE_REPEATS) -> dict[str, Any]:
