@@ -144,10 +144,10 @@ def test_per_sample_objective_runs(tmp_path):
     assert config_from_args(args).objective.calibration_weight == 0.0
 
 
-def test_pretrain_for_label_noise_gives_a_forward_corrected_monotone_loss(tmp_path):
+def test_pretrain_for_label_noise_gives_a_bounded_monotone_loss(tmp_path):
     """`--label-noise ETA`: the regime is described to the synthetic world; the network defaults
-    to the corrected form (forward-corrected CE at ETA + the learned monotone correction), which
-    pulls a confidently contradicted label with a vanishing gradient (as GCE and MAE do)."""
+    to the bounded form, which is monotone and pulls a confidently contradicted label with a
+    vanishing gradient (as forward correction, GCE and MAE do)."""
     import json
 
     import torch
@@ -160,7 +160,7 @@ def test_pretrain_for_label_noise_gives_a_forward_corrected_monotone_loss(tmp_pa
                  "--out", str(out), "--quiet", "--threads", "1"])
     assert code == 0
     meta = json.loads((out / "loss" / "loss.json").read_text())
-    assert meta["lossnet"]["form"] == "corrected" and meta["lossnet"]["noise_rate"] == 0.4
+    assert meta["lossnet"]["form"] == "bounded" and "noise_rate" not in meta["lossnet"]
     assert meta["provenance"]["config"]["objective"]["label_noise"] == 0.4
     loss = EDLLoss.from_file(out / "loss", reduction="sum")
     z = torch.zeros(1, 10)
@@ -187,3 +187,20 @@ def test_initial_population_offsets_only_the_corrected_forms_output_bias():
     shifted = initial_state(corrected).population - evolve.init(corrected.es, init_scale(corrected.lossnet)).population
     torch.testing.assert_close(shifted[:, -1], torch.full_like(shifted[:, -1], CORRECTION_OFF))
     assert not shifted[:, :-1].any()
+
+
+def test_corrected_form_from_a_config_takes_the_regimes_rate(tmp_path):
+    """lossnet.form = "corrected" with --label-noise: its base is forward correction at that rate;
+    a base at another rate than the regime's is refused."""
+    import json
+
+    from edloss.cli import main
+
+    config = tmp_path / "corrected.json"
+    config.write_text(json.dumps({"lossnet": {"form": "corrected"}}))
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", str(config), "--label-noise", "0.3", "--generations", "2", "--population", "8",
+                 "--classes", "2,20", "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    assert json.loads((out / "loss" / "loss.json").read_text())["lossnet"]["noise_rate"] == 0.3
+    config.write_text(json.dumps({"lossnet": {"form": "corrected", "noise_rate": 0.5}}))
+    assert main(["pretrain", "--config", str(config), "--label-noise", "0.3", "--out", str(tmp_path / "bad"), "--quiet"]) == 2

@@ -350,9 +350,9 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         objective["classes"] = _parse_range(args.classes)
     if args.label_noise is not None:  # the regime: labels through a symmetric noisy channel
         objective["label_noise"] = args.label_noise
-        if args.label_noise > 0:  # forward correction at the same rate as the base; the search learns the rest
-            lossnet.setdefault("form", "corrected")
-            if lossnet["form"] == "corrected":
+        if args.label_noise > 0:  # a loss for noisy labels must be able to stay bounded (see lossnet)
+            lossnet.setdefault("form", "bounded")
+            if lossnet["form"] == "corrected":  # its base: forward correction at the same rate
                 lossnet.setdefault("noise_rate", args.label_noise)
     if args.features is not None:
         lossnet["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
@@ -388,8 +388,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", help="comma-separated loss-network features")
     p.add_argument("--label-noise", type=float, metavar="ETA",
                    help="pretrain for symmetric label noise at rate ETA in [0, 0.99]: synthetic labels pass through the "
-                        "noisy channel, the ranking keeps the clean severity; the network form defaults to 'corrected' "
-                        "(forward-corrected CE at ETA plus the learned monotone correction; 'bounded' drops the base)")
+                        "noisy channel, the ranking keeps the clean severity; the network form defaults to 'bounded' "
+                        "(lossnet.form = 'corrected' in a config adds forward-corrected CE at ETA as a base)")
     p.add_argument("--fresh", action="store_true", help="discard an existing run in --out instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     p.add_argument("--threads", type=int, help="torch CPU threads (here, or per Ray actor with --ray: 1 by default there)")
