@@ -56,6 +56,11 @@ def test_run_folder_has_everything(tmp_path, tiny_pretrain_config):
     back = EDLLoss.from_file(tmp_path / "loss")
     assert back.metadata["seed"] == 3 and back.metadata["real_data_stage"] is False
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == tiny_pretrain_config.es.generations + 1
+    by_k = summary["heldout_by_k"]  # the held-out set's blocks one by one, beside CE and Poly-1
+    lo, hi = tiny_pretrain_config.objective.class_range
+    assert sorted(by_k, key=int) == [str(k) for k in sorted({min(max(k, lo), hi) for k in (2, 10, 100, 1000)})]
+    for block in by_k.values():
+        assert set(block) == {"edl", "cross_entropy", "poly1"} and -2 <= block["edl"]["fitness"] <= 1
     assert summary["heldout"]["fitness"] == pytest.approx(back.metadata["heldout_metrics"]["fitness"])
 
 
