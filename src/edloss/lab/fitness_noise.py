@@ -206,8 +206,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.annotate(f"{row['evals_per_generation']}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.axhline(0.0, color="grey", lw=0.8)
         if xs:
+            from matplotlib.ticker import NullFormatter
+
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=3)
             ax.set_xscale("log")
+            ax.set_xticks(xs, [f"{x:.3g}" for x in xs])  # the measured noise levels, not crowded log ticks
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("fitness noise (std of one individual's fitness)")
         ax.set_ylabel(f"chaotic - Gaussian, {label.replace('final held-out ', '')}")
         ax.set_title(label, fontsize=9)
