@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def test_one_epoch_smoke_every_loss(loss: str, tiny_config: TrainConfig, tmp_pat
     assert 0 <= result["test_acc"] <= 1 and math.isfinite(result["final_train_loss"])
     saved = json.loads((tmp_path / RESULT).read_text())
     assert saved["config"]["loss"] == loss and saved["versions"]["torch"] == torch.__version__
+    source = saved["versions"]["source"]  # the git commit of a checkout; an installed wheel has its version only
+    assert source == "not a git checkout" or re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", source), source
     assert saved["test_acc"] == result["test_acc"] and saved["seed"] == 0
     rows = _epochs(tmp_path)
     assert len(rows) == 1 and set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss",

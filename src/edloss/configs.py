@@ -160,6 +160,26 @@ def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
+@functools.lru_cache(maxsize=1)
+def source_revision() -> str:
+    """The git commit the running edloss was imported from ("+dirty" when its files differ from
+    it), or "not a git checkout" (an installed wheel: its version says which release). Numbers
+    can move between commits of the same version (docs/EXPERIMENTS.md), so runs record it."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return "not a git checkout"
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return commit.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def versions() -> dict[str, str]:
     """Versions that decide the numbers a run produces."""
     import torch
@@ -174,6 +194,7 @@ def versions() -> dict[str, str]:
         numpy_version = "absent"
     return {
         "edloss": __version__,
+        "source": source_revision(),
         "torch": torch.__version__,
         "numpy": numpy_version,
         "python": sys.version.split()[0],
