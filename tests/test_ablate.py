@@ -270,3 +270,44 @@ def test_cli_runs_a_tiny_ablation_and_prints_the_compare_command(tmp_path: Path,
     assert saved["config"]["base"]["es"]["parents"] == 2  # derived from the population (P // 4)
     assert cli_main(argv + ["--summary-only", "--quiet"]) == 0
     assert cli_main(["ablate", "--summary-only", "--out", str(tmp_path / "none"), "--quiet"]) == 2
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from edloss.lab.ablate import _init_worker
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(1, os.getpid()))
+    pool.submit(time.sleep, 60)
+    time.sleep(float(sys.argv[1]))  # die while the worker still imports torch, or after it runs
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("die_after", [0.5, 8.0])
+def test_a_killed_ablation_leaves_no_orphan_worker(tmp_path: Path, die_after: float) -> None:
+    """Measured once: a pool worker spawned just before its parent was killed ran on for 40
+    minutes (it armed its parent-death signal only after importing torch, too late)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    if not Path("/proc/self").exists():
+        pytest.skip("needs /proc to see whether a process lives")
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(die_after)], capture_output=True, text=True, timeout=120).stdout
+    pids = [int(p) for p in out.split()]
+    assert pids, "the pool started no worker"
+    deadline = time.time() + 30
+    alive = pids
+    while alive and time.time() < deadline:
+        time.sleep(0.5)
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+    for p in alive:
+        os.kill(p, 9)
+    assert not alive, f"orphan workers still running: {alive}"

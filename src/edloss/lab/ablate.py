@@ -331,15 +331,32 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
             "heldout_fitness": summary["heldout"]["fitness"], "seconds": time.perf_counter() - start}
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    """A worker ends with its parent, so a killed ablation leaves no orphan writing into (and
+    locking) a run folder. ``parent`` is the pid of the process that made the pool, passed in:
+    a worker imports torch before this runs, and a parent killed meanwhile was already gone
+    when the worker first looked (measured: such an orphan ran on for 40 minutes). PR_SET_PDEATHSIG
+    covers a parent that dies later, a watchdog thread the platforms without it; every file a
+    run writes is atomic, so ending mid-run leaves nothing half-written."""
     torch.set_num_threads(threads)
-    try:  # Linux: end with the parent, so a killed ablation leaves no orphan writing into a run folder
+    parent = os.getppid() if parent is None else parent
+    try:
         import ctypes
         import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:  # died before the signal was armed
+        os._exit(1)
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="edloss-parent-watchdog", daemon=True).start()
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
@@ -450,7 +467,7 @@ def _ablate_locked(cfg: AblationConfig, out: Path, command: str, jobs: int, thre
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # cma's numpy: one thread per worker
             os.environ[var] = str(threads)
         pool = ProcessPoolExecutor(max_workers=min(jobs, len(payloads)), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads,))
+                                   initializer=_init_worker, initargs=(threads, os.getpid()))
         try:
             futures = [pool.submit(run_task, p) for p in payloads]
             for i, future in enumerate(as_completed(futures), 1):
