@@ -134,9 +134,7 @@ def closed_form(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: floa
         outs.append(a)
         h = torch.addmm(b, a, w.t())
     loss = F.softplus(h).squeeze(1)
-    if net.config.ce_base:
-        loss = loss - logp_y.squeeze(1)
-    elif net.config.has_base:
+    if net.config.has_base:  # -log p_y, or forward-corrected
         loss = loss + base_penalty(net.config, logp_y.squeeze(1), x.shape[1])
     loss = loss * scale
     if not with_grad:
@@ -147,9 +145,7 @@ def closed_form(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: floa
         g = activation_backward(name, g, outs[index]) @ (plan.layers[index - 1][0] if index > 0 else plan.first_w)  # last: (M, nb)
     multipliers = torch.cat([torch.sigmoid(shifted), torch.ones_like(pair), p_y], dim=1)  # d basis / d log p (y or c)
     ay_ac = (g[:, :5] * multipliers) @ plan.to_coefficients[:5]  # (M, 2)
-    if net.config.ce_base:  # the -log p_y base
-        ay_ac[:, 0] -= 1.0
-    elif net.config.has_base:  # the forward-corrected base
+    if net.config.has_base:  # the base's d / d log p_y: -1 for -log p_y
         ay_ac[:, 0] += base_slope(net.config, logp_y.squeeze(1), x.shape[1])
     ay_ac.mul_(scale)
     cp = ay_ac.sum(dim=1, keepdim=True).neg_()

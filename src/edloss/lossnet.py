@@ -98,11 +98,6 @@ class LossNetConfig:
         return self.form in ("monotone", "bounded", "corrected")
 
     @property
-    def ce_base(self) -> bool:
-        """The monotone form adds -log p_y; the bounded form (for noisy labels) does not."""
-        return self.form == "monotone"
-
-    @property
     def has_base(self) -> bool:
         """A known penalty the network corrects: -log p_y (monotone) or forward-corrected (corrected)."""
         return self.form in ("monotone", "corrected")
@@ -118,10 +113,15 @@ class LossNetConfig:
         return sum(i * o + o for i, o in self.layer_sizes)
 
 
+def symmetric_channel(k: int, eta: float) -> tuple[float, float]:
+    """(slope, floor) of (T^T p)_y = slope p_y + floor for symmetric noise at rate eta over K classes."""
+    return 1 - eta * k / (k - 1), eta / (k - 1)
+
+
 def forward_corrected_nll(logp_y: torch.Tensor, k: int, eta: float) -> torch.Tensor:
     """-log (T^T p)_y for symmetric noise at rate eta (Patrini et al., 2017), from log p_y:
     -log((1 - eta K / (K - 1)) p_y + eta / (K - 1)), in log space so tiny p_y stay finite."""
-    slope, floor = 1 - eta * k / (k - 1), eta / (k - 1)
+    slope, floor = symmetric_channel(k, eta)
     if floor == 0:
         return -logp_y
     if slope <= 0:  # eta >= (K - 1) / K: the labels carry no information; (T^T p)_y no longer rises with p_y
@@ -138,15 +138,15 @@ def base_penalty(config: LossNetConfig, logp_y: torch.Tensor, k: int) -> torch.T
     return torch.zeros_like(logp_y)
 
 
-def base_slope(config: LossNetConfig, logp_y: torch.Tensor, k: int) -> torch.Tensor:
-    """d base_penalty / d log p_y: -1 for -log p_y; -s p_y / (s p_y + f) for the forward-corrected base."""
+def base_slope(config: LossNetConfig, logp_y: torch.Tensor, k: int) -> torch.Tensor | float:
+    """d base_penalty / d log p_y: -1 for -log p_y (a number: no tensor on the fused hot path);
+    -s p_y / (s p_y + f) for the forward-corrected base; 0 without a base."""
     if config.form == "monotone":
-        return torch.full_like(logp_y, -1.0)
+        return -1.0
     if config.form == "corrected":
-        eta = config.noise_rate
-        slope, floor = 1 - eta * k / (k - 1), eta / (k - 1)
+        slope, floor = symmetric_channel(k, config.noise_rate)
         return -torch.sigmoid(logp_y + math.log(slope) - math.log(floor))
-    return torch.zeros_like(logp_y)
+    return 0.0
 
 
 def init_scale(config: LossNetConfig) -> torch.Tensor:

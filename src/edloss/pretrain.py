@@ -272,13 +272,13 @@ def export_best(
     scores = {name: float(value[best]) for name, value in metrics.items()}
     ce, poly1 = ({name: float(v[0]) for name, v in evaluate(ref, 1, heldout, cfg.objective, all_metrics=True).items()}
                  for ref in (cross_entropy_penalty, poly1_penalty))
-    if cfg.objective.label_noise > 0:  # the fair rival under noise: it knows the rate too
-        fc = evaluate(forward_corrected_penalty(cfg.objective.label_noise), 1, heldout, cfg.objective, all_metrics=True)
-        summary_extra = {**(summary_extra or {}), "forward_corrected_heldout": {name: float(v[0]) for name, v in fc.items()}}
     references = {"edl": population_penalty(chosen[None], cfg.lossnet), "cross_entropy": cross_entropy_penalty, "poly1": poly1_penalty}
-    if cfg.objective.label_noise > 0:
+    summary_extra = dict(summary_extra or {})
+    if cfg.objective.label_noise > 0:  # the fair rival under noise: it knows the rate too
         references["forward_corrected"] = forward_corrected_penalty(cfg.objective.label_noise)
-    summary_extra = {**(summary_extra or {}), "heldout_by_k": heldout_by_k(references, heldout, cfg.objective)}
+        fc = evaluate(references["forward_corrected"], 1, heldout, cfg.objective, all_metrics=True)
+        summary_extra["forward_corrected_heldout"] = {name: float(v[0]) for name, v in fc.items()}
+    summary_extra["heldout_by_k"] = heldout_by_k(references, heldout, cfg.objective)
     provenance = {"command": command, "seed": cfg.es.seed, "config": to_dict(cfg), "heldout_metrics": scores, "versions": versions(), "real_data_stage": False}
     loss = EDLLoss(LossNet.from_flat(chosen, cfg.lossnet), scale=scale, metadata={**provenance, **(provenance_extra or {})})
     loss.save(out / "loss")

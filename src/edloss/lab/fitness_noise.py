@@ -115,19 +115,17 @@ def best_sigma(groups: list[dict[str, Any]], arm: str) -> float | None:
     return max(scored)[1] if scored else None
 
 
-def _arm_values(group: dict[str, Any], key: str) -> list[float]:
+def _arm_values(group: dict[str, Any], key: str, budget: int) -> list[float]:
+    """One metric per seed: a final held-out metric, or generations to a level (never = the budget)."""
     if key in dict(METRICS):
         return [r["final"].get(key) for r in group["runs"]]
-    budget_of = group["gens_to_level"][key]
-    return [float(v) for v in A._censored(budget_of["values"], group["budget"])]
+    return A._censored(group["gens_to_level"][key]["values"], budget)
 
 
 def compare_level(summary: dict[str, Any], cfg: A.AblationConfig) -> dict[str, Any]:
     """Chaotic vs Gaussian at each one's best sigma, for one level's ablation summary."""
     groups = summary["groups"]
     budget = cfg.base.es.generations
-    for g in groups:
-        g["budget"] = budget
     chosen = {arm: best_sigma(groups, arm) for arm in A.ES_ARMS}
     cell = {arm: next((g for g in groups if g["arm"] == arm and g["sigma"] == s), None) for arm, s in chosen.items()}
     level_keys = [(f"heldout_{lv:g}", f"generations until held-out fitness (running mean) >= {lv:g} (never = {budget})")
@@ -137,12 +135,10 @@ def compare_level(summary: dict[str, Any], cfg: A.AblationConfig) -> dict[str, A
         if cell["chaotic"] is None or cell["gaussian"] is None:
             rows.append({"metric": key, "description": description, "n": 0})
             continue
-        a, b = _arm_values(cell["chaotic"], key), _arm_values(cell["gaussian"], key)
+        a, b = _arm_values(cell["chaotic"], key, budget), _arm_values(cell["gaussian"], key, budget)
         rows.append({"metric": key, "description": description, "higher_is_better": key in dict(METRICS),
                      "chaotic": stats.describe(a), "gaussian": stats.describe(b),
                      "mann_whitney": stats.mann_whitney(a, b), "bootstrap": stats.bootstrap_mean_diff(a, b)})
-    for g in groups:
-        g.pop("budget", None)
     return {"sigma": chosen, "finished": summary["status"]["finished"], "planned": summary["status"]["planned"],
             "tests": rows}
 

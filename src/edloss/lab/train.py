@@ -478,7 +478,7 @@ class _Clock:
 def _result(run: _Run, status: str, history: list[dict], clock: _Clock,
             **extra: Any) -> dict[str, Any]:
     last = history[-1] if history else {}
-    best = max(history, key=lambda r: r["val_acc"] or 0.0) if history else {}
+    best = _best_epoch(history) or {}
     return {
         "status": status, "config": asdict(run.config), "seed": run.config.seed,
         "versions": versions(), "device": str(run.device), "threads": torch.get_num_threads(),
@@ -494,12 +494,17 @@ def _result(run: _Run, status: str, history: list[dict], clock: _Clock,
     }
 
 
+def _best_epoch(history: list[dict]) -> dict | None:
+    """The history row of the best validation accuracy (the first of ties), or None."""
+    return max(history, key=lambda r: r["val_acc"] or 0.0) if history else None
+
+
 def _best_val_test(run: _Run, history: list[dict], test_loss: float, test_acc: float) -> dict[str, Any]:
     """Test NLL and accuracy of the weights kept at the best validation epoch (the last epoch's
     numbers when that was the best). Selection is by validation alone; the test set only reports.
     None when there is no validation split or the run resumed from a checkpoint that predates
     the kept weights."""
-    best_epoch = max(history, key=lambda r: r["val_acc"] or 0.0)["epoch"] if history else None
+    best_epoch = (_best_epoch(history) or {}).get("epoch")
     if run.val_loader is None or best_epoch is None:
         return {"best_val_test_acc": None, "best_val_test_nll": None}
     if best_epoch == history[-1]["epoch"]:
