@@ -74,7 +74,8 @@ def test_bad_input_is_refused_before_work(tiny_cifar: Path, tmp_path: Path, caps
     base = ["adapt", "--data-dir", str(tiny_cifar), "--proxy-val", "32", "--reserve", "32"]
     cases = [(["--start", str(tmp_path / "nowhere")], "does not load"),
              (["--data-dir", str(tmp_path / "empty")], "cifar"),
-             (["--proxy-images", "1"], "--train-subset"),
+             (["--proxy-images", "1"], "--proxy-images must be an integer >= 2"),
+             (["--sigma", "-1"], "--sigma must be a finite number > 0"),
              (["--proxy-images", "64"], "no step would run"),
              (["--population", "0"], "population"),
              (["--synthetic-weight", "-1"], "synthetic_weight")]

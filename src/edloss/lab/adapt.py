@@ -286,7 +286,20 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_main)
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """The flags whose config fields carry other names, checked under the names the user typed."""
+    for flag, value, low in (("--proxy-images", args.proxy_images, 2), ("--proxy-epochs", args.proxy_epochs, 1),
+                             ("--proxy-val", args.proxy_val, 1), ("--reserve", args.reserve, 1),
+                             ("--generations", args.generations, 1), ("--population", args.population, 2),
+                             ("--parents", args.parents, 1), ("--seed", args.seed, 0)):
+        if value < low:
+            raise ValueError(f"{flag} must be an integer >= {low}, got {value}")
+    if not (math.isfinite(args.sigma) and args.sigma > 0):
+        raise ValueError(f"--sigma must be a finite number > 0 (the initial mutation scale), got {args.sigma}")
+
+
 def config_from_args(args: argparse.Namespace) -> AdaptConfig:
+    _check_flags(args)
     proxy = replace(default_proxy(), data_dir=args.data_dir, dataset=args.dataset, model=args.proxy_model,
                     train_subset=args.proxy_images, epochs=args.proxy_epochs, val_size=args.proxy_val, reserve=args.reserve)
     return AdaptConfig(start=args.start, mutation=args.mutation, population=args.population, parents=args.parents,
