@@ -80,6 +80,10 @@ def test_tests_run_against_the_installed_wheel():
     import edloss
 
     assert "site-packages" in edloss.__file__, f"tests imported {edloss.__file__}, not the installed wheel"
+    from edloss.configs import source_revision
+
+    # CI's venv lies inside the checkout: the installed copy must not claim the checkout's commit
+    assert source_revision() == "not a git checkout"
 
 
 def test_loss_only_install_loads_and_trains():

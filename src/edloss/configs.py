@@ -169,6 +169,10 @@ def source_revision() -> str:
 
     here = Path(__file__).resolve().parent
     try:
+        tracked = subprocess.run(["git", "-C", str(here), "ls-files", "--error-unmatch", "__init__.py"], capture_output=True,
+                                 text=True, timeout=10)
+        if tracked.returncode != 0:  # no repository, or a wheel installed into a venv inside someone's checkout
+            return "not a git checkout"
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                                 text=True, timeout=10)
         if commit.returncode != 0:
