@@ -89,3 +89,23 @@ def test_bad_input_is_refused_before_work(tiny_cifar: Path, tmp_path: Path, caps
         assert not out.exists(), extra
     with pytest.raises(ValueError, match="test set"):
         replace(tiny(tiny_cifar), proxy=replace(tiny(tiny_cifar).proxy, evaluate_test=True))
+
+
+def test_regulariser_scores_on_the_start_losses_own_objective_and_heldout_set() -> None:
+    """A start pretrained on a non-default objective and held-out set is regularised on those,
+    so the synthetic fitness adapt reports is the one pretraining reported for it."""
+    from edloss.objective import ObjectiveConfig, heldout_batches
+
+    default = EDLLoss.pretrained()
+    config = {**default.metadata["config"], "heldout_seed": 7, "heldout_evals_per_block": 64,
+              "objective": {**default.metadata["config"]["objective"], "classes": [2, 10]}}
+    start = EDLLoss(default.net, scale=default.scale, metadata={**default.metadata, "config": config})
+    objective = AD.synthetic_objective(start)
+    assert objective.class_range == (2, 10)
+    got = AD.synthetic_heldout(start, objective)
+    want = heldout_batches(objective, 7, 64)
+    assert len(got) == len(want) == 2
+    assert all(torch.equal(a.logits, b.logits) for a, b in zip(got, want))
+    assert not torch.equal(got[0].logits, heldout_batches(objective)[0].logits)
+    plain = EDLLoss(default.net, scale=default.scale)  # no provenance: today's default set
+    assert torch.equal(AD.synthetic_heldout(plain, ObjectiveConfig())[0].logits, heldout_batches(ObjectiveConfig())[0].logits)

@@ -116,6 +116,16 @@ def synthetic_objective(loss: EDLLoss) -> ObjectiveConfig:
     return ObjectiveConfig()
 
 
+def synthetic_heldout(loss: EDLLoss, objective: ObjectiveConfig) -> list:
+    """The held-out synthetic set the starting loss was scored on: its pretraining's held-out seed
+    and size (loss.json), so the regulariser measures the start as pretraining reported it."""
+    saved = (loss.metadata or {}).get("config", {})
+    seed, evals = saved.get("heldout_seed", 20260528), saved.get("heldout_evals_per_block", 0)
+    if not (isinstance(seed, int) and 0 <= seed < 2**63 and isinstance(evals, int) and evals >= 0):
+        seed, evals = 20260528, 0  # a hand-edited file: today's default set, as for the objective
+    return heldout_batches(objective, seed, evals or None)
+
+
 def identity(loss: EDLLoss) -> str:
     """A digest of what defines a loss (architecture, scale, weights): which start an adaptation had."""
     digest = hashlib.sha256(loss.net.flat().detach().float().contiguous().numpy().tobytes())
@@ -137,7 +147,7 @@ class Adaptation:
         self.cfg, self.out, self.command, self.progress = cfg, Path(out), command, progress
         self.start = load_start(cfg.start)
         self.objective = synthetic_objective(self.start)
-        self.heldout = heldout_batches(self.objective)
+        self.heldout = synthetic_heldout(self.start, self.objective)
 
     def run(self) -> dict[str, Any]:
         prepare_output_folder(self.out)
