@@ -167,6 +167,7 @@ def test_pretrain_for_label_noise_gives_a_bounded_monotone_loss(tmp_path):
     meta = json.loads((out / "loss" / "loss.json").read_text())
     assert meta["lossnet"]["form"] == "bounded" and "noise_rate" not in meta["lossnet"]
     assert meta["provenance"]["config"]["objective"]["label_noise"] == 0.4
+    assert meta["provenance"]["config"]["objective"]["severity"] == "tv"  # bounded, as the regime asks
     loss = EDLLoss.from_file(out / "loss", reduction="sum")
     z = torch.zeros(1, 10)
     z[0, 1] = 1e4  # the label says class 0, the model is sure of class 1
@@ -209,3 +210,17 @@ def test_corrected_form_from_a_config_takes_the_regimes_rate(tmp_path):
     assert json.loads((out / "loss" / "loss.json").read_text())["lossnet"]["noise_rate"] == 0.3
     config.write_text(json.dumps({"lossnet": {"form": "corrected", "noise_rate": 0.5}}))
     assert main(["pretrain", "--config", str(config), "--label-noise", "0.3", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+
+
+def test_label_noise_defaults_to_a_bounded_severity_an_explicit_one_wins():
+    import argparse
+
+    from edloss.pretrain import add_cli, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    parse = lambda *a: config_from_args(parser.parse_args(["pretrain", *a]))  # noqa: E731
+    assert parse("--label-noise", "0.4").objective.severity == "tv"
+    assert parse("--label-noise", "0.4", "--severity", "kl_disagreement").objective.severity == "kl_disagreement"
+    assert parse().objective.severity == "kl_disagreement"  # clean labels: today's default
+    assert parse("--label-noise", "0").objective.severity == "kl_disagreement"

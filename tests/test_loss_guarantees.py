@@ -213,9 +213,38 @@ def test_noise_rate_picks_the_nearest_shipped_loss_and_refuses_the_rest(tmp_path
     assert pretrained_noise_rate({"provenance": {}}) == 0.0
 
 
-@pytest.mark.parametrize("rate", [0.2, 0.4, 0.6, 0.8])
-def test_shipped_noise_losses_are_monotone_and_bounded(rate):
-    loss = EDLLoss.pretrained(noise_rate=rate, reduction="sum")
+def test_num_classes_picks_the_loss_pretrained_for_that_class_count():
+    """noise-ETA-kK is chosen for K where it ships, the general noise-ETA loss otherwise; the rate
+    is always the nearest general one, so a class count never changes which rate you get."""
+    from edloss.loss import shipped_noise_losses
+
+    shipped = shipped_noise_losses()
+    tailored = {(r, k) for r, k in shipped if k is not None}
+    assert tailored, "the package ships class-tailored noise losses (noise-ETA-kK)"
+    for rate, k in tailored:
+        loss = EDLLoss.pretrained(noise_rate=rate, num_classes=k)
+        assert tuple(loss.metadata["config"]["objective"]["classes"]) == (k, k)
+        assert loss.metadata["config"]["objective"]["label_noise"] == rate
+        other = EDLLoss.pretrained(noise_rate=rate, num_classes=k + 1)  # none for K + 1: the general one
+        assert tuple(other.metadata["config"]["objective"]["classes"]) == (2, 1000)
+        assert torch.equal(other.net.flat(), EDLLoss.pretrained(noise_rate=rate).net.flat())
+    for bad in (1, 0, 2.5, "10", True):
+        with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+            EDLLoss.pretrained(noise_rate=0.4, num_classes=bad)
+    with pytest.raises(ValueError, match="pass noise_rate too"):
+        EDLLoss.pretrained(num_classes=10)
+    assert EDLLoss.pretrained(noise_rate=0, num_classes=10).metadata["command"] == EDLLoss.pretrained().metadata["command"]
+
+
+def _shipped_noise_names() -> list[str]:
+    from edloss.loss import shipped_noise_losses
+
+    return sorted(shipped_noise_losses().values())
+
+
+@pytest.mark.parametrize("name", _shipped_noise_names())
+def test_shipped_noise_losses_are_monotone_and_bounded(name):
+    loss = EDLLoss.pretrained(name, reduction="sum")
     for k in (10, 1000):
         for m in (0.0, 5.0, 30.0, 1e4):
             z = torch.zeros(1, k)

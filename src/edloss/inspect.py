@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from edloss.loss import CONFIG_FILE, EDLLoss
+from edloss.loss import CONFIG_FILE, EDLLoss, is_shipped
 from edloss.pretrain import loss_rows
 from edloss.shapes import (LossFn, TABLE_POINTS, format_gradient_ratio_table, format_shape_table, gradient_ratio_table,
                             loss_profile, plot_shapes, shape_table)
@@ -89,7 +89,8 @@ def compare_shapes(name: str, loss: EDLLoss, references: dict[str, LossFn], k: i
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="print a loss checkpoint's config, synthetic metrics and shape")
-    p.add_argument("checkpoint", type=Path, help="loss folder (loss.json + loss.safetensors), a pretraining run folder, or 'default'")
+    p.add_argument("checkpoint", type=Path, help="loss folder (loss.json + loss.safetensors), a pretraining run folder, or a shipped "
+                   "loss's name (default, v3, noise-0.4, noise-0.4-k10, ...)")
     p.add_argument("--classes", type=int, default=10, help="class count for the shape table")
     p.add_argument("--beside", nargs="+", metavar="SPEC", default=[],
                    help="lab losses to set beside it (e.g. gce sce forward:0.4 poly1; needs edloss[lab]): values and "
@@ -102,13 +103,13 @@ def _main(args: argparse.Namespace) -> int:
     """A damaged loss (bad checksum, non-finite weights) is refused by ``EDLLoss.from_file``: exit 2, one line."""
     if args.classes < 2:
         raise ValueError(f"--classes must be >= 2, got {args.classes}")
-    if str(args.checkpoint) == "default" and not args.checkpoint.exists():
-        loss = EDLLoss.pretrained()
+    if not args.checkpoint.exists() and is_shipped(str(args.checkpoint)):  # a folder of that name wins
+        loss = EDLLoss.pretrained(str(args.checkpoint))
     else:
         loss = EDLLoss.from_file(resolve_checkpoint(args.checkpoint))
     references = reference_losses(args.beside) if args.beside else {}
     print(describe(loss, args.classes))
-    name = "EDL" if str(args.checkpoint) == "default" else Path(args.checkpoint).name or "EDL"
+    name = Path(args.checkpoint).name or "EDL"
     if references:
         print(compare_shapes(name, loss, references, args.classes))
     if args.figure:
