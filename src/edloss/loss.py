@@ -256,11 +256,10 @@ class EDLLoss(nn.Module):
         if noise_rate is not None:
             name = _noise_loss_name(name, noise_rate, num_classes)
         root = resources.files("edloss") / "weights"
-        folder = root / name
-        if not isinstance(name, str) or not name or "/" in name or not folder.is_dir():
+        if not is_shipped(name):
             available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
             raise FileNotFoundError(f"no shipped loss named {name!r}; available: {available}")
-        with resources.as_file(folder) as path:
+        with resources.as_file(root / name) as path:
             return cls.from_file(path, **kwargs)
 
     @classmethod
@@ -337,10 +336,11 @@ def _is_rate(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def is_shipped(name: str) -> bool:
+def is_shipped(name: Any) -> bool:
     """Whether the package ships a loss of this name (``EDLLoss.pretrained(name)``)."""
-    folder = resources.files("edloss") / "weights" / name
-    return bool(name) and "/" not in name and folder.is_dir()
+    if not isinstance(name, str) or not name or "/" in name:
+        return False
+    return (resources.files("edloss") / "weights" / name).is_dir()
 
 
 def pretrained_noise_rate(meta: dict[str, Any]) -> float:
