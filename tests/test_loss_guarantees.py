@@ -266,3 +266,9 @@ def test_a_masked_target_logit_is_an_error_on_every_path(reduction):
     assert torch.isfinite(EDLLoss.pretrained(reduction=reduction)(z, torch.tensor([0, 2, 1, 1])).sum())
     with pytest.raises(ValueError, match=r"rows \[1\]"):
         EDLLoss.pretrained(reduction=reduction)(z, torch.tensor([0, 3, 1, 1]))
+
+
+@pytest.mark.parametrize("name", ["nope", "", "../default", "noise-0.4/..", 3])
+def test_an_unknown_shipped_name_is_refused_listing_the_names(name):
+    with pytest.raises(FileNotFoundError, match=r"no shipped loss named .*available: \[.*'default'.*'noise-0.4-k10'"):
+        EDLLoss.pretrained(name)
