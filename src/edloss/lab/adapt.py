@@ -47,8 +47,8 @@ from edloss.evolve import ESConfig, ESState
 from edloss.files import RunLock, atomic_torch_save, atomic_write_json, prepare_output_folder, read_jsonl, append_jsonl
 from edloss.loss import EDLLoss
 from edloss.lossnet import LossNet
-from edloss.objective import (ObjectiveConfig, anchor_gradient_norm, ce_anchor_norm, evaluate_population,
-                              heldout_batches, population_penalty)
+from edloss.objective import ObjectiveConfig, anchor_gradient_norm, ce_anchor_norm, evaluate_population, population_penalty
+from edloss.pretrain import PretrainConfig, heldout_set
 from edloss.lab.train import TrainConfig, train
 
 CONFIG_FILE, STATE_FILE, PROXIES_FILE, SUMMARY_FILE = "config.json", "state.pt", "proxies.jsonl", "summary.json"
@@ -120,10 +120,12 @@ def synthetic_heldout(loss: EDLLoss, objective: ObjectiveConfig) -> list:
     """The held-out synthetic set the starting loss was scored on: its pretraining's held-out seed
     and size (loss.json), so the regulariser measures the start as pretraining reported it."""
     saved = (loss.metadata or {}).get("config", {})
-    seed, evals = saved.get("heldout_seed", 20260528), saved.get("heldout_evals_per_block", 0)
-    if not (isinstance(seed, int) and 0 <= seed < 2**63 and isinstance(evals, int) and evals >= 0):
-        seed, evals = 20260528, 0  # a hand-edited file: today's default set, as for the objective
-    return heldout_batches(objective, seed, evals or None)
+    keys = {key: saved[key] for key in ("heldout_seed", "heldout_evals_per_block") if key in saved}
+    try:
+        pretraining = from_dict(PretrainConfig, keys)
+    except ValueError:  # a hand-edited file: today's default set, as for the objective
+        pretraining = PretrainConfig()
+    return heldout_set(replace(pretraining, objective=objective))
 
 
 def identity(loss: EDLLoss) -> str:
