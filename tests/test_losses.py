@@ -193,6 +193,8 @@ def test_inspect_sets_lab_losses_beside_the_loss(tmp_path: Path, capsys: pytest.
     figure = tmp_path / "shapes.png"
     assert cli_main(["inspect", "noise-0.4-k10", "--classes", "10"]) == 0  # any shipped loss by name
     assert "--label-noise 0.4" in capsys.readouterr().out
+    assert cli_main(["inspect", "no-such-loss"]) == 2  # a bare unknown name: the shipped names listed
+    assert "no shipped loss named 'no-such-loss'; available: ['default'" in capsys.readouterr().err
     assert cli_main(["inspect", "default", "--beside", "gce", "fc=forward:0.4", "--figure", str(figure)]) == 0
     out = capsys.readouterr().out.split("loss value by p_y")[1]  # the side-by-side section
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:] if line.strip()}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from edloss.loss import CONFIG_FILE, EDLLoss, is_shipped
+from edloss.loss import CONFIG_FILE, EDLLoss
 from edloss.pretrain import loss_rows
 from edloss.shapes import (LossFn, TABLE_POINTS, format_gradient_ratio_table, format_shape_table, gradient_ratio_table,
                             loss_profile, plot_shapes, shape_table)
@@ -103,8 +103,8 @@ def _main(args: argparse.Namespace) -> int:
     """A damaged loss (bad checksum, non-finite weights) is refused by ``EDLLoss.from_file``: exit 2, one line."""
     if args.classes < 2:
         raise ValueError(f"--classes must be >= 2, got {args.classes}")
-    if not args.checkpoint.exists() and is_shipped(str(args.checkpoint)):  # a folder of that name wins
-        loss = EDLLoss.pretrained(str(args.checkpoint))
+    if not args.checkpoint.exists() and len(args.checkpoint.parts) == 1:  # a bare name: a shipped loss (a folder wins)
+        loss = EDLLoss.pretrained(str(args.checkpoint))  # an unknown one is refused listing the shipped names
     else:
         loss = EDLLoss.from_file(resolve_checkpoint(args.checkpoint))
     references = reference_losses(args.beside) if args.beside else {}
