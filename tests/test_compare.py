@@ -48,7 +48,11 @@ def test_grid_runs_skips_finished_and_summarises(tiny_config: TrainConfig, tmp_p
     assert rows["f1"]["delta_vs_ce"] == pytest.approx(mean - rows["ce"]["test_mean"])
     early = 100 * sum(r["best_val_test_acc"] for r in results) / 2
     assert rows["f1"]["best_val_test_mean"] == pytest.approx(early)
+    last_fit = [json.loads((tmp_path / "resnet20" / "f1" / f"seed{s}" / "epochs.jsonl").read_text().splitlines()[-1])["train_acc"]
+                for s in (0, 1)]
+    assert rows["f1"]["train_mean"] == pytest.approx(100 * sum(last_fit) / 2)
     md = (tmp_path / "summary.md").read_text()
+    assert "| seed 0 | seed 1 |" in md and f"| f1 | {100 * results[0]['test_acc']:.2f} | {100 * results[1]['test_acc']:.2f} |" in md
     assert "| f1 | `focal:gamma=1` | 2 |" in md and "Δ vs CE" in md and "±" in md and "at best val" in md
     assert json.loads((tmp_path / "summary.json").read_text())["rows"] == summary["rows"]
     png = (tmp_path / "val_accuracy.png").read_bytes()

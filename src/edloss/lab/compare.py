@@ -231,6 +231,13 @@ def _read_history(run_dir: Path) -> list[dict]:
     return read_jsonl(run_dir / EPOCHS)
 
 
+def _last_train_acc(run_dir: Path) -> float | None:
+    """The last epoch's accuracy on the labels trained on. Under label noise those are the noisy
+    labels, so a value above 1 - eta means the network memorised wrong labels."""
+    history = _read_history(run_dir)
+    return history[-1].get("train_acc") if history else None
+
+
 def _is_ce(spec: str) -> bool:
     name, options = parse_loss_spec(spec)
     return name == "ce" and not options
@@ -258,7 +265,8 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                              "best_val_test_acc": result.get("best_val_test_acc"),
                              "val_acc": result.get("final_val_acc"),
                              "test_nll": result.get("test_nll"), "test_ece": result.get("test_ece"),
-                             "wall_seconds": result.get("wall_seconds")})
+                             "wall_seconds": result.get("wall_seconds"),
+                             "train_acc": _last_train_acc(run_dir) if status == "finished" else None})
                 if status == "failed":
                     runs[-1]["error"] = failures[str(run_dir)]
                 if status == "finished":
@@ -266,12 +274,14 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
             test = [100 * r["test_acc"] for r in done]
             val = [100 * r["val_acc"] for r in done if r["val_acc"] is not None]
             early = [100 * r["best_val_test_acc"] for r in done if r.get("best_val_test_acc") is not None]
+            fit = [100 * r["train_acc"] for r in done if r.get("train_acc") is not None]
             row = {"model": model, "label": arm.label, "spec": arm.spec, "n": len(done),
                    "diverged": sum(r["status"] == "diverged" for r in runs[-len(seeds):]),
                    "failed": sum(r["status"] == "failed" for r in runs[-len(seeds):]),
                    "test_mean": _mean_std(test)[0], "test_std": _mean_std(test)[1],
                    "val_mean": _mean_std(val)[0], "val_std": _mean_std(val)[1],
                    "best_val_test_mean": _mean_std(early)[0], "best_val_test_std": _mean_std(early)[1],
+                   "train_mean": _mean_std(fit)[0], "train_std": _mean_std(fit)[1],
                    **_calibration_columns(done),
                    "wall_mean": _mean_std([r["wall_seconds"] for r in done])[0]}
             if reference is None and _is_ce(arm.spec):
@@ -380,13 +390,15 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "mean ± std of per-seed differences in test accuracy (points) over the seeds both finished, "
         "with how many of those seeds the loss beat CE. p: two-sided Wilcoxon signed-rank test "
         "of test accuracy, paired by seed, against CE and against Poly-1. NLL and ECE (top-label, "
-        "15 equal-width bins, percent) are measured on the test set after the last epoch.", "",
+        "15 equal-width bins, percent) are measured on the test set after the last epoch. Train acc "
+        "is the last epoch's accuracy on the training labels as trained on (with label noise: the "
+        "noisy labels, so above 1 − η means wrong labels were memorised).", "",
     ]
     for model in summary["models"]:
         lines += [f"## {model}", "",
-                  "| loss | spec | seeds | test acc | test acc at best val | val acc | Δ vs CE | vs CE | vs Poly-1 "
-                  "| test NLL | ECE (%) | wall time (s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| loss | spec | seeds | test acc | test acc at best val | val acc | train acc | Δ vs CE | vs CE "
+                  "| vs Poly-1 | test NLL | ECE (%) | wall time (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in summary["rows"]:
             if row["model"] != model:
                 continue
@@ -397,11 +409,25 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {row['label']} | `{row['spec']}` | {seeds} | "
                          f"{_pm(row['test_mean'], row['test_std'])} | "
                          f"{_pm(row.get('best_val_test_mean'), row.get('best_val_test_std'))} | "
-                         f"{_pm(row['val_mean'], row['val_std'])} | {delta} | {format_p(row, 'ce')} | "
+                         f"{_pm(row['val_mean'], row['val_std'])} | "
+                         f"{_pm(row.get('train_mean'), row.get('train_std'))} | {delta} | {format_p(row, 'ce')} | "
                          f"{format_p(row, 'poly1')} | {_num(row.get('nll_mean'), 3)} | "
                          f"{_pm(row.get('ece_mean'), row.get('ece_std'))} | {wall} |")
-        lines.append("")
+        lines += ["", *_per_seed_table(summary, model), ""]
     return "\n".join(lines)
+
+
+def _per_seed_table(summary: dict[str, Any], model: str) -> list[str]:
+    """Test accuracy of every run, one column per seed: the pairs behind Δ and the p-values."""
+    seeds = summary["seeds"]
+    lines = [f"Test accuracy per seed ({model}, last epoch; — = not finished):", "",
+             "| loss | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for arm in summary["arms"]:
+        by_seed = {r["seed"]: r["test_acc"] for r in summary["runs"] if r["model"] == model
+                   and r["label"] == arm["label"] and r["status"] == "finished"}
+        cells = [_num(None if by_seed.get(s) is None else 100 * by_seed[s], 2) for s in seeds]
+        lines.append(f"| {arm['label']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_val_accuracy(summary: dict[str, Any], out_dir: Path, path: Path) -> None:
