@@ -255,11 +255,9 @@ class EDLLoss(nn.Module):
                              "(the clean default loss serves every class count)")
         if noise_rate is not None:
             name = _noise_loss_name(name, noise_rate, num_classes)
-        root = resources.files("edloss") / "weights"
         if not is_shipped(name):
-            available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-            raise FileNotFoundError(f"no shipped loss named {name!r}; available: {available}")
-        with resources.as_file(root / name) as path:
+            raise FileNotFoundError(f"no shipped loss named {name!r}; available: {shipped_names()}")
+        with resources.as_file(_weights() / name) as path:
             return cls.from_file(path, **kwargs)
 
     @classmethod
@@ -336,11 +334,22 @@ def _is_rate(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _weights() -> Any:
+    """The package's folder of shipped losses (an importlib Traversable: a wheel may be zipped)."""
+    return resources.files("edloss") / "weights"
+
+
+def shipped_names() -> list[str]:
+    """The names ``EDLLoss.pretrained(name)`` accepts, sorted."""
+    root = _weights()
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
 def is_shipped(name: Any) -> bool:
     """Whether the package ships a loss of this name (``EDLLoss.pretrained(name)``)."""
     if not isinstance(name, str) or not name or "/" in name:
         return False
-    return (resources.files("edloss") / "weights" / name).is_dir()
+    return (_weights() / name).is_dir()
 
 
 def pretrained_noise_rate(meta: dict[str, Any]) -> float:
@@ -354,12 +363,11 @@ NOISE_FOLDER = re.compile(r"noise-(\d+(?:\.\d+)?)(?:-k(\d+))?")  # noise-ETA (an
 
 def shipped_noise_losses() -> dict[tuple[float, int | None], str]:
     """(rate, class count or None for every K) -> folder name, for each shipped noise-aware loss."""
-    root = resources.files("edloss") / "weights"
     found = {}
-    for p in root.iterdir() if root.is_dir() else ():
-        match = NOISE_FOLDER.fullmatch(p.name)
-        if p.is_dir() and match:
-            found[(float(match[1]), int(match[2]) if match[2] else None)] = p.name
+    for name in shipped_names():
+        match = NOISE_FOLDER.fullmatch(name)
+        if match:
+            found[(float(match[1]), int(match[2]) if match[2] else None)] = name
     return found
 
 
