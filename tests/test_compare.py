@@ -162,3 +162,62 @@ def test_summary_has_paired_wilcoxon_p_values_and_calibration(tmp_path: Path) ->
     assert edl["nll_mean"] == pytest.approx(1.5) and edl["ece_mean"] == pytest.approx(5.0)
     table = C.render_markdown(summary)
     assert "p = 0.0312 (6/6 better)" in table and "ECE (%)" in table
+
+
+def test_seed_field_gives_every_seed_its_own_loss(tiny_config: TrainConfig, tmp_path: Path, counted) -> None:
+    """``{seed}`` in a spec: seed k trains with loss k (recorded in its run's config); a seed whose
+    loss is missing is named before anything trains."""
+    for seed in (0, 1):
+        make_edl_checkpoint(tmp_path / f"pre-seed{seed}" / "loss")
+    arm = f"per-seed=edl:{tmp_path}/pre-seed{{seed}}/loss"
+    with pytest.raises(FileNotFoundError, match=r"pre-seed2/loss"):
+        C.compare(tiny_config, [arm], [0, 1, 2], tmp_path / "grid", progress=False)
+    assert counted == []
+    summary = C.compare(tiny_config, [arm], [0, 1], tmp_path / "grid", progress=False)
+    for seed in (0, 1):
+        saved = json.loads((tmp_path / "grid" / "resnet20" / "per-seed" / f"seed{seed}" / RESULT).read_text())
+        assert saved["config"]["loss"] == f"edl:{tmp_path}/pre-seed{seed}/loss"
+    assert summary["rows"][0]["spec"] == arm.split("=", 1)[1] and summary["rows"][0]["n"] == 2
+
+
+def _results_on_disk(root: Path, accuracies: dict[str, list[float]]) -> None:
+    for label, values in accuracies.items():
+        for seed, acc in enumerate(values):
+            run = root / "resnet20" / label / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / RESULT).write_text(json.dumps({"status": "finished", "test_acc": acc, "final_val_acc": acc,
+                                                  "wall_seconds": 1.0}))
+
+
+def test_versus_tests_two_arms_head_to_head(tmp_path: Path) -> None:
+    """Every chaotic seed above every Gaussian one: exact Mann–Whitney p = 2 / C(10, 5), P(A > B) = 1,
+    Wilcoxon over 5 pairs = 2 / 2^5; the interval brackets the difference of means."""
+    _results_on_disk(tmp_path, {"chaotic": [0.60, 0.61, 0.62, 0.63, 0.64], "gaussian": [0.50, 0.51, 0.52, 0.53, 0.59]})
+    arms = C.parse_arms(["chaotic", "gaussian"])
+    summary = C.collect(tmp_path, TrainConfig(), arms, list(range(5)), ["resnet20"], versus=[("chaotic", "gaussian")])
+    (v,) = summary["versus"]
+    assert (v["a"], v["b"], v["n_a"], v["n_b"], v["pairs"], v["wins"]) == ("chaotic", "gaussian", 5, 5, 5, 5)
+    assert v["diff"] == pytest.approx(9.0) and v["lo"] <= 9.0 <= v["hi"]
+    assert v["mann_whitney_p"] == pytest.approx(2 / 252) and v["prob_a_greater"] == 1.0
+    assert v["wilcoxon_p"] == pytest.approx(2 / 32)
+    table = C.render_markdown(summary)
+    assert "| chaotic | gaussian | 5 / 5 | +9.00 [" in table and "| 0.00794 | 1.00 | 0.0625 (5/5) |" in table
+    assert C.render_markdown(C.collect(tmp_path, TrainConfig(), arms, list(range(5)), ["resnet20"])).count("Head to head") == 0
+
+
+def test_versus_names_arms_of_the_grid(tiny_config: TrainConfig, tmp_path: Path, counted) -> None:
+    with pytest.raises(ValueError, match=r"no arm labelled chaos; the arms are ce, poly1"):
+        C.compare(tiny_config, ["ce", "poly1"], [0], tmp_path, progress=False, versus=[("chaos", "ce")])
+    with pytest.raises(ValueError, match="two different arms"):
+        C.compare(tiny_config, ["ce", "poly1"], [0], tmp_path, progress=False, versus=[("ce", "ce")])
+    assert counted == []
+
+
+def test_cli_versus_in_summary_only(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _results_on_disk(tmp_path, {"ce": [0.50, 0.52, 0.49], "edl": [0.55, 0.56, 0.54]})
+    args = ["compare", "--out", str(tmp_path), "--seeds", "0", "1", "2", "--losses", "ce", "edl",
+            "--summary-only", "--versus", "edl", "ce"]
+    assert cli_main(args) == 0
+    assert "| edl | ce | 3 / 3 | +4.67 [" in (tmp_path / "summary.md").read_text()
+    assert cli_main(args[:-2] + ["edl", "nope"]) != 0
+    assert "no arm labelled nope" in capsys.readouterr().err

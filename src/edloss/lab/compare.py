@@ -11,7 +11,12 @@ after every run, so a grid that is still going already has a table:
 - ``val_accuracy.png``: validation accuracy per epoch, mean over seeds with a ±std band.
 
 Losses are arms ``LABEL=SPEC`` (``edl-chaotic=edl:runs/chaotic/loss``) or bare specs (``ce``,
-``focal:gamma=3``), whose label is derived from the spec.
+``focal:gamma=3``), whose label is derived from the spec. ``{seed}`` in a spec is replaced by each
+run's seed (``chaotic=edl:runs/pretrain-chaotic-seed{seed}/loss``): every seed then trains with
+its own pretrained loss, so the arm's spread includes the pretraining's, which is what "does this
+pretraining method make better losses" needs. ``--versus A B`` compares two arms head to head in
+the summary: difference of means with a bootstrap interval, a Mann–Whitney test (unpaired: right
+when each seed's loss is an independent pretraining draw) and the Wilcoxon test paired by seed.
 
 ``--ray ADDRESS`` (or ``auto``) runs every unfinished run as a Ray task (``edloss.distributed``)
 declaring ``--threads`` CPUs (1 by default) and a GPU when the device is cuda (or ``auto`` on a
@@ -42,6 +47,7 @@ from edloss.lab.train import (CHECKPOINT, EPOCHS, TrainConfig, TrainingDiverged,
 
 DEFAULT_LOSSES = ("ce", "label_smoothing", "focal", "poly1", "edl")
 DEFAULT_SEEDS = (0, 1, 2)
+SEED_FIELD = "{seed}"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,10 @@ class Arm:
 
     label: str
     spec: str
+
+    def spec_for(self, seed: int) -> str:
+        """The spec a run of this seed trains with: ``{seed}`` replaced by the seed."""
+        return self.spec.replace(SEED_FIELD, str(seed))
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ def parse_arms(texts: list[str] | tuple[str, ...]) -> list[Arm]:
 def plan(recipe: TrainConfig, arms: list[Arm], seeds: list[int], models: list[str],
          out_dir: Path) -> list[GridRun]:
     """All runs in execution order: seed outermost, so a partial grid covers every loss."""
-    return [GridRun(model, arm, seed, replace(recipe, model=model, loss=arm.spec, seed=seed),
+    return [GridRun(model, arm, seed, replace(recipe, model=model, loss=arm.spec_for(seed), seed=seed),
                     out_dir / model / arm.label / f"seed{seed}")
             for seed in seeds for model in models for arm in arms]
 
@@ -102,48 +112,67 @@ def _mismatches(runs: list[GridRun]) -> list[str]:
     return problems
 
 
-def _check_arms(arms: list[Arm]) -> None:
-    """Build every loss once, so a missing EDL checkpoint fails now, not hours into the grid."""
+def _check_arms(arms: list[Arm], seeds: list[int]) -> None:
+    """Build every loss once (every seed's, for ``{seed}`` specs), so a missing EDL checkpoint
+    fails now, not hours into the grid."""
     for arm in arms:
-        try:
-            build_loss_from_spec(arm.spec)
-        except (ValueError, TypeError, FileNotFoundError) as err:
-            raise type(err)(f"loss {arm.label}={arm.spec}: {err}") from None
+        for spec in dict.fromkeys(arm.spec_for(seed) for seed in seeds):
+            try:
+                build_loss_from_spec(spec)
+            except (ValueError, TypeError, FileNotFoundError) as err:
+                raise type(err)(f"loss {arm.label}={spec}: {err}") from None
+
+
+def check_versus(versus: list[tuple[str, str]], arms: list[Arm]) -> None:
+    """Every ``--versus`` pair names two different arms of the grid."""
+    labels = [a.label for a in arms]
+    for a, b in versus:
+        unknown = [x for x in (a, b) if x not in labels]
+        if unknown:
+            raise ValueError(f"--versus {a} {b}: no arm labelled {', '.join(unknown)}; the arms are {', '.join(labels)}")
+        if a == b:
+            raise ValueError(f"--versus {a} {b}: name two different arms")
 
 
 def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: Path,
             models: list[str] | None = None, progress: bool = True, ray: str | None = None,
-            threads: int | None = None) -> dict[str, Any]:
+            threads: int | None = None, versus: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Run (or finish) the grid and write the summary; returns the summary dict.
 
     ``recipe`` supplies everything but model, loss and seed. Diverged runs are recorded and
     the grid goes on; a run folder holding another config is refused before anything trains.
     ``ray``: a Ray cluster address (or ``auto``) to run the runs on, as tasks of ``threads``
     CPUs; runs that fail there are reported as ``failed`` and the grid goes on.
+    ``versus``: pairs of arm labels compared head to head in the summary.
     """
     arms = parse_arms(losses)
+    versus = list(versus or [])
+    check_versus(versus, arms)
     models = list(models or [recipe.model])
     if not seeds:
         raise ValueError("no seeds given; e.g. --seeds 0 1 2")
-    _check_arms(arms)  # first: a missing EDL checkpoint is named with its arm
+    _check_arms(arms, list(seeds))  # first: a missing EDL checkpoint is named with its arm
     runs = plan(recipe, arms, list(seeds), models, Path(out_dir))
     for run in runs:
         run.config.validate()
     out_dir = prepare_output_folder(out_dir)
     with RunLock(out_dir, "comparison grid"):  # the grid folder; train() locks each run folder below it
-        return _compare_locked(recipe, arms, list(seeds), models, out_dir, runs, progress, ray, threads)
+        return _compare_locked(recipe, arms, list(seeds), models, out_dir, runs, progress, ray, threads, versus)
 
 
 def _compare_locked(recipe: TrainConfig, arms: list[Arm], seeds: list[int], models: list[str], out_dir: Path,
-                    runs: list[GridRun], progress: bool, ray: str | None, threads: int | None) -> dict[str, Any]:
+                    runs: list[GridRun], progress: bool, ray: str | None, threads: int | None,
+                    versus: list[tuple[str, str]]) -> dict[str, Any]:
+    def summarise(plot: bool, failures: dict[str, str] | None = None) -> dict[str, Any]:
+        return write_summary(out_dir, recipe, arms, seeds, models, plot=plot, failures=failures, versus=versus)
+
     problems = _mismatches(runs)
     if problems:
         raise ValueError("run folders hold results of a different config (use another --out, "
                          "or the same recipe flags as before):\n  " + "\n  ".join(problems))
     if ray is not None:
-        failures = _run_on_ray(runs, ray, threads, progress,
-                               lambda f: write_summary(out_dir, recipe, arms, list(seeds), models, plot=False, failures=f))
-        summary = write_summary(out_dir, recipe, arms, list(seeds), models, plot=True, failures=failures)
+        failures = _run_on_ray(runs, ray, threads, progress, lambda f: summarise(plot=False, failures=f))
+        summary = summarise(plot=True, failures=failures)
         _say(progress, f"summary: {out_dir / 'summary.md'}")
         return summary
     for i, run in enumerate(runs, 1):
@@ -156,8 +185,8 @@ def _compare_locked(recipe: TrainConfig, arms: list[Arm], seeds: list[int], mode
             train(run.config, run.out_dir, progress=progress)
         except TrainingDiverged as err:
             _say(True, f"{name}: diverged ({err}); continuing with the grid")
-        write_summary(out_dir, recipe, arms, list(seeds), models, plot=False)
-    summary = write_summary(out_dir, recipe, arms, list(seeds), models, plot=True)
+        summarise(plot=False)
+    summary = summarise(plot=True)
     _say(progress, f"summary: {out_dir / 'summary.md'}")
     return summary
 
@@ -244,10 +273,12 @@ def _is_ce(spec: str) -> bool:
 
 
 def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int],
-            models: list[str], failures: dict[str, str] | None = None) -> dict[str, Any]:
+            models: list[str], failures: dict[str, str] | None = None,
+            versus: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Read every run's result and build the summary rows (accuracies in percent).
 
-    ``failures`` ({run folder: error}, from a Ray grid) marks runs without a result as failed.
+    ``failures`` ({run folder: error}, from a Ray grid) marks runs without a result as failed;
+    ``versus`` (pairs of arm labels) adds head-to-head tests.
     """
     failures = failures or {}
     runs, rows = [], []
@@ -259,7 +290,7 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                 run_dir = out_dir / model / arm.label / f"seed{seed}"
                 result = read_result(run_dir) or {}
                 status = result.get("status", "failed" if str(run_dir) in failures else "missing")
-                runs.append({"model": model, "label": arm.label, "spec": arm.spec, "seed": seed,
+                runs.append({"model": model, "label": arm.label, "spec": arm.spec_for(seed), "seed": seed,
                              "status": status, "dir": str(run_dir),
                              "test_acc": result.get("test_acc"),
                              "best_val_test_acc": result.get("best_val_test_acc"),
@@ -294,8 +325,28 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                 row.update(_paired_test(runs, model, row["label"], reference["label"] if reference else None, "ce"))
                 row.update(_paired_test(runs, model, row["label"], poly1["label"] if poly1 else None, "poly1"))
     shared = {k: v for k, v in asdict(recipe).items() if k not in ("model", "loss", "seed")}
+    head_to_head = [_versus(runs, model, a, b) for model in models for a, b in versus or []]
     return {"recipe": shared, "seeds": seeds, "models": models,
-            "arms": [asdict(a) for a in arms], "rows": rows, "runs": runs}
+            "arms": [asdict(a) for a in arms], "rows": rows, "versus": head_to_head, "runs": runs}
+
+
+def _versus(runs: list[dict[str, Any]], model: str, a: str, b: str) -> dict[str, Any]:
+    """Arm ``a`` against arm ``b`` on test accuracy (percent): the difference of means with a
+    seeded bootstrap interval, Mann–Whitney (unpaired) and Wilcoxon paired by seed."""
+    from edloss.lab.stats import bootstrap_mean_diff, mann_whitney, wilcoxon_paired
+
+    def by_seed(arm: str) -> dict[int, float]:
+        return {r["seed"]: 100 * r["test_acc"] for r in runs
+                if r["model"] == model and r["label"] == arm and r["status"] == "finished"}
+    mine, theirs = by_seed(a), by_seed(b)
+    paired = sorted(mine.keys() & theirs.keys())
+    boot = bootstrap_mean_diff(list(mine.values()), list(theirs.values()))
+    unpaired = mann_whitney(list(mine.values()), list(theirs.values()))
+    signed = wilcoxon_paired([(mine[s], theirs[s]) for s in paired]) if len(paired) >= 2 else {"p": None}
+    return {"model": model, "a": a, "b": b, "n_a": len(mine), "n_b": len(theirs),
+            "diff": boot["diff"], "lo": boot["lo"], "hi": boot["hi"],
+            "mann_whitney_p": unpaired["p"], "prob_a_greater": unpaired["prob_a_greater"],
+            "wilcoxon_p": signed["p"], "pairs": len(paired), "wins": sum(mine[s] > theirs[s] for s in paired)}
 
 
 def _paired_delta(runs: list[dict[str, Any]], model: str, label: str, ce_label: str | None) -> dict[str, Any]:
@@ -414,7 +465,26 @@ def render_markdown(summary: dict[str, Any]) -> str:
                          f"{format_p(row, 'poly1')} | {_num(row.get('nll_mean'), 3)} | "
                          f"{_pm(row.get('ece_mean'), row.get('ece_std'))} | {wall} |")
         lines += ["", *_per_seed_table(summary, model), ""]
+        lines += _versus_table(summary, model)
     return "\n".join(lines)
+
+
+def _versus_table(summary: dict[str, Any], model: str) -> list[str]:
+    """The ``--versus`` pairs of one model, or nothing."""
+    pairs = [v for v in summary.get("versus", []) if v["model"] == model]
+    if not pairs:
+        return []
+    lines = [f"Head to head ({model}, test accuracy): difference of means with a 95% bootstrap interval; "
+             "Mann–Whitney p (unpaired, two-sided) with P(A > B); Wilcoxon p paired by seed.", "",
+             "| A | B | seeds A / B | mean A − B [95% CI] | Mann–Whitney p | P(A > B) | paired Wilcoxon p (A better) |",
+             "|---|---|---|---|---|---|---|"]
+    for v in pairs:
+        interval = "—" if v["diff"] is None else f"{v['diff']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}]"
+        wilcoxon = "—" if v["wilcoxon_p"] is None else f"{v['wilcoxon_p']:.3g} ({v['wins']}/{v['pairs']})"
+        mann_whitney = "—" if v["mann_whitney_p"] is None else f"{v['mann_whitney_p']:.3g}"
+        lines.append(f"| {v['a']} | {v['b']} | {v['n_a']} / {v['n_b']} | {interval} | "
+                     f"{mann_whitney} | {_num(v['prob_a_greater'], 2)} | {wilcoxon} |")
+    return lines + [""]
 
 
 def _per_seed_table(summary: dict[str, Any], model: str) -> list[str]:
@@ -468,11 +538,11 @@ def plot_val_accuracy(summary: dict[str, Any], out_dir: Path, path: Path) -> Non
 
 
 def write_summary(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int],
-                  models: list[str], plot: bool = True,
-                  failures: dict[str, str] | None = None) -> dict[str, Any]:
+                  models: list[str], plot: bool = True, failures: dict[str, str] | None = None,
+                  versus: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Write summary.md, summary.json and (with ``plot``) val_accuracy.png; return the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = collect(out_dir, recipe, arms, seeds, models, failures)
+    summary = collect(out_dir, recipe, arms, seeds, models, failures, versus)
     atomic_write_text(out_dir / "summary.md", render_markdown(summary))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if plot:
@@ -487,14 +557,16 @@ def _cli(args: argparse.Namespace) -> int:
     apply_threads(args)
     recipe = config_from_args(args)
     out = prepare_output_folder(args.out)
+    versus = [tuple(pair) for pair in args.versus or []]
     if args.summary_only:
         arms = parse_arms(args.losses)
+        check_versus(versus, arms)
         with RunLock(out, "comparison grid"):
-            write_summary(out, recipe, arms, args.seeds, args.models or [recipe.model])
+            write_summary(out, recipe, arms, args.seeds, args.models or [recipe.model], versus=versus)
         print(out / "summary.md")
         return 0
     summary = compare(recipe, args.losses, args.seeds, out, args.models, progress=not args.quiet,
-                      ray=args.ray, threads=args.threads)
+                      ray=args.ray, threads=args.threads, versus=versus)
     print((out / "summary.md").read_text())
     failed = [r for r in summary["runs"] if r["status"] == "failed"]
     for run in failed:
@@ -509,8 +581,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Train every loss with every seed (and model) under one recipe; rerunning "
                     "skips finished runs and resumes interrupted ones.")
     p.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), metavar="[LABEL=]SPEC",
-                   help="loss arms, e.g. ce focal:gamma=3 edl-chaotic=edl:runs/a/loss "
+                   help="loss arms, e.g. ce focal:gamma=3 edl-chaotic=edl:runs/a/loss; {seed} in a "
+                        "spec is each run's seed (edl:runs/pretrain-seed{seed}/loss: a loss per seed) "
                         f"(default: {' '.join(DEFAULT_LOSSES)})")
+    p.add_argument("--versus", nargs=2, action="append", metavar=("A", "B"),
+                   help="compare arm A with arm B head to head in the summary (bootstrap interval, "
+                        "Mann–Whitney, paired Wilcoxon); repeatable")
     p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
                    help="default: %(default)s")
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
