@@ -45,7 +45,10 @@ def _fake_compare(folder: Path, ablation: Path) -> None:
                 "count": [100] * 15, "confidence": confidence, "accuracy": [c * 0.9 for c in confidence]}}))
     (folder / "summary.json").write_text(json.dumps({"recipe": {"dataset": "cifar10", "epochs": 2, "batch_size": 128, "lr": 0.1,
                                                                 "schedule": "onecycle", "train_subset": 1000},
-                                                     "seeds": [0, 1], "models": ["resnet20"], "arms": [], "rows": rows, "runs": runs}))
+                                                     "seeds": [0, 1], "models": ["resnet20"], "arms": [], "rows": rows, "runs": runs,
+                                                     "versus": [{"model": "resnet20", "a": "chaotic", "b": "gaussian", "n_a": 2,
+                                                                 "n_b": 2, "diff": 1.1, "lo": 0.3, "hi": 1.9, "mann_whitney_p": 0.33,
+                                                                 "prob_a_greater": 1.0, "wilcoxon_p": 0.5, "pairs": 2, "wins": 2}]}))
 
 
 def _images(md: str) -> list[str]:
@@ -72,6 +75,7 @@ def test_report_renders_every_figure_from_a_mini_ablation(mini: Path, tmp_path: 
     # the accuracy table with delta vs CE and the synthetic fitness of each arm's loss beside it
     assert "| resnet20 | chaotic |" in md and "+0.60" in md and "-0.50" in md
     assert "Kendall τ between held-out synthetic fitness and mean test accuracy" in md
+    assert "| chaotic | gaussian | 2 / 2 | +1.10 [+0.30, +1.90] | 0.33 | 1.00 | 0.5 (2/2) |" in md  # --versus, head to head
     assert "unfinished: 6 of 8 runs finished" in md  # the grid's cmaes seeds are missing
     saved = json.loads((mini / "ablation.json").read_text())  # the tables show the ablation's numbers
     for g in saved["groups"]:

@@ -465,11 +465,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
                          f"{format_p(row, 'poly1')} | {_num(row.get('nll_mean'), 3)} | "
                          f"{_pm(row.get('ece_mean'), row.get('ece_std'))} | {wall} |")
         lines += ["", *_per_seed_table(summary, model), ""]
-        lines += _versus_table(summary, model)
+        lines += versus_table(summary, model)
     return "\n".join(lines)
 
 
-def _versus_table(summary: dict[str, Any], model: str) -> list[str]:
+def versus_table(summary: dict[str, Any], model: str) -> list[str]:
     """The ``--versus`` pairs of one model, or nothing."""
     pairs = [v for v in summary.get("versus", []) if v["model"] == model]
     if not pairs:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from edloss.lab.compare import format_delta, format_p
+from edloss.lab.compare import format_delta, format_p, versus_table
 from edloss.files import atomic_write_bytes, prepare_output_folder, read_jsonl, save_figure
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -603,6 +603,8 @@ def _compare_markdown(src: Source, out: Path, prefix: str, synthetic: dict[str, 
         lines.append(f"| {row['model']} | {row['label']} | `{row['spec']}` | {seeds} | {test} | {val} | {delta} | "
                      f"{format_p(row, 'ce')} | {format_p(row, 'poly1')} | {nll} | {ece} |{cell}")
     lines.append("")
+    for model in s.get("models", []):
+        lines += versus_table(s, model)
     if has_synth:
         lines += agreement(s.get("rows", []), synthetic) + [""]
     lines += _image(plot_accuracy(s, out / f"{prefix}accuracy.png"), out, "test accuracy per loss")
