@@ -335,10 +335,7 @@ def _versus(runs: list[dict[str, Any]], model: str, a: str, b: str) -> dict[str,
     seeded bootstrap interval, Mann–Whitney (unpaired) and Wilcoxon paired by seed."""
     from edloss.lab.stats import bootstrap_mean_diff, mann_whitney, wilcoxon_paired
 
-    def by_seed(arm: str) -> dict[int, float]:
-        return {r["seed"]: 100 * r["test_acc"] for r in runs
-                if r["model"] == model and r["label"] == arm and r["status"] == "finished"}
-    mine, theirs = by_seed(a), by_seed(b)
+    mine, theirs = _test_acc_by_seed(runs, model, a, 100), _test_acc_by_seed(runs, model, b, 100)
     paired = sorted(mine.keys() & theirs.keys())
     boot = bootstrap_mean_diff(list(mine.values()), list(theirs.values()))
     unpaired = mann_whitney(list(mine.values()), list(theirs.values()))
@@ -349,13 +346,16 @@ def _versus(runs: list[dict[str, Any]], model: str, a: str, b: str) -> dict[str,
             "wilcoxon_p": signed["p"], "pairs": len(paired), "wins": sum(mine[s] > theirs[s] for s in paired)}
 
 
+def _test_acc_by_seed(runs: list[dict[str, Any]], model: str, label: str | None, scale: float = 1.0) -> dict[int, float]:
+    """{seed: test accuracy x scale} of one arm's finished runs."""
+    return {r["seed"]: scale * r["test_acc"] for r in runs
+            if r["model"] == model and r["label"] == label and r["status"] == "finished"}
+
+
 def _paired_delta(runs: list[dict[str, Any]], model: str, label: str, ce_label: str | None) -> dict[str, Any]:
     """Test-accuracy difference to CE over the seeds both finished: seeds share the network's
     initialisation and data order, so per-seed pairs cancel much of the seed-to-seed noise."""
-    def by_seed(name: str | None) -> dict[int, float]:
-        return {r["seed"]: 100 * r["test_acc"] for r in runs
-                if r["model"] == model and r["label"] == name and r["status"] == "finished"}
-    mine, ce = by_seed(label), by_seed(ce_label)
+    mine, ce = _test_acc_by_seed(runs, model, label, 100), _test_acc_by_seed(runs, model, ce_label, 100)
     diffs = [mine[s] - ce[s] for s in sorted(mine.keys() & ce.keys())]
     mean, std = _mean_std(diffs)
     return {"delta_vs_ce": mean, "delta_vs_ce_std": std, "delta_pairs": len(diffs),
@@ -373,9 +373,7 @@ def _paired_test(runs: list[dict[str, Any]], model: str, label: str, other: str 
     """Two-sided Wilcoxon signed-rank test of test accuracy against ``other``, paired by seed."""
     if other is None or other == label:
         return {}
-    def by_seed(arm: str) -> dict[int, float]:
-        return {r["seed"]: r["test_acc"] for r in runs if r["model"] == model and r["label"] == arm and r["status"] == "finished"}
-    mine, theirs = by_seed(label), by_seed(other)
+    mine, theirs = _test_acc_by_seed(runs, model, label), _test_acc_by_seed(runs, model, other)
     seeds = sorted(mine.keys() & theirs.keys())
     if len(seeds) < 2:
         return {}
