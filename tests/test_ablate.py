@@ -175,12 +175,19 @@ def test_ablation_finishes_interrupted_runs_only(mini: tuple[Path, dict], tmp_pa
     for name in ("summary.json", "checkpoint.pt"):  # killed before its end: metrics written, no checkpoint, no export
         (whole / name).unlink()
     shutil.rmtree(whole / "loss")
+    before = json.loads((out / A.ABLATION_FILE).read_text())
     redone = []
     real = A.run_task
     monkeypatch.setattr(A, "run_task", lambda payload: redone.append(payload["out_dir"]) or real(payload))
     summary = A.ablate(tiny_ablation(), out, jobs=0, progress=False)
     assert redone == [str(whole)]
     assert _rows(whole) == reference and summary["status"]["complete"]
+    # the resumed command's wall time is kept beside the first one's, and the runs' own times add up
+    *earlier, previous, resumed = summary["invocations"]
+    assert len(earlier) + 1 == len(before["invocations"]) and previous == before["invocations"][-1]
+    assert previous["started"] < resumed["started"] and resumed == summary["invocation"] and resumed["seconds"] > 0
+    run_times = [r["wall_seconds"] for g in summary["groups"] for r in g["runs"]]
+    assert summary["run_seconds"] == pytest.approx(sum(run_times)) and len(run_times) == summary["status"]["finished"]
 
 
 # ---------------------------------------------------------------------- statistics on known runs

@@ -65,6 +65,7 @@ import shlex
 import shutil
 import sys
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -426,6 +427,7 @@ def _ablate_locked(cfg: AblationConfig, out: Path, command: str, jobs: int, thre
 
         distributed.resolve_address(ray)  # a wrong address fails now, even when nothing is left to run
     invocation = {"jobs": jobs, "threads": threads} if ray is None else {"ray": ray, "threads": threads}
+    invocation["started"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     failures: list[dict[str, str]] = []
     started = time.perf_counter()
     write_summary(out, cfg, command, compare_args=compare_args, invocation={**invocation, "seconds": 0.0})
@@ -720,6 +722,9 @@ def write_summary(out: Path, cfg: AblationConfig, command: str = "", compare_arg
     """Collect the runs, compute the statistics and write ``out/ablation.json`` atomically.
 
     ``failures`` ({"dir", "error"} of runs that failed on Ray) are listed in ``status.failed``.
+    ``invocation`` (jobs, threads, started, seconds) is this command's; ``invocations`` keeps every
+    command that worked on the folder, so a resumed ablation's wall time is the sum of its parts,
+    and ``run_seconds`` is the summed wall time of the finished runs (the work, however split).
     """
     out = Path(out)
     collected = collect(out, cfg)
@@ -733,6 +738,9 @@ def write_summary(out: Path, cfg: AblationConfig, command: str = "", compare_arg
         if materialise_best:
             _copy_loss(Path(info["run"]) / "loss", out / "best" / arm / "loss", info)
     previous = read_ablation(out) or {}
+    started = (invocation or {}).get("started")
+    history = [x for x in previous.get("invocations", []) if started is None or x.get("started") != started]
+    history += [invocation] if invocation else []
     summary = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -752,6 +760,8 @@ def write_summary(out: Path, cfg: AblationConfig, command: str = "", compare_arg
         "best": best,
         "compare_command": compare_command(out, [a for a in cfg.arms if a in best], compare_args) if best else None,
         "invocation": invocation or {},
+        "invocations": history,
+        "run_seconds": sum(r["wall_seconds"] or 0.0 for g in collected["groups"] for r in g["runs"]),
         "versions": versions(),
     }
     atomic_write_json(out / ABLATION_FILE, summary)
