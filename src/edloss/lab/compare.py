@@ -333,17 +333,28 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
 def _versus(runs: list[dict[str, Any]], model: str, a: str, b: str) -> dict[str, Any]:
     """Arm ``a`` against arm ``b`` on test accuracy (percent): the difference of means with a
     seeded bootstrap interval, Mann–Whitney (unpaired) and Wilcoxon paired by seed."""
-    from edloss.lab.stats import bootstrap_mean_diff, mann_whitney, wilcoxon_paired
+    from edloss.lab.stats import bootstrap_mean_diff, mann_whitney
 
     mine, theirs = _test_acc_by_seed(runs, model, a, 100), _test_acc_by_seed(runs, model, b, 100)
-    paired = sorted(mine.keys() & theirs.keys())
     boot = bootstrap_mean_diff(list(mine.values()), list(theirs.values()))
     unpaired = mann_whitney(list(mine.values()), list(theirs.values()))
-    signed = wilcoxon_paired([(mine[s], theirs[s]) for s in paired]) if len(paired) >= 2 else {"p": None}
+    signed = _wilcoxon_by_seed(mine, theirs)
     return {"model": model, "a": a, "b": b, "n_a": len(mine), "n_b": len(theirs),
             "diff": boot["diff"], "lo": boot["lo"], "hi": boot["hi"],
             "mann_whitney_p": unpaired["p"], "prob_a_greater": unpaired["prob_a_greater"],
-            "wilcoxon_p": signed["p"], "pairs": len(paired), "wins": sum(mine[s] > theirs[s] for s in paired)}
+            "wilcoxon_p": signed["p"], "pairs": signed["pairs"], "wins": signed["wins"]}
+
+
+def _wilcoxon_by_seed(mine: dict[int, float], theirs: dict[int, float]) -> dict[str, Any]:
+    """Two-sided Wilcoxon signed-rank test over the seeds both arms finished (p None below two
+    pairs), with the number of pairs and of seeds where ``mine`` is higher."""
+    seeds = sorted(mine.keys() & theirs.keys())
+    wins = sum(mine[s] > theirs[s] for s in seeds)
+    if len(seeds) < 2:
+        return {"p": None, "pairs": len(seeds), "wins": wins}
+    from edloss.lab.stats import wilcoxon_paired
+
+    return {"p": wilcoxon_paired([(mine[s], theirs[s]) for s in seeds])["p"], "pairs": len(seeds), "wins": wins}
 
 
 def _test_acc_by_seed(runs: list[dict[str, Any]], model: str, label: str | None, scale: float = 1.0) -> dict[int, float]:
@@ -373,15 +384,10 @@ def _paired_test(runs: list[dict[str, Any]], model: str, label: str, other: str 
     """Two-sided Wilcoxon signed-rank test of test accuracy against ``other``, paired by seed."""
     if other is None or other == label:
         return {}
-    mine, theirs = _test_acc_by_seed(runs, model, label), _test_acc_by_seed(runs, model, other)
-    seeds = sorted(mine.keys() & theirs.keys())
-    if len(seeds) < 2:
+    test = _wilcoxon_by_seed(_test_acc_by_seed(runs, model, label), _test_acc_by_seed(runs, model, other))
+    if test["p"] is None:
         return {}
-    from edloss.lab.stats import wilcoxon_paired
-
-    test = wilcoxon_paired([(mine[s], theirs[s]) for s in seeds])
-    return {f"wilcoxon_p_vs_{name}": test["p"], f"pairs_vs_{name}": len(seeds),
-            f"wins_vs_{name}": sum(mine[s] > theirs[s] for s in seeds)}
+    return {f"wilcoxon_p_vs_{name}": test["p"], f"pairs_vs_{name}": test["pairs"], f"wins_vs_{name}": test["wins"]}
 
 
 def format_p(row: dict[str, Any], name: str) -> str:
