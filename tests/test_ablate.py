@@ -188,6 +188,9 @@ def test_ablation_finishes_interrupted_runs_only(mini: tuple[Path, dict], tmp_pa
     assert previous["started"] < resumed["started"] and resumed == summary["invocation"] and resumed["seconds"] > 0
     run_times = [r["wall_seconds"] for g in summary["groups"] for r in g["runs"]]
     assert summary["run_seconds"] == pytest.approx(sum(run_times)) and len(run_times) == summary["status"]["finished"]
+    # rewriting the summary alone (--summary-only) runs nothing and keeps the record of who did
+    rewritten = A.write_summary(out, tiny_ablation(), materialise_best=True)
+    assert rewritten["invocation"] == resumed and rewritten["invocations"] == summary["invocations"]
 
 
 # ---------------------------------------------------------------------- statistics on known runs

@@ -722,7 +722,8 @@ def write_summary(out: Path, cfg: AblationConfig, command: str = "", compare_arg
     """Collect the runs, compute the statistics and write ``out/ablation.json`` atomically.
 
     ``failures`` ({"dir", "error"} of runs that failed on Ray) are listed in ``status.failed``.
-    ``invocation`` (jobs, threads, started, seconds) is this command's; ``invocations`` keeps every
+    ``invocation`` (jobs, threads, started, seconds) is this command's (a summary-only rewrite, which
+    passes none, keeps the last command's); ``invocations`` keeps every
     command that worked on the folder, so a resumed ablation's wall time is the sum of its parts,
     and ``run_seconds`` is the summed wall time of the finished runs (the work, however split).
     """
@@ -759,7 +760,7 @@ def write_summary(out: Path, cfg: AblationConfig, command: str = "", compare_arg
         "tests": collected["tests"],
         "best": best,
         "compare_command": compare_command(out, [a for a in cfg.arms if a in best], compare_args) if best else None,
-        "invocation": invocation or {},
+        "invocation": invocation or previous.get("invocation", {}),
         "invocations": history,
         "run_seconds": sum(r["wall_seconds"] or 0.0 for g in collected["groups"] for r in g["runs"]),
         "versions": versions(),
