@@ -240,6 +240,10 @@ def load_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Tens
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a pickled dict, found {type(raw).__name__}")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+    if len(batch) < len(raw):  # b"labels" and "labels" both present: which one is meant cannot be told
+        twice = sorted(k.decode() for k in raw if isinstance(k, bytes) and k.decode() in raw)
+        raise ValueError(f"{path}: holds the key(s) {twice} both as bytes and as text; a CIFAR batch has each once: "
+                         "the file is not a genuine CIFAR batch")
     if "data" not in batch or label_key not in batch:
         raise ValueError(
             f"{path}: missing key 'data' or {label_key!r} (has {sorted(batch)}); "
@@ -251,14 +255,32 @@ def load_batch(path: Path, label_key: str, num_classes: int) -> tuple[torch.Tens
             f"{path}: 'data' has shape {data.shape} and dtype {data.dtype}; expected "
             f"(N, {_ROW}) uint8 (channel-major RGB rows); the file is not a CIFAR batch"
         )
-    labels = np.asarray(batch[label_key], dtype=np.int64)
+    labels = _labels(batch[label_key], path, num_classes)
     if labels.shape != (data.shape[0],):
         raise ValueError(f"{path}: {labels.shape[0] if labels.ndim else 0} labels for "
                          f"{data.shape[0]} images")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{path}: labels outside 0..{num_classes - 1}")
     images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, *IMAGE_SHAPE)
     return images, torch.from_numpy(labels)
+
+
+def _labels(values: Any, path: Path, num_classes: int) -> np.ndarray:
+    """A batch's labels as int64 class indices, or an error naming the file: a cast alone would
+    truncate a float label (3.7 -> 3) into a wrong class and overflow on one beyond int64 (2**70)."""
+    labels = np.asarray(values)
+    if labels.dtype.kind == "O":  # Python ints beyond int64, or mixed types
+        bad = [v for v in labels.ravel() if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+        if bad:
+            raise ValueError(f"{path}: label {bad[0]!r} is not an integer class index")
+    elif labels.dtype.kind == "f":
+        bad = labels[~np.isfinite(labels) | (labels != np.trunc(labels))]
+        if bad.size:
+            raise ValueError(f"{path}: label {bad[0]!r} is not an integer class index")
+    elif labels.dtype.kind not in "iub":
+        raise ValueError(f"{path}: labels must be integer class indices, got {labels.dtype} values")
+    outside = labels[(labels < 0) | (labels >= num_classes)] if labels.size else labels
+    if outside.size:
+        raise ValueError(f"{path}: labels outside 0..{num_classes - 1} (e.g. {outside.ravel()[0]!r})")
+    return labels.astype(np.int64)
 
 
 def _class_names(spec: DatasetSpec, folder: Path) -> list[str]:
