@@ -5,15 +5,21 @@ files and values a hostile user tried."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from _cifar_fixtures import _one_thread, tiny_cifar  # noqa: F401
+from edloss.cli import build_parser, main
+from edloss.evolve import ESConfig
+from edloss.lab import adapt as AD
 from edloss.lab import data as D
+from test_reliability_runs import PRIMED, PYTHON, _env, _wait_for
 
 
 # ---------------------------------------------------------------------- CIFAR labels (issue 21.6)
@@ -41,3 +47,76 @@ def test_a_batch_with_bytes_and_text_label_keys_is_refused(tmp_path: Path) -> No
     path = _batch(tmp_path / "data_batch_1", [0, 1], {"labels": [5, 6]})
     with pytest.raises(ValueError, match="data_batch_1.*'labels'.*both as bytes and as text"):
         D.load_batch(path, "labels", 10)
+
+
+# ---------------------------------------------------------------------- 1. adapt --fresh waits for the lock
+def _adapt_argv(data: Path, out: Path, generations: int, *extra: str) -> list[str]:
+    return ["adapt", "--data-dir", str(data), "--proxy-images", "128", "--proxy-val", "32", "--reserve", "32",
+            "--proxy-epochs", "1", "--population", "3", "--parents", "1", "--generations", str(generations),
+            "--out", str(out), "--quiet", "--threads", "1", *extra]
+
+
+def test_adapt_fresh_into_a_running_adaptation_deletes_nothing(tiny_cifar: Path, tmp_path: Path) -> None:
+    """A real second process: before the fix it deleted state.pt, proxies.jsonl and proxies/ and
+    only then found the folder locked, and the running adaptation died or lost generations."""
+    out, generations = tmp_path / "adapt", 6  # ~10 s: the first is still running when the second tries
+    second = subprocess.Popen([PYTHON, "-c", PRIMED, *_adapt_argv(tiny_cifar, out, generations, "--fresh")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    first = subprocess.Popen([PYTHON, "-m", "edloss", *_adapt_argv(tiny_cifar, out, generations)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        _wait_for(lambda: (out / "state.pt").is_file(), first)  # generation 0 finished and saved
+        _, err = second.communicate("go\n", timeout=60)
+        assert first.poll() is None, "the first run ended before the second tried: the test proved nothing"
+        assert second.returncode == 2 and "in use" in err and len(err.strip().splitlines()) == 1, err
+        assert (out / "state.pt").is_file() and (out / "proxies" / "gen0").is_dir()
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                proc.kill()
+    records = [json.loads(line) for line in (out / "proxies.jsonl").read_text().splitlines()]
+    expected = [(g, i) for g in range(generations) for i in range(3)] + [(generations - 1, -1)]
+    assert [(r["generation"], r["individual"]) for r in records] == expected  # every proxy once, none lost
+
+
+# ---------------------------------------------------------------------- 7. values and files a hostile user tried
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def _adapt_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["adapt", *argv])
+
+
+def test_adapt_population_2_is_not_blamed_on_a_parents_never_passed() -> None:
+    cfg = AD.config_from_args(_adapt_args("--population", "2"))
+    assert (cfg.population, cfg.parents) == (2, 2)
+    with pytest.raises(ValueError, match=r"--parents must be at most --population \(4\), got 5"):
+        AD.config_from_args(_adapt_args("--population", "4", "--parents", "5"))
+
+
+@pytest.mark.parametrize("flag, value, message", [("--generations", str(10**20), "--generations must be in"),
+                                                   ("--sigma", "1e300", "--sigma must be a finite number > 0 and <= 100"),
+                                                   ("--sigma", "inf", "--sigma must be a finite number")])
+def test_adapt_bounds_generations_and_sigma(flag: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AD.config_from_args(_adapt_args(flag, value))
+
+
+@pytest.mark.parametrize("argv, message", [(["--generations", str(10**20)], "generations must be in"),
+                                           (["--sigma", "1e300"], "sigma_init must be"),
+                                           (["--config", "CONFIG_DIR"], "is a folder"),
+                                           (["--config", "BINARY"], "not a text file")])
+def test_pretrain_refuses_huge_budgets_sigmas_and_unreadable_configs(argv: list[str], message: str, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "binary.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    argv = [{"CONFIG_DIR": str(tmp_path / "conf"), "BINARY": str(tmp_path / "binary.json")}.get(a, a) for a in argv]
+    code, err = _cli(["pretrain", *argv, "--out", str(tmp_path / "run"), "--quiet"], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()  # refused before the folder was made
+    for bad in (10**20, 10**6 + 1):
+        with pytest.raises(ValueError, match="generations"):
+            ESConfig(generations=bad)

@@ -128,9 +128,15 @@ def check_range(where: str, value: Any, lo: float | None = None, hi: float | Non
 
 def load_file(path: Path, sections: tuple[str, ...] = ("lossnet", "objective", "es")) -> dict[str, Any]:
     """Read a JSON or TOML config file, which must hold one object (a table of ``sections``)."""
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a folder; pass the JSON or TOML file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path} is not a text file (byte {err.start} is not UTF-8); "
+                         "pass a JSON or TOML config") from None
     if path.suffix == ".toml":
         try:
             import tomllib

@@ -29,6 +29,10 @@ MUTATIONS = ("chaotic", "gaussian")
 SCHEDULES = ("cosine", "linear", "constant")
 STUCK_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
 AVOID_RADIUS = 1e-3
+MAX_GENERATIONS = 10**6  # days of CPU even at P = 16: a larger count is a typo, and 10**20 would run forever
+# Genes start at scale ~1 (lossnet.init_scale): a step of 100 per gene is already no search, and a
+# much larger one overflows float32 (1e300 -> inf weights -> a NaN fitness, reported as the objective's fault)
+MAX_SIGMA = 100.0
 
 
 def _low_period_points(max_period: int = 4, max_dyadic: int = 3) -> torch.Tensor:
@@ -78,9 +82,9 @@ class ESConfig:
         if not 0 <= self.elites <= self.parents or self.elites >= self.population:
             raise ValueError(f"elites must be in [0, min(parents={self.parents}, population - 1={self.population - 1})] "
                              f"(elites are the best parents, copied unchanged), got {self.elites}")
-        check_range("generations", self.generations, 1)
-        check_range("sigma_init", self.sigma_init, 0, lo_open=True)
-        check_range("sigma_final", self.sigma_final, 0, lo_open=True)
+        check_range("generations", self.generations, 1, MAX_GENERATIONS)
+        check_range("sigma_init", self.sigma_init, 0, MAX_SIGMA, lo_open=True)
+        check_range("sigma_final", self.sigma_final, 0, MAX_SIGMA, lo_open=True)
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
 

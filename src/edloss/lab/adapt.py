@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import sys
 import time
 import hashlib
@@ -53,6 +54,7 @@ from edloss.lab.train import TrainConfig, train
 
 CONFIG_FILE, STATE_FILE, PROXIES_FILE, SUMMARY_FILE = "config.json", "state.pt", "proxies.jsonl", "summary.json"
 STATE_FORMAT = "edloss-adapt-state"
+RUN_FILES = ("loss", "proxies", SUMMARY_FILE, PROXIES_FILE, STATE_FILE, CONFIG_FILE)  # what --fresh removes
 
 
 def default_proxy() -> TrainConfig:
@@ -145,8 +147,8 @@ def anchored_loss(theta: torch.Tensor, start: EDLLoss, metadata: dict[str, Any])
 class Adaptation:
     """One adaptation run in a locked folder: resumes from ``state.pt`` and ``proxies.jsonl``."""
 
-    def __init__(self, cfg: AdaptConfig, out: Path, command: str = "", progress: bool = True) -> None:
-        self.cfg, self.out, self.command, self.progress = cfg, Path(out), command, progress
+    def __init__(self, cfg: AdaptConfig, out: Path, command: str = "", progress: bool = True, fresh: bool = False) -> None:
+        self.cfg, self.out, self.command, self.progress, self.fresh = cfg, Path(out), command, progress, fresh
         self.start = load_start(cfg.start)
         self.objective = synthetic_objective(self.start)
         self.heldout = synthetic_heldout(self.start, self.objective)
@@ -154,6 +156,8 @@ class Adaptation:
     def run(self) -> dict[str, Any]:
         prepare_output_folder(self.out)
         with RunLock(self.out, "edloss adapt"):
+            if self.fresh:  # only under the lock: never delete what a running adaptation is writing
+                discard_previous(self.out)
             self._check_or_write_config()
             state = self._load_state()
             records = read_jsonl(self.out / PROXIES_FILE, repair=True) if (self.out / PROXIES_FILE).is_file() else []
@@ -263,9 +267,17 @@ class Adaptation:
         return summary
 
 
-def adapt(cfg: AdaptConfig, out: Path, command: str = "", progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) an adaptation; returns its summary (the adapted loss is ``out/loss``)."""
-    return Adaptation(cfg, out, command, progress).run()
+def discard_previous(out: Path) -> None:
+    """Remove what an earlier adaptation wrote into ``out`` (--fresh); call with the folder locked."""
+    for name in RUN_FILES:
+        path = Path(out) / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def adapt(cfg: AdaptConfig, out: Path, command: str = "", progress: bool = True, fresh: bool = False) -> dict[str, Any]:
+    """Run (or resume) an adaptation; returns its summary (the adapted loss is ``out/loss``).
+    ``fresh`` first removes an earlier adaptation in ``out``, once the folder's lock is held."""
+    return Adaptation(cfg, out, command, progress, fresh).run()
 
 
 # ---------------------------------------------------------------------- CLI
@@ -277,7 +289,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/adapt", help="run folder (default %(default)s)")
     p.add_argument("--mutation", choices=evolve.MUTATIONS, default=d.mutation)
     p.add_argument("--population", type=int, default=d.population)
-    p.add_argument("--parents", type=int, default=d.parents)
+    p.add_argument("--parents", type=int, default=None,
+                   help=f"individuals kept each generation (default {d.parents}, at most --population)")
     p.add_argument("--generations", type=int, default=d.generations)
     p.add_argument("--sigma", type=float, default=d.sigma_init, help="initial mutation scale (default %(default)s)")
     p.add_argument("--synthetic-weight", type=float, default=d.synthetic_weight,
@@ -303,19 +316,30 @@ def _check_flags(args: argparse.Namespace) -> None:
     for flag, value, low in (("--proxy-images", args.proxy_images, 2), ("--proxy-epochs", args.proxy_epochs, 1),
                              ("--proxy-val", args.proxy_val, 1), ("--reserve", args.reserve, 1),
                              ("--generations", args.generations, 1), ("--population", args.population, 2),
-                             ("--parents", args.parents, 1), ("--seed", args.seed, 0)):
+                             ("--parents", _parents(args), 1), ("--seed", args.seed, 0)):
         if value < low:
             raise ValueError(f"{flag} must be an integer >= {low}, got {value}")
-    if not (math.isfinite(args.sigma) and args.sigma > 0):
-        raise ValueError(f"--sigma must be a finite number > 0 (the initial mutation scale), got {args.sigma}")
+    if args.generations > evolve.MAX_GENERATIONS:
+        raise ValueError(f"--generations must be in [1, {evolve.MAX_GENERATIONS}], got {args.generations}")
+    if args.parents is not None and args.parents > args.population:
+        raise ValueError(f"--parents must be at most --population ({args.population}), got {args.parents}")
+    if not (math.isfinite(args.sigma) and 0 < args.sigma <= evolve.MAX_SIGMA):
+        raise ValueError(f"--sigma must be a finite number > 0 and <= {evolve.MAX_SIGMA:g} (the initial mutation scale), "
+                         f"got {args.sigma}")
+
+
+def _parents(args: argparse.Namespace) -> int:
+    """--parents, or its default cut to --population: a small --population alone must not be
+    blamed on a --parents the user never passed."""
+    return args.parents if args.parents is not None else min(AdaptConfig.parents, args.population)
 
 
 def config_from_args(args: argparse.Namespace) -> AdaptConfig:
     _check_flags(args)
     proxy = replace(default_proxy(), data_dir=args.data_dir, dataset=args.dataset, model=args.proxy_model,
                     train_subset=args.proxy_images, epochs=args.proxy_epochs, val_size=args.proxy_val, reserve=args.reserve)
-    return AdaptConfig(start=args.start, mutation=args.mutation, population=args.population, parents=args.parents,
-                       elites=min(1, args.parents), generations=args.generations, sigma_init=args.sigma,
+    return AdaptConfig(start=args.start, mutation=args.mutation, population=args.population, parents=_parents(args),
+                       elites=min(1, _parents(args)), generations=args.generations, sigma_init=args.sigma,
                        sigma_final=min(AdaptConfig.sigma_final, args.sigma), synthetic_weight=args.synthetic_weight,
                        seed=args.seed, proxy=proxy)
 
@@ -339,14 +363,8 @@ def _main(args: argparse.Namespace) -> int:
     check_data(cfg)
     torch.set_num_threads(args.threads)
     out = prepare_output_folder(args.out)
-    if args.fresh:
-        import shutil
-
-        for name in ("loss", "proxies", SUMMARY_FILE, PROXIES_FILE, STATE_FILE, CONFIG_FILE):
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     command = "edloss adapt " + shlex.join(a for a in sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "adapt" else "edloss adapt"
-    summary = adapt(cfg, out, command, progress=not args.quiet)
+    summary = adapt(cfg, out, command, progress=not args.quiet, fresh=args.fresh)
     start, chosen = summary["start_same_seed"], summary["chosen"]
     print(f"proxy validation accuracy, last generation's seed: start loss {start['val_acc']:.4f}, adapted "
           f"{chosen['val_acc']:.4f} (fitness {start['fitness']:.4f} -> {chosen['fitness']:.4f})  -> {summary['loss']}")
