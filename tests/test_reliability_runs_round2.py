@@ -9,16 +9,23 @@ import argparse
 import json
 import pickle
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from _cifar_fixtures import _one_thread, tiny_cifar  # noqa: F401
+from _cifar_fixtures import _one_thread, tiny_cifar, tiny_config  # noqa: F401
 from edloss.cli import build_parser, main
 from edloss.evolve import ESConfig
 from edloss.lab import adapt as AD
+from edloss.lab import compare as C
 from edloss.lab import data as D
+from edloss.lab.losses import spec_definition
+from edloss.lab.train import DEFINITION_KEY, TrainConfig, train
+from edloss.loss import EDLLoss
+from edloss.lossnet import LossNet, LossNetConfig
 from test_reliability_runs import PRIMED, PYTHON, _env, _wait_for
 
 
@@ -120,3 +127,52 @@ def test_pretrain_refuses_huge_budgets_sigmas_and_unreadable_configs(argv: list[
     for bad in (10**20, 10**6 + 1):
         with pytest.raises(ValueError, match="generations"):
             ESConfig(generations=bad)
+
+
+# ---------------------------------------------------------------------- 2, 3. the loss a run trained with
+def _loss_at(folder: Path, seed: int) -> Path:
+    """A (random) EDL loss saved at ``folder``: another seed, another loss under the same path."""
+    torch.manual_seed(seed)
+    return Path(EDLLoss(LossNet(LossNetConfig())).save(folder))
+
+
+def test_a_resumed_run_refuses_a_loss_file_that_changed(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    loss = _loss_at(tmp_path / "A" / "loss", seed=0)
+    config = replace(tiny_config, loss=f"edl:{loss}", epochs=2)
+    assert train(config, tmp_path / "run", progress=False, stop_after=1)["status"] == "incomplete"
+    _loss_at(loss, seed=1)  # re-pretrained at the same path
+    with pytest.raises(ValueError, match="another loss.*definition sha256.*--fresh"):
+        train(config, tmp_path / "run", progress=False)
+    assert len((tmp_path / "run" / "epochs.jsonl").read_text().splitlines()) == 1  # nothing trained on
+    _loss_at(loss, seed=0)  # the original loss back: the run resumes
+    assert train(config, tmp_path / "run", progress=False)["status"] == "finished"
+
+
+def test_a_finished_run_is_reused_only_for_the_same_loss(tiny_config: TrainConfig, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    loss = _loss_at(tmp_path / "A" / "loss", seed=0)
+    config = replace(tiny_config, loss=f"edl:{loss}")
+    first = train(config, tmp_path / "run", progress=False)
+    assert first[DEFINITION_KEY] == spec_definition(config.loss) and len(first[DEFINITION_KEY]) == 64
+    assert train(config, tmp_path / "run", progress=False) == first  # same loss: reused
+    grid = tmp_path / "grid"
+    C.compare(config, [f"a=edl:{loss}"], [0], grid, progress=False)
+    _loss_at(loss, seed=1)
+    with pytest.raises(ValueError, match="another loss"):
+        train(config, tmp_path / "run", progress=False)
+    trained: list[Path] = []
+    monkeypatch.setattr(C, "train", lambda cfg, out, *a, **k: trained.append(out))
+    with pytest.raises(ValueError, match=r"seed0: the loss .* is not the one the run trained with"):
+        C.compare(config, [f"a=edl:{loss}"], [0], grid, progress=False)
+    assert trained == [] and not C.is_finished(grid / "resnet20" / "a" / "seed0", replace(config, seed=0))
+    assert train(config, tmp_path / "run", progress=False, resume=False)["status"] == "finished"  # --fresh
+
+
+def test_formula_losses_store_no_definition_and_older_runs_are_still_reused(tiny_config: TrainConfig,
+                                                                            tmp_path: Path) -> None:
+    result = train(tiny_config, tmp_path, progress=False)
+    assert result[DEFINITION_KEY] is None
+    stored = json.loads((tmp_path / "result.json").read_text())
+    del stored[DEFINITION_KEY]  # a run written before the field existed
+    (tmp_path / "result.json").write_text(json.dumps(stored))
+    assert train(tiny_config, tmp_path, progress=False)["wall_seconds"] == result["wall_seconds"]

@@ -38,11 +38,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec
+from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec, spec_definition
 from edloss.lab.models import model_names
 from edloss.files import RunLock, atomic_write_text, prepare_output_folder, read_jsonl, save_figure
 from edloss.lab.train import (CHECKPOINT, EPOCHS, TrainConfig, TrainingDiverged, add_recipe_args,
-                          apply_threads, config_diff, config_from_args,
+                          apply_threads, config_diff, config_from_args, definition_diff,
                           is_finished, read_result, train)
 
 DEFAULT_LOSSES = ("ce", "label_smoothing", "focal", "poly1", "edl")
@@ -93,20 +93,25 @@ def plan(recipe: TrainConfig, arms: list[Arm], seeds: list[int], models: list[st
 
 
 def _mismatches(runs: list[GridRun]) -> list[str]:
-    """Runs whose folders hold results or checkpoints of another config."""
+    """Runs whose folders hold results or checkpoints of another config, or of another loss
+    under the same spec (an ``edl:PATH`` whose PATH was overwritten since)."""
     import torch
 
     problems = []
+    definitions: dict[str, str | None] = {}
     for run in runs:
-        result = read_result(run.out_dir)
-        saved = result.get("config") if result else None
+        saved = read_result(run.out_dir)
         if saved is None and (run.out_dir / CHECKPOINT).is_file():
             try:
-                saved = torch.load(run.out_dir / CHECKPOINT, map_location="cpu",
-                                   weights_only=True).get("config")
+                saved = torch.load(run.out_dir / CHECKPOINT, map_location="cpu", weights_only=True)
             except Exception:
                 saved = None  # train() explains unreadable checkpoints itself
-        diff = config_diff(saved, asdict(run.config)) if saved else []
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            continue  # nothing saved yet, or damaged: train() names it with the way out
+        spec = run.config.loss
+        if spec not in definitions:
+            definitions[spec] = spec_definition(spec)
+        diff = config_diff(saved["config"], asdict(run.config)) or definition_diff(saved, spec, definitions[spec])
         if diff:
             problems.append(f"{run.out_dir}: {'; '.join(diff)}")
     return problems
@@ -168,8 +173,8 @@ def _compare_locked(recipe: TrainConfig, arms: list[Arm], seeds: list[int], mode
 
     problems = _mismatches(runs)
     if problems:
-        raise ValueError("run folders hold results of a different config (use another --out, "
-                         "or the same recipe flags as before):\n  " + "\n  ".join(problems))
+        raise ValueError("run folders hold results of a different config or loss (use another --out, "
+                         "the same recipe flags as before, or restore the loss):\n  " + "\n  ".join(problems))
     if ray is not None:
         failures = _run_on_ray(runs, ray, threads, progress, lambda f: summarise(plot=False, failures=f))
         summary = summarise(plot=True, failures=failures)

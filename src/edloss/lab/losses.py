@@ -20,8 +20,11 @@ an unlabelled spec and ``f3=focal:gamma=3`` a labelled one.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import re
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -283,6 +286,25 @@ def build_loss_from_spec(spec: str) -> nn.Module:
     """``build_loss`` for a spec string like 'focal:gamma=3' or 'edl:runs/x/loss'."""
     name, options = parse_loss_spec(spec)
     return build_loss(name, **options)
+
+
+def definition_sha256(loss: nn.Module) -> str | None:
+    """The sha256 of what defines a learned loss (an EDLLoss's architecture, scale and weights: the
+    ``definition_sha256`` its loss.json would carry), or None for a formula loss, which its spec
+    string defines. A run stores it: the same spec ``edl:PATH`` names another loss once PATH is
+    overwritten, and a resumed or reused run must not silently mix or swap the two."""
+    from edloss.loss import CONFIG_FILE, EDLLoss
+
+    if not isinstance(loss, EDLLoss):
+        return None
+    with tempfile.TemporaryDirectory() as folder:  # the checksum exactly as the file format defines it
+        loss.save(folder)
+        return json.loads((Path(folder) / CONFIG_FILE).read_text())["definition_sha256"]
+
+
+def spec_definition(spec: str) -> str | None:
+    """``definition_sha256`` of the loss a spec builds now (None for formula losses)."""
+    return definition_sha256(build_loss_from_spec(spec))
 
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

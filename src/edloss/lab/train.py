@@ -40,7 +40,8 @@ from edloss.configs import versions
 from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
                           prepare_output_folder, read_jsonl)
 from edloss.lab.data import BatchLoader, Splits, flip_labels, get_spec, load_splits, resolve_data_dir
-from edloss.lab.losses import LOSSES, build_loss_from_spec, parse_loss_arm, parse_loss_spec
+from edloss.lab.losses import (LOSSES, build_loss_from_spec, definition_sha256, parse_loss_arm, parse_loss_spec,
+                               spec_definition)
 from edloss.lab.models import build_model, model_names
 
 CHECKPOINT = "checkpoint.pt"
@@ -205,6 +206,10 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def _refuse(out_dir: Path, what: str, diff: list[str]) -> ValueError:
+    if diff and diff[0].startswith("the loss "):  # same options, another loss behind them
+        return ValueError(f"{out_dir} holds a {what} of another loss: {'; '.join(diff)}. Restore that loss, "
+                          "choose another --out folder, or start over with --fresh (deletes that run's "
+                          "checkpoint and results)")
     return ValueError(
         f"{out_dir} holds a {what} from a different config ({'; '.join(diff)}). "
         "Pass the same options to resume it, choose another --out folder, "
@@ -213,19 +218,40 @@ def _refuse(out_dir: Path, what: str, diff: list[str]) -> ValueError:
 
 
 def read_result(out_dir: Path) -> dict[str, Any] | None:
+    """The run's result.json, None when there is none (or a torn one: it is retrained), or a
+    ValueError naming the file when it holds something else than a result."""
     path = Path(out_dir) / RESULT
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # a torn file cannot happen with atomic writes, but never trust one
+    if not isinstance(result, dict) or not isinstance(result.get("config", {}), dict):
+        raise ValueError(f"{path} is not a training result (it holds a JSON {type(result).__name__}); "
+                         "delete it or rerun with --fresh")
+    return result
+
+
+DEFINITION_KEY = "loss_definition_sha256"  # in results and checkpoints: which loss the run trained with
+
+
+def definition_diff(saved: dict[str, Any], spec: str, definition: str | None) -> list[str]:
+    """The loss behind ``spec`` differs from the one a saved run (result or checkpoint) trained
+    with: the same ``edl:PATH`` after PATH was overwritten. Runs saved before the field existed
+    are trusted, as config fields added later are."""
+    if DEFINITION_KEY not in saved or saved[DEFINITION_KEY] == definition:
+        return []
+    return [f"the loss {spec!r} is not the one the run trained with (definition sha256 "
+            f"{str(saved[DEFINITION_KEY])[:12]}... then, {str(definition)[:12]}... now)"]
 
 
 def is_finished(out_dir: Path, config: TrainConfig) -> bool:
-    """True when ``out_dir`` holds a result (finished or diverged) for exactly this config."""
+    """True when ``out_dir`` holds a result (finished or diverged) for exactly this config and
+    the loss its spec builds today."""
     result = read_result(out_dir)
-    return bool(result) and not config_diff(result.get("config", {}), asdict(config))
+    return (bool(result) and not config_diff(result.get("config", {}), asdict(config))
+            and not definition_diff(result, config.loss, spec_definition(config.loss)))
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -344,6 +370,7 @@ class _Run:
     val_loader: BatchLoader | None
     test_loader: BatchLoader
     flipped: torch.Tensor | None = None  # training indices whose label --label-noise changed
+    loss_definition: str | None = None  # definition_sha256 of a learned loss (None: a formula)
     best_state: dict[str, torch.Tensor] | None = None  # weights after the best validation epoch so far
 
 
@@ -359,7 +386,9 @@ def _build(config: TrainConfig) -> _Run:
     torch.manual_seed(config.seed)  # the model is built first, so every loss gets the same init
     model = build_model(config.model, data.num_classes, channels_last=config.channels_last)
     model.to(device)
-    loss_fn = build_loss_from_spec(config.loss).to(device)
+    loss_fn = build_loss_from_spec(config.loss)
+    loss_definition = definition_sha256(loss_fn)
+    loss_fn = loss_fn.to(device)
     data_gen = torch.Generator(device=device)
     data_gen.manual_seed(config.seed + 1_000_003)
 
@@ -385,7 +414,8 @@ def _build(config: TrainConfig) -> _Run:
     forward = torch.compile(model) if config.compile else model
     val_loader = loader(data.val_x, data.val_y, False) if config.val_size else None
     return _Run(config, device, data, model, forward, loss_fn, optimizer, scheduler, data_gen,
-                train_loader, val_loader, loader(data.test_x, data.test_y, False), flipped)
+                train_loader, val_loader, loader(data.test_x, data.test_y, False), flipped,
+                loss_definition=loss_definition)
 
 
 def _checkpoint(run: _Run, epoch: int, history: list[dict], clock: _Clock) -> dict[str, Any]:
@@ -397,7 +427,7 @@ def _checkpoint(run: _Run, epoch: int, history: list[dict], clock: _Clock) -> di
         "rng": {"torch": torch.get_rng_state(), "data": run.data_gen.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if cuda else []},
         "history": history, "train_seconds": clock.train, "wall_seconds": clock.wall(),
-        "segments": clock.segments, "best_model": run.best_state,
+        "segments": clock.segments, "best_model": run.best_state, DEFINITION_KEY: run.loss_definition,
     }
 
 
@@ -412,15 +442,24 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
 
-def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "scheduler", "rng", "history", "train_seconds")
+
+
+def _load_checkpoint(path: Path, config: TrainConfig, definition: str | None) -> dict[str, Any]:
+    """The checkpoint to resume from, refusing one of another config or another loss (resuming
+    would train one run with two losses), and naming a damaged one with the way out."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); delete it or "
                          "rerun with --fresh") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an edloss training checkpoint; use another --out")
-    diff = config_diff(ckpt["config"], asdict(config))
+        raise ValueError(f"{path} is not an edloss training checkpoint; delete it or rerun with --fresh "
+                         "(or use another --out)")
+    missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
+    if missing or not isinstance(ckpt["config"], dict):
+        raise ValueError(f"{path} is damaged (no valid {', '.join(missing) or 'config'}); delete it or rerun with --fresh")
+    diff = config_diff(ckpt["config"], asdict(config)) or definition_diff(ckpt, config.loss, definition)
     if diff:
         raise _refuse(path.parent, "checkpoint", diff)
     return ckpt
@@ -482,7 +521,7 @@ def _result(run: _Run, status: str, history: list[dict], clock: _Clock,
     return {
         "status": status, "config": asdict(run.config), "seed": run.config.seed,
         "versions": versions(), "device": str(run.device), "threads": torch.get_num_threads(),
-        "loss": repr(run.loss_fn), "epochs_completed": len(history),
+        "loss": repr(run.loss_fn), DEFINITION_KEY: run.loss_definition, "epochs_completed": len(history),
         "data_path": _portable(resolve_data_dir(run.config.data_dir)),
         "num_train": int(run.data.train_x.shape[0]), "num_val": int(run.data.val_x.shape[0]),
         "num_test": int(run.data.test_x.shape[0]),
@@ -560,9 +599,10 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
     ckpt_path, epochs_path, result_path = out_dir / CHECKPOINT, out_dir / EPOCHS, out_dir / RESULT
     if not resume:
         _remove_run_files(out_dir)
+    definition = spec_definition(config.loss)
     previous = read_result(out_dir)
     if previous is not None:
-        diff = config_diff(previous.get("config", {}), asdict(config))
+        diff = config_diff(previous.get("config", {}), asdict(config)) or definition_diff(previous, config.loss, definition)
         if diff:
             raise _refuse(out_dir, "finished run", diff)
         if previous.get("status") == "diverged":
@@ -570,7 +610,7 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
                                    "rerun with --fresh to try again)")
         _log(progress, f"{out_dir}: already finished (test acc {previous['test_acc']})")
         return previous
-    ckpt = _load_checkpoint(ckpt_path, config) if ckpt_path.is_file() else None
+    ckpt = _load_checkpoint(ckpt_path, config, definition) if ckpt_path.is_file() else None
 
     run = _build(config)
     if run.flipped is not None:  # which labels lied, saved with the run (the same for every loss)
