@@ -6,6 +6,7 @@ files and values a hostile user tried."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import pickle
 import subprocess
@@ -176,3 +177,54 @@ def test_formula_losses_store_no_definition_and_older_runs_are_still_reused(tiny
     del stored[DEFINITION_KEY]  # a run written before the field existed
     (tmp_path / "result.json").write_text(json.dumps(stored))
     assert train(tiny_config, tmp_path, progress=False)["wall_seconds"] == result["wall_seconds"]
+
+
+def _pretrain(out: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--generations", "2", "--population", "6", "--classes", "2,8", "--out", str(out), "--quiet", *extra]
+
+
+@pytest.mark.parametrize("saved", [[1, 2], {"version": 1, "state": {}}, {"version": 1, "config": "{}"}])
+def test_a_damaged_pretraining_checkpoint_says_delete_it_or_fresh(saved: object, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save(saved, out / "checkpoint.pt")
+    code, err = _cli(_pretrain(out), capsys)
+    assert code == 2 and "checkpoint.pt is damaged" in err and "--fresh" in err and len(err.strip().splitlines()) == 1, err
+    assert main(_pretrain(out, "--fresh")) == 0  # and --fresh is the way out
+
+
+def test_pretrain_on_a_full_disk_names_the_file_and_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    real = Path.write_bytes
+
+    def full_disk(self: Path, data: bytes) -> int:
+        if self.name.startswith(".checkpoint.pt.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    code, err = _cli(_pretrain(tmp_path / "run"), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "checkpoint.pt" in err and "free some disk space" in err and "rerun the same command" in err
+
+
+@pytest.mark.parametrize("saved", [[1, 2], {"format": "edloss-train-checkpoint", "epoch": 1}])
+def test_a_damaged_training_checkpoint_says_delete_it_or_fresh(saved: object, tiny_config: TrainConfig,
+                                                              tmp_path: Path) -> None:
+    torch.save(saved, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"checkpoint.pt .*delete it or rerun with --fresh"):
+        train(tiny_config, tmp_path, progress=False)
+
+
+def test_a_result_json_holding_a_list_says_delete_it_or_fresh(tiny_config: TrainConfig, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "result.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"result.json is not a training result .*delete it or rerun with --fresh"):
+        train(tiny_config, tmp_path, progress=False)
+    grid = tmp_path / "grid"
+    (grid / "resnet20" / "ce" / "seed0").mkdir(parents=True)
+    (grid / "resnet20" / "ce" / "seed0" / "result.json").write_text("[]")
+    code, err = _cli(["compare", "--losses", "ce", "--seeds", "0", "--out", str(grid), "--data-dir", tiny_config.data_dir,
+                      "--epochs", "1", "--quiet"], capsys)
+    assert code == 2 and "delete it or rerun with --fresh" in err and len(err.strip().splitlines()) == 1, err

@@ -8,6 +8,7 @@ with a note instead of blocking it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -16,7 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -49,6 +50,18 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name the file and the way out when a write fails (a full disk, a folder made read-only):
+    the atomic writers have already removed their temporary file, and the last checkpoint stands."""
+    try:
+        yield
+    except OSError as err:
+        fix = "free some disk space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the folder"
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}; {fix}, then rerun the "
+                                 "same command to resume from the last checkpoint") from None
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:

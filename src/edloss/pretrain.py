@@ -41,7 +41,7 @@ from edloss import evolve
 from edloss.configs import check_fields, check_range, diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig, ESState
 from edloss.files import (LockedRun, RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_folder,
-                          read_jsonl)
+                          read_jsonl, writing)
 from edloss.loss import CONFIG_FILE, WEIGHTS_FILE, EDLLoss
 from edloss.lossnet import LossNet, LossNetConfig, init_offset, init_scale
 from edloss.objective import (
@@ -181,6 +181,8 @@ class Run(LockedRun):
             saved = torch.load(path, weights_only=True)
         except Exception as err:  # noqa: BLE001 - any failure to read means a damaged file
             raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it or pass --fresh to start over") from err
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), str) or not isinstance(saved.get("state"), dict):
+            raise ValueError(f"checkpoint {path} is damaged (no config or state); delete it or pass --fresh to start over")
         if saved.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint {path} has version {saved.get('version')}, expected {CHECKPOINT_VERSION}")
         differences = diff_dicts(saved_config(json.loads(saved["config"])), to_dict(self.cfg))
@@ -194,7 +196,8 @@ class Run(LockedRun):
     def save_checkpoint(self) -> None:
         checkpoint = {"version": CHECKPOINT_VERSION, "config": json.dumps(to_dict(self.cfg)), "state": self.state.to_dict(),
                       "elapsed_seconds": self.elapsed()}
-        atomic_torch_save(checkpoint, self.out / "checkpoint.pt")
+        with writing(self.out / "checkpoint.pt"):  # a full disk names the file and how to resume
+            atomic_torch_save(checkpoint, self.out / "checkpoint.pt")
 
     @property
     def done(self) -> bool:
@@ -239,7 +242,8 @@ def generation_row(cfg: PretrainConfig, t: int, sigma: float, batches: list, the
 
 
 def append_row(out: Path, row: dict[str, Any]) -> None:
-    append_jsonl(out / "metrics.jsonl", row)
+    with writing(out / "metrics.jsonl"):
+        append_jsonl(out / "metrics.jsonl", row)
 
 
 def truncate_metrics(out: Path, generation: int) -> None:
@@ -346,7 +350,8 @@ def pretrain(cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = Fa
             bar.set_postfix(postfix)
             bar.update(1)
         bar.close()
-        return run.export(run.elapsed())
+        with writing(Path(out) / "loss"):
+            return run.export(run.elapsed())
 
 
 # ---------------------------------------------------------------------- CLI

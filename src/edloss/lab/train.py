@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import errno
 import json
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -39,6 +38,7 @@ from tqdm.auto import tqdm
 from edloss.configs import versions
 from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
                           prepare_output_folder, read_jsonl)
+from edloss.files import writing as _writing
 from edloss.lab.data import BatchLoader, Splits, flip_labels, get_spec, load_splits, resolve_data_dir
 from edloss.lab.losses import (LOSSES, build_loss_from_spec, definition_sha256, parse_loss_arm, parse_loss_spec,
                                spec_definition)
@@ -463,18 +463,6 @@ def _load_checkpoint(path: Path, config: TrainConfig, definition: str | None) ->
     if diff:
         raise _refuse(path.parent, "checkpoint", diff)
     return ckpt
-
-
-@contextlib.contextmanager
-def _writing(path: Path) -> Iterator[None]:
-    """Name the file and the way out when a write fails (a full disk, a folder made read-only):
-    the atomic writers have already removed their temporary file, and the last checkpoint stands."""
-    try:
-        yield
-    except OSError as err:
-        fix = "free some disk space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the folder"
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}; {fix}, then rerun the "
-                                 "same command to resume from the last checkpoint") from None
 
 
 def _sync_epochs(path: Path, history: list[dict]) -> None:
