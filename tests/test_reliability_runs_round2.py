@@ -228,3 +228,41 @@ def test_a_result_json_holding_a_list_says_delete_it_or_fresh(tiny_config: Train
     code, err = _cli(["compare", "--losses", "ce", "--seeds", "0", "--out", str(grid), "--data-dir", tiny_config.data_dir,
                       "--epochs", "1", "--quiet"], capsys)
     assert code == 2 and "delete it or rerun with --fresh" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------------- 4, 5. summaries that say what the runs were
+def test_summary_only_takes_the_recipe_from_the_runs(tiny_config: TrainConfig, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    grid = tmp_path / "grid"
+    C.compare(replace(tiny_config, lr=0.05, epochs=1), ["ce"], [0], grid, progress=False)
+    base = ["compare", "--summary-only", "--losses", "ce", "--seeds", "0", "--out", str(grid)]
+    assert main(base) == 0  # every recipe flag at its default: the runs' recipe is the summary's
+    recipe = json.loads((grid / "summary.json").read_text())["recipe"]
+    assert (recipe["epochs"], recipe["lr"], recipe["batch_size"]) == (1, 0.05, 32)
+    assert "1 epochs, batch 32, SGD lr 0.05" in (grid / "summary.md").read_text()
+    before = (grid / "summary.md").read_text()
+    code, err = _cli(base + ["--epochs", "200", "--lr", "0.5"], capsys)
+    assert code == 2 and "--epochs 200 (the runs: 1)" in err and "--lr 0.5 (the runs: 0.05)" in err, err
+    assert len(err.strip().splitlines()) == 1 and (grid / "summary.md").read_text() == before
+    assert main(base + ["--epochs", "1", "--lr", "0.05"]) == 0  # the runs' own values are fine
+
+
+def test_summary_only_refuses_runs_of_two_recipes(tiny_config: TrainConfig, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    grid = tmp_path / "grid"
+    C.compare(tiny_config, ["ce"], [0], grid, progress=False)
+    C.compare(replace(tiny_config, lr=0.01), ["ce"], [1], tmp_path / "other", progress=False)
+    (tmp_path / "other" / "resnet20" / "ce" / "seed1").rename(grid / "resnet20" / "ce" / "seed1")
+    code, err = _cli(["compare", "--summary-only", "--losses", "ce", "--seeds", "0", "1", "--out", str(grid)], capsys)
+    assert code == 2 and "different recipes (lr: 0.05 in the saved run, 0.01 now)" in err, err
+
+
+@pytest.mark.parametrize("extra", [["--seeds", "0", "0", "0"], ["--seeds", "1", "2", "1"],
+                                   ["--models", "resnet8", "resnet8", "--seeds", "0"]])
+@pytest.mark.parametrize("summary_only", [False, True])
+def test_compare_refuses_repeated_seeds_and_models(extra: list[str], summary_only: bool, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compare", "--losses", "ce", "--out", str(tmp_path / "grid"), "--quiet", *extra]
+    code, err = _cli(argv + (["--summary-only"] if summary_only else []), capsys)
+    assert code == 2 and "repeats" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "grid" / "summary.md").exists()

@@ -41,7 +41,7 @@ from typing import Any
 from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec, spec_definition
 from edloss.lab.models import model_names
 from edloss.files import RunLock, atomic_write_text, prepare_output_folder, read_jsonl, save_figure
-from edloss.lab.train import (CHECKPOINT, EPOCHS, TrainConfig, TrainingDiverged, add_recipe_args,
+from edloss.lab.train import (CHECKPOINT, EPOCHS, RESUME_IGNORED, TrainConfig, TrainingDiverged, add_recipe_args,
                           apply_threads, config_diff, config_from_args, definition_diff,
                           is_finished, read_result, train)
 
@@ -128,6 +128,47 @@ def _check_arms(arms: list[Arm], seeds: list[int]) -> None:
                 raise type(err)(f"loss {arm.label}={spec}: {err}") from None
 
 
+def check_grid(seeds: list[int], models: list[str]) -> None:
+    """Each seed and model at most once: a repeat would count one run as several (``--seeds 0 0 0``
+    showed "3 seeds, ± 0.00" from a single run), as ``ablate`` refuses too."""
+    if not seeds:
+        raise ValueError("no seeds given; e.g. --seeds 0 1 2")
+    for flag, values in (("--seeds", list(seeds)), ("--models", list(models))):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"{flag} repeats {', '.join(repeated)} ({' '.join(map(str, values))}): each run would be "
+                             "counted once per repeat; give each at most once")
+
+
+RECIPE_EXCLUDED = frozenset({"model", "loss", "seed"})  # what varies inside a grid
+
+
+def summary_recipe(recipe: TrainConfig, runs: list[GridRun]) -> TrainConfig:
+    """The recipe the runs present were trained with, for ``--summary-only``: the summary states the
+    recipe above the numbers, so it must be theirs, not whatever flags the rewrite was given. A
+    flag set away from its default that contradicts the runs is refused, as are runs of
+    different recipes; flags left at their defaults take the runs' values."""
+    defaults, flags = asdict(TrainConfig()), asdict(recipe)
+    keys = [k for k in flags if k not in RECIPE_EXCLUDED | RESUME_IGNORED]
+    saved = [(run.out_dir, read_result(run.out_dir)) for run in runs]
+    saved = [(folder, {k: result["config"].get(k, defaults[k]) for k in keys}) for folder, result in saved
+             if result and isinstance(result.get("config"), dict)]  # a result without one cannot say its recipe
+    if not saved:
+        return recipe
+    first_dir, first = saved[0]
+    for folder, other in saved[1:]:
+        diff = config_diff(first, other)
+        if diff:
+            raise ValueError(f"{first_dir} and {folder} were trained with different recipes ({'; '.join(diff)}); "
+                             "one summary states one recipe: compare them in separate --out folders")
+    conflicts = [f"--{k.replace('_', '-')} {flags[k]!r} (the runs: {first[k]!r})" for k in keys
+                 if flags[k] != defaults[k] and flags[k] != first[k]]
+    if conflicts:
+        raise ValueError(f"--summary-only: the runs in the grid were not trained with {', '.join(conflicts)}; "
+                         "drop those flags (the summary takes the recipe from the runs) or give the runs' values")
+    return replace(recipe, **first)
+
+
 def check_versus(versus: list[tuple[str, str]], arms: list[Arm]) -> None:
     """Every ``--versus`` pair names two different arms of the grid."""
     labels = [a.label for a in arms]
@@ -154,8 +195,7 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
     versus = list(versus or [])
     check_versus(versus, arms)
     models = list(models or [recipe.model])
-    if not seeds:
-        raise ValueError("no seeds given; e.g. --seeds 0 1 2")
+    check_grid(list(seeds), models)
     _check_arms(arms, list(seeds))  # first: a missing EDL checkpoint is named with its arm
     runs = plan(recipe, arms, list(seeds), models, Path(out_dir))
     for run in runs:
@@ -570,8 +610,11 @@ def _cli(args: argparse.Namespace) -> int:
     if args.summary_only:
         arms = parse_arms(args.losses)
         check_versus(versus, arms)
+        models = args.models or [recipe.model]
+        check_grid(args.seeds, models)
         with RunLock(out, "comparison grid"):
-            write_summary(out, recipe, arms, args.seeds, args.models or [recipe.model], versus=versus)
+            recipe = summary_recipe(recipe, plan(recipe, arms, args.seeds, models, out))
+            write_summary(out, recipe, arms, args.seeds, models, versus=versus)
         print(out / "summary.md")
         return 0
     summary = compare(recipe, args.losses, args.seeds, out, args.models, progress=not args.quiet,
