@@ -23,7 +23,7 @@ from edloss.evolve import ESConfig
 from edloss.lab import adapt as AD
 from edloss.lab import compare as C
 from edloss.lab import data as D
-from edloss.lab.losses import spec_definition
+from edloss.lab.losses import build_loss_from_spec, parse_loss_spec, spec_definition
 from edloss.lab.train import DEFINITION_KEY, TrainConfig, train
 from edloss.loss import EDLLoss
 from edloss.lossnet import LossNet, LossNetConfig
@@ -266,3 +266,13 @@ def test_compare_refuses_repeated_seeds_and_models(extra: list[str], summary_onl
     code, err = _cli(argv + (["--summary-only"] if summary_only else []), capsys)
     assert code == 2 and "repeats" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "grid" / "summary.md").exists()
+
+
+def test_a_loss_path_holding_an_equals_sign_is_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _loss_at(Path("my=loss"), seed=0)
+    assert parse_loss_spec("edl:my=loss") == ("edl", {"checkpoint": "my=loss"})
+    assert isinstance(build_loss_from_spec("edl:my=loss"), EDLLoss)
+    assert parse_loss_spec("edl:new=run/loss") == ("edl", {"checkpoint": "new=run/loss"})  # not there yet: still a path
+    assert parse_loss_spec("edl:check_inputs=false") == ("edl", {"check_inputs": False})  # EDL's own options stay options
+    assert parse_loss_spec("edl:checkpoint=my=loss,fused=false") == ("edl", {"checkpoint": "my=loss", "fused": False})

@@ -261,6 +261,24 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def _is_edl_path(rest: str) -> bool:
+    """Whether the text after ``edl:`` is a checkpoint path rather than ``key=value`` options: an
+    existing path always is, and so is anything not starting with one of EDL's option names (a
+    folder named ``my=loss`` is no option ``my``)."""
+    from edloss.loss import EDLLoss
+
+    if Path(rest).exists():
+        return True
+    match = re.match(r"^\s*([A-Za-z_]+)\s*=", rest)
+    if match is None:
+        return True
+    options = {"checkpoint"}
+    for method in (EDLLoss.__init__, EDLLoss.pretrained, EDLLoss.from_file):
+        options |= {p.name for p in inspect.signature(method).parameters.values()
+                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return match.group(1) not in options - {"self", "cls", "net", "path"}
+
+
 def parse_loss_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """'focal:gamma=3' -> ('focal', {'gamma': 3}); 'edl:path' -> ('edl', {'checkpoint': 'path'})."""
     name, _, rest = spec.strip().partition(":")
@@ -269,7 +287,7 @@ def parse_loss_spec(spec: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"empty loss name in spec {spec!r}; write e.g. 'ce' or 'focal:gamma=3'")
     options: dict[str, Any] = {}
     if rest:
-        if key == "edl" and not re.match(r"^[A-Za-z_]+=", rest):
+        if key == "edl" and _is_edl_path(rest):
             return key, {"checkpoint": rest}  # a bare path, taken whole (it may hold ',' or '=')
         for i, item in enumerate(rest.split(",")):
             opt, eq, value = item.partition("=")
