@@ -15,8 +15,10 @@ parameters). Here the loss and its logit gradient are computed together in ~40 o
   coefficients per row, and the (M, C) gradient to p * c_p + c_y e_y + c_c e_c.
 
 The folded weights are cached per dtype and device and rebuilt when the network's parameters
-change. The result is differentiable once, with respect to the logits; ``features`` defines the
-same features for autograd, and a property test checks that both paths agree.
+change. The closed-form gradient is differentiable once, with respect to the logits; under
+``create_graph=True`` (second-order gradients) the backward differentiates the autograd path
+instead. ``features`` defines the same features for autograd, and a property test checks that
+both paths agree.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def closed_form(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: floa
     if not with_grad:
         return loss, None, logp_y.squeeze(1)
 
-    g = torch.sigmoid(h) * plan.layers[-1][0]  # d softplus / d a_last: (M, H_last)
+    last = plan.layers[-1][0] if plan.layers else plan.first_w  # no hidden layer: the output layer is the first
+    g = torch.sigmoid(h) * last  # d softplus / d a_last: (M, H_last), or (M, nb) without hidden layers
     for index in range(len(plan.layers) - 1, -1, -1):
         g = activation_backward(name, g, outs[index]) @ (plan.layers[index - 1][0] if index > 0 else plan.first_w)  # last: (M, nb)
     multipliers = torch.cat([torch.sigmoid(shifted), torch.ones_like(pair), p_y], dim=1)  # d basis / d log p (y or c)
@@ -159,19 +162,34 @@ def closed_form(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: floa
     return loss, grad, logp_y.squeeze(1)
 
 
+def differentiable_grad(x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: float, grad_rows: torch.Tensor) -> torch.Tensor:
+    """sum_i grad_rows_i * d l(x_i, y_i) / dx through the autograd path, as a differentiable function
+    of x: what ``create_graph=True`` (a gradient penalty, a Hessian, double backward) needs. The
+    closed-form gradient is a constant saved at forward time, so its own derivative would be
+    silently missing (measured: a gradient penalty 15% off)."""
+    with torch.enable_grad():
+        loss = net(torch.log_softmax(x, dim=1), target) * scale
+        (grad,) = torch.autograd.grad(loss, x, grad_rows, create_graph=True)
+    return grad
+
+
 class _FusedLoss(torch.autograd.Function):
-    """Per-row loss whose logit gradient was assembled during the forward pass."""
+    """Per-row loss whose logit gradient was assembled during the forward pass. The logits are
+    saved too (a reference): under ``create_graph`` the backward differentiates the autograd path."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         loss, grad, logp_y = closed_form(x, target, net, scale)
-        ctx.save_for_backward(grad)
+        ctx.save_for_backward(grad, x, target)
+        ctx.net, ctx.scale = net, scale
         ctx.mark_non_differentiable(logp_y)
         return loss, logp_y
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, _grad_logp_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (grad,) = ctx.saved_tensors
+        grad, x, target = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+            return differentiable_grad(x, target, ctx.net, ctx.scale, grad_loss), None, None, None
         return grad * grad_loss[:, None], None, None, None
 
 
@@ -181,12 +199,15 @@ class _FusedSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, net: LossNet, scale: float) -> torch.Tensor:
         loss, grad, _ = closed_form(x, target, net, scale)
-        ctx.save_for_backward(grad)
+        ctx.save_for_backward(grad, x, target)
+        ctx.net, ctx.scale = net, scale
         return loss.sum()
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (grad,) = ctx.saved_tensors
+        grad, x, target = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+            return differentiable_grad(x, target, ctx.net, ctx.scale, grad_out.expand(x.shape[0])), None, None, None
         if grad_out.device.type == "cpu" and float(grad_out) == 1.0:  # loss.backward(): skip a pass
             return grad, None, None, None
         return grad * grad_out, None, None, None

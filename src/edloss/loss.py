@@ -10,11 +10,14 @@ A checkpoint is a folder with two files:
 * ``loss.safetensors``: the network's weights (safetensors: no pickle, so loading one is safe);
 * ``loss.json``: format name and version, the network's architecture, the scale that anchors the
   gradient at the uniform prediction to cross-entropy's, two sha256 sums (of the weights, and of
-  the weights together with every field that defines the function), and the provenance.
+  the weights together with every other field that decides behaviour: architecture, scale and,
+  from format 3 on, the provenance, which holds the noise rate ``from_file(noise_rate=...)``
+  checks and the notes a load warns with), and the provenance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -29,13 +32,14 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
+from torch.autograd import forward_ad
 
 from edloss.fused import fused_reduced_loss, fused_row_losses
 from edloss.files import atomic_write_bytes, atomic_write_json
 from edloss.lossnet import LossNet, LossNetConfig, base_penalty
 
 FORMAT_NAME = "edloss-loss"
-FORMAT_VERSION = 2  # 2: definition_sha256 covers the architecture and scale too
+FORMAT_VERSION = 3  # 2: definition_sha256 covers the architecture and scale too; 3: the provenance too
 WEIGHTS_FILE = "loss.safetensors"
 CONFIG_FILE = "loss.json"
 REDUCTIONS = ("mean", "sum", "none")
@@ -87,9 +91,19 @@ class EDLLoss(nn.Module):
             raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
             raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+        if not isinstance(net, LossNet):
+            raise TypeError(f"net must be an edloss LossNet, got {type(net).__name__}; for a shipped loss use EDLLoss.pretrained()")
+        for name, flag in (("check_inputs", check_inputs), ("fused", fused), ("trainable", trainable)):
+            if not isinstance(flag, bool):  # "no" would be truthy
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict (the provenance saved with the loss), got {type(metadata).__name__}")
         self.net = net
         self.scale = float(scale)  # a Python float: part of the definition, immune to .half()
         self.register_buffer("weight", _check_weight(weight))
+        # the definition (architecture, form, scale) in the state dict, so that load_state_dict
+        # refuses another loss's weights instead of silently making a third function
+        self.register_buffer("definition", definition_tensor(net.config, self.scale))
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
@@ -107,30 +121,49 @@ class EDLLoss(nn.Module):
         whatever dtype the surrounding model is cast to; the loss computes in float32 (float64 for
         float64 logits) and returns the logits' dtype."""
         master = [p.detach().clone() for p in self.net.parameters()]
+        weight = None if self.weight is None else self.weight.clone()  # class weights define the loss too
         super()._apply(fn, recurse)
         for p, m in zip(self.net.parameters(), master):
             if p.dtype not in (torch.float32, torch.float64):
                 p.data = m.to(p.device)
         if self.weight is not None and self.weight.dtype not in (torch.float32, torch.float64):
-            self.weight = self.weight.float()
+            self.weight = weight.to(self.weight.device)
         return self
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Refuse the state dict of a loss with another definition before any weight is copied:
+        the weights alone do not define the function (the scale and the form are not weights)."""
+        theirs = state_dict.get(prefix + "definition")
+        if isinstance(theirs, torch.Tensor) and not torch.equal(theirs.cpu(), self.definition.cpu()):
+            cfg = self.net.config
+            raise ValueError(
+                f"this state dict holds another loss (its architecture, form or scale differ from this one's: "
+                f"form {cfg.form}, features {list(cfg.features)}, scale {self.scale:.6g}); loading its weights here would "
+                "define a third function. Build that loss with EDLLoss.pretrained(name) or EDLLoss.from_file(path) instead"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 - CE's names
         logits, target, out_shape, soft = _as_rows(input, target)
+        self._check_device(logits)
         if self.weight is not None and self.weight.shape[0] != logits.shape[1]:
             raise ValueError(f"weight has {self.weight.shape[0]} entries but the input has {logits.shape[1]} classes")
+        if soft and self.ignore_index is not None and self.ignore_index >= 0:  # CE's rule and message
+            raise ValueError(f"ignore_index is not supported for floating point target (got ignore_index={self.ignore_index} "
+                             "with probability targets); pass class indices, or ignore_index=None")
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        checking = self.check_inputs and not torch.compiler.is_compiling()
+        checking = self.check_inputs and _values_readable(logits)
         # like F.cross_entropy: float32 under autocast, else the logits' dtype
-        out_dtype = dtype if torch.is_autocast_enabled(logits.device.type) else input.dtype
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        amp = _autocast_available(logits.device.type)
+        out_dtype = dtype if amp and torch.is_autocast_enabled(logits.device.type) else input.dtype
+        with torch.autocast(device_type=logits.device.type, enabled=False) if amp else contextlib.nullcontext():
             x = logits if logits.dtype == dtype else logits.to(dtype)
             if soft:
                 loss, denominator = self._soft_target_loss(x, target.to(dtype), checking)
             else:
                 ignored = self._check_class_indices(x, target) if checking else None
-                if ignored == 0 and self.weight is None and self.label_smoothing == 0 and self.reduction != "none" and self._fused_ok:
+                if ignored == 0 and self.weight is None and self.label_smoothing == 0 and self.reduction != "none" and self._fused_ok(x):
                     # the common case: one fused call returns the reduced loss
                     factor = 1.0 / x.shape[0] if self.reduction == "mean" else 1.0
                     reduced = fused_reduced_loss(x, target, self.net, self.scale * factor)
@@ -138,16 +171,25 @@ class EDLLoss(nn.Module):
                         _check_finite(x, torch.log_softmax(x.detach(), 1).gather(1, target[:, None]).squeeze(1))
                     return reduced.to(out_dtype)
                 loss, denominator = self._class_index_loss(x, target, checking)
-        loss = loss if loss.dtype == out_dtype else loss.to(out_dtype)
         if self.reduction == "none":
-            return loss.reshape(out_shape)
-        if self.reduction == "sum":
-            return loss.sum()
-        return loss.sum() / denominator
+            loss = loss.reshape(out_shape)
+        else:  # reduced before the cast: a weighted row of 2e5 is no inf in float16 once divided by its weight
+            loss = loss.sum() if self.reduction == "sum" else loss.sum() / denominator
+        return loss if loss.dtype == out_dtype else loss.to(out_dtype)
 
-    @property
-    def _fused_ok(self) -> bool:
-        return self.fused and not self.trainable and self.net.has_closed_form_gradient and not torch.compiler.is_compiling()
+    def _fused_ok(self, x: torch.Tensor) -> bool:
+        """The closed-form path, unless a tracer or forward-mode AD needs plain ops (``_values_readable``):
+        its ``autograd.Function`` has no forward derivative and no functorch rules."""
+        return (self.fused and not self.trainable and self.net.has_closed_form_gradient and _values_readable(x)
+                and getattr(forward_ad, "_current_level", -1) < 0)
+
+    def _check_device(self, x: torch.Tensor) -> None:
+        """The network and the class weights on the logits' device (else a raw 'expected device' error deep inside)."""
+        device = self.net.layers[0].weight.device
+        if device != x.device or (self.weight is not None and self.weight.device != x.device):
+            where = device if device != x.device else self.weight.device
+            raise ValueError(f"the logits are on {x.device} but the loss is on {where}: move it with "
+                             f"criterion.to({str(x.device)!r}) (or model.to(...) if the model holds it)")
 
     def _check_class_indices(self, x: torch.Tensor, target: torch.Tensor) -> int:
         """Labels in range (or ignored) and finite logits, in one host sync; returns how many targets are ignored."""
@@ -169,7 +211,7 @@ class EDLLoss(nn.Module):
 
     def _row_losses(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-row penalty l(p, y) (times scale), through the fused closed form when allowed."""
-        if self._fused_ok:
+        if self._fused_ok(x):
             return fused_row_losses(x, target, self.net, self.scale)
         logp = torch.log_softmax(x, dim=1)
         return self.net(logp, target) * self.scale, logp.gather(1, target[:, None]).squeeze(1)
@@ -203,28 +245,39 @@ class EDLLoss(nn.Module):
 
     def _soft_target_loss(self, x: torch.Tensor, probs: torch.Tensor, checking: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """E_{y~t} l(p, y) = sum_y t_y l(p, y) per row; CE's rules: weights multiply each class's
-        term, label smoothing mixes t with the uniform distribution, the mean divides by the rows."""
+        term, label smoothing mixes t with the uniform distribution, the mean divides by the rows.
+
+        A class the target gives no mass contributes nothing, even where its logit is -Inf (a
+        mask, as for class indices): its l(p, c) is infinite, and 0 * inf would be NaN."""
         if checking:
-            _check_probabilities(probs)
-            _check_finite(x, torch.log_softmax(x.detach(), 1).amax(1))
+            _check_probabilities(probs)  # a target's mass on a -Inf logit is an infinite loss: say so
+            _check_finite(x, torch.where(probs > 0, torch.log_softmax(x.detach(), 1), 0.0).sum(1))
         k = x.shape[1]
         if self.label_smoothing > 0:
             probs = probs * (1 - self.label_smoothing) + self.label_smoothing / k
-        every = self._all_label_losses(x)
+        # a massless class is evaluated at the row's likeliest label instead (finite, so no NaN
+        # reaches the gradient either) and weighted 0
+        classes = torch.arange(k, device=x.device)[None, :]
+        labels = torch.where(probs > 0, classes, probs.argmax(1, keepdim=True))
+        every = self._all_label_losses(x, labels)
         terms = every * probs if self.weight is None else every * probs * self.weight.to(x.dtype)
         loss = terms.sum(1)
         return loss, loss.new_tensor(float(loss.shape[0]))
 
-    def _all_label_losses(self, x: torch.Tensor) -> torch.Tensor:
-        """l(p, c) for every class c of every row: (M, C). K network evaluations per row (autograd)."""
+    def _all_label_losses(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """l(p, c) for every class c of every row, (M, C), or for the given labels (M, L). One network
+        evaluation per label and row (autograd)."""
         from edloss.features import label_features
 
         logp = torch.log_softmax(x, dim=1)
-        labels = torch.arange(x.shape[1], device=x.device)[None, :]
-        feats = label_features(logp, labels, self.net.config.features)  # (M, C, F)
+        if labels is None:
+            labels, logp_labels = torch.arange(x.shape[1], device=x.device)[None, :], logp
+        else:
+            logp_labels = logp.gather(1, labels)
+        feats = label_features(logp, labels, self.net.config.features)  # (M, L, F)
         out = self.net.forward_features(feats)
         if self.net.config.has_base:
-            out = out + base_penalty(self.net.config, logp, x.shape[1])
+            out = out + base_penalty(self.net.config, logp_labels, x.shape[1])
         return out * self.scale
 
     def extra_repr(self) -> str:
@@ -261,12 +314,18 @@ class EDLLoss(nn.Module):
             return cls.from_file(path, **kwargs)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, noise_rate: float | None = None, **kwargs: Any) -> EDLLoss:
+    def from_file(cls, path: str | os.PathLike[str], *, noise_rate: float | None = None,
+                  allow_unverified: bool = False, **kwargs: Any) -> EDLLoss:
         """Load a checkpoint folder (or its loss.json / loss.safetensors), verifying both checksums,
         the field types and that every weight is finite. ``noise_rate``, if given, must be the
-        rate the loss was pretrained for (a file holds one loss; nothing is guessed)."""
+        rate the loss was pretrained for (a file holds one loss; nothing is guessed).
+        ``allow_unverified=True`` loads a format-1 file, whose definition no checksum covers."""
+        if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+            raise TypeError(f"path must name a checkpoint folder (holding {CONFIG_FILE} and {WEIGHTS_FILE}), got {path!r}")
+        if not isinstance(allow_unverified, bool):
+            raise TypeError(f"allow_unverified must be True or False, got {allow_unverified!r}")
         folder = _checkpoint_folder(Path(path))
-        meta = _read_config(folder / CONFIG_FILE)
+        meta = _read_config(folder / CONFIG_FILE, allow_unverified)
         if noise_rate is not None:
             trained = pretrained_noise_rate(meta)
             if not _is_rate(noise_rate) or abs(trained - noise_rate) > 1e-9:
@@ -282,8 +341,9 @@ class EDLLoss(nn.Module):
                 "Re-export the loss with `edloss pretrain` or restore the original files."
             )
         if meta["format_version"] >= 2 and definition_digest(meta, blob) != meta["definition_sha256"]:
+            covered = "architecture, scale or provenance" if meta["format_version"] >= 3 else "architecture or scale"
             raise ValueError(
-                f"{folder / CONFIG_FILE} was edited after saving: its architecture or scale no longer match "
+                f"{folder / CONFIG_FILE} was edited after saving: its {covered} no longer match "
                 "definition_sha256, so the file would define a different loss. Restore the original loss.json."
             )
         try:
@@ -298,11 +358,16 @@ class EDLLoss(nn.Module):
         theta = tensors.get("theta")
         if theta is None or not torch.isfinite(theta).all():
             raise ValueError(f"{folder / WEIGHTS_FILE} holds no 'theta' tensor or non-finite weights; the loss cannot be used")
+        if theta.dim() != 1:
+            raise ValueError(f"{folder / WEIGHTS_FILE}: 'theta' must be a flat vector, got shape {tuple(theta.shape)}")
         try:
             net.load_flat(theta)
         except ValueError as err:
             raise ValueError(f"{folder / WEIGHTS_FILE} does not match its loss.json architecture: {err}") from err
-        return cls(net, scale=meta["scale"], metadata=meta.get("provenance", {}), **kwargs)
+        provenance = meta.get("provenance", {})
+        if isinstance(provenance.get(NOT_MONOTONE), str):  # e.g. v3: shipped for comparison, not for use
+            warnings.warn(f"{folder.name}: this loss is not monotone: {provenance[NOT_MONOTONE]}", stacklevel=2)
+        return cls(net, scale=meta["scale"], metadata=provenance, **kwargs)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``loss.safetensors`` and ``loss.json`` into the folder ``path``; returns it."""
@@ -310,24 +375,24 @@ class EDLLoss(nn.Module):
 
         folder = Path(path)
         blob = save_safetensors({"theta": self.net.flat().float().contiguous()})
-        cfg = self.net.config
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "edloss_version": __version__,
-            "lossnet": {"features": list(cfg.features), "hidden": list(cfg.hidden), "activation": cfg.activation, "form": cfg.form,
-                        **({"noise_rate": cfg.noise_rate} if cfg.form == "corrected" else {})},
+            "lossnet": lossnet_fields(self.net.config),
             "scale": float(self.scale),
             "sha256": hashlib.sha256(blob).hexdigest(),
         }
-        meta["definition_sha256"] = definition_digest(meta, blob)
-        meta["provenance"] = self.metadata
+        provenance = json.loads(json.dumps(self.metadata))  # the digest covers what a load will read back
+        meta["definition_sha256"] = definition_digest({**meta, "provenance": provenance}, blob)
+        meta["provenance"] = provenance
         atomic_write_bytes(folder / WEIGHTS_FILE, blob)
         atomic_write_json(folder / CONFIG_FILE, meta)
         return folder
 
 
 NOISE_RANGE = (0.0, 0.8)
+NOT_MONOTONE = "not_monotone"  # a provenance field: where the loss was measured to push a logit the wrong way
 
 
 def _is_rate(value: Any) -> bool:
@@ -346,16 +411,19 @@ def shipped_names() -> list[str]:
 
 
 def is_shipped(name: Any) -> bool:
-    """Whether the package ships a loss of this name (``EDLLoss.pretrained(name)``)."""
-    if not isinstance(name, str) or not name or "/" in name:
-        return False
-    return (_weights() / name).is_dir()
+    """Whether the package ships a loss of this name (``EDLLoss.pretrained(name)``); "." and ".."
+    are folders too, but no loss."""
+    return isinstance(name, str) and name in shipped_names()
 
 
 def pretrained_noise_rate(meta: dict[str, Any]) -> float:
-    """The label-noise rate a checkpoint was pretrained for (0 for clean labels)."""
-    objective = meta.get("provenance", {}).get("config", {}).get("objective", {})
-    return float(objective.get("label_noise", 0.0) or 0.0)
+    """The label-noise rate a checkpoint was pretrained for (0 for clean labels, or where the
+    provenance does not record one as a number)."""
+    objective: Any = meta.get("provenance", {})
+    for key in ("config", "objective"):
+        objective = objective.get(key, {}) if isinstance(objective, dict) else {}
+    rate = objective.get("label_noise", 0.0) if isinstance(objective, dict) else 0.0
+    return float(rate) if _is_rate(rate) else 0.0
 
 
 NOISE_FOLDER = re.compile(r"noise-(\d+(?:\.\d+)?)(?:-k(\d+))?")  # noise-ETA (any K) or noise-ETA-kK
@@ -392,10 +460,39 @@ def _noise_loss_name(name: str, rate: Any, num_classes: Any = None) -> str:
 
 
 def definition_digest(meta: dict[str, Any], blob: bytes) -> str:
-    """sha256 of everything that defines the function: format, architecture, scale and weights."""
-    definition = {key: meta[key] for key in ("format", "format_version", "lossnet", "scale")}
+    """sha256 of everything that decides behaviour: format, architecture, scale, weights and, from
+    format 3 on, the provenance (``from_file(noise_rate=...)`` checks the rate recorded there, and a
+    load warns with its notes: an edited provenance would pass a loss off as another)."""
+    keys = ("format", "format_version", "lossnet", "scale") + (("provenance",) if meta["format_version"] >= 3 else ())
+    definition = {key: meta.get(key) for key in keys}
     canonical = json.dumps(definition, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical + b"\0" + blob).hexdigest()
+
+
+def lossnet_fields(cfg: LossNetConfig) -> dict[str, Any]:
+    """The architecture as loss.json stores it."""
+    return {"features": list(cfg.features), "hidden": list(cfg.hidden), "activation": cfg.activation, "form": cfg.form,
+            **({"noise_rate": cfg.noise_rate} if cfg.form == "corrected" else {})}
+
+
+def definition_tensor(cfg: LossNetConfig, scale: float) -> torch.Tensor:
+    """sha256 of the architecture and scale as 32 uint8: a state-dict entry (a tensor, so a state
+    dict stays loadable with ``weights_only`` and savable as safetensors) that names the function
+    the weights belong to. Integer, so ``.half()`` leaves it alone."""
+    canonical = json.dumps({"lossnet": lossnet_fields(cfg), "scale": float(scale)}, sort_keys=True, separators=(",", ":"))
+    return torch.frombuffer(bytearray(hashlib.sha256(canonical.encode()).digest()), dtype=torch.uint8)
+
+
+def _values_readable(x: torch.Tensor) -> bool:
+    """False where a tensor's values cannot be read: ``torch.compile`` tracing, ``torch.func``
+    transforms (grad, vmap, jacrev, ...) and the meta device. There, as under compile, the input
+    checks (a host sync) are skipped and the plain autograd path replaces the fused one (an
+    ``autograd.Function`` these transforms cannot trace)."""
+    return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or x.device.type == "meta")
+
+
+# torch >= 2.4 says which device types autocast knows (not the meta device); before, assume all but meta
+_autocast_available = getattr(torch.amp, "is_autocast_available", lambda device_type: device_type != "meta")
 
 
 # ---------------------------------------------------------------------- input handling
@@ -444,7 +541,7 @@ def _check_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
         return None
     if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or not weight.is_floating_point():
         raise ValueError(f"weight must be a 1-D float tensor with one entry per class, got {weight!r}")
-    if not torch.isfinite(weight).all() or (weight < 0).any():
+    if weight.device.type != "meta" and (not torch.isfinite(weight).all() or (weight < 0).any()):  # meta: no values
         raise ValueError(f"weight must be finite and >= 0, got {weight.tolist()}")
     return weight.detach().float() if weight.dtype != torch.float64 else weight.detach()
 
@@ -498,8 +595,9 @@ def _read_bytes(path: Path) -> bytes:
 FIELD_TYPES: dict[str, tuple[type, ...]] = {"format": (str,), "format_version": (int,), "lossnet": (dict,), "scale": (float, int), "sha256": (str,)}
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    """Parse loss.json and check every field that defines the loss: presence, type, range."""
+def _read_config(path: Path, allow_unverified: bool = False) -> dict[str, Any]:
+    """Parse loss.json and check every field that defines the loss: presence, type, range. A
+    format-1 file (no definition checksum) only with ``allow_unverified``."""
     try:
         meta = json.loads(_read_bytes(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -517,8 +615,17 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} has format version {version}; this edloss reads 1..{FORMAT_VERSION} (newer: pip install -U edloss)")
     if version >= 2 and not isinstance(meta.get("definition_sha256"), str):
         raise ValueError(f"{path}: field 'definition_sha256' must be a string (format version {version} requires it)")
+    if not isinstance(meta.get("provenance", {}), dict):
+        raise ValueError(f"{path}: field 'provenance' must be a dict, got {type(meta['provenance']).__name__}")
+    if version == 1 and not allow_unverified:
+        raise ValueError(f"{path} is format version 1: no checksum covers its architecture, scale or provenance, so an edit "
+                         "would load silently. If you trust it, load it with EDLLoss.from_file(path, allow_unverified=True) "
+                         "and re-save it with loss.save(path)")
     if version == 1:
-        warnings.warn(f"{path} is format version 1: its architecture and scale are not checksummed; re-save it with loss.save()", stacklevel=3)
+        warnings.warn(f"{path} is format version 1, loaded unverified (allow_unverified=True); re-save it with loss.save()", stacklevel=3)
+    if version == 2:
+        warnings.warn(f"{path} is format version 2: its provenance (the noise rate it was pretrained for) is not checksummed; "
+                      "re-save it with loss.save()", stacklevel=3)
     if not (math.isfinite(meta["scale"]) and meta["scale"] > 0):
         raise ValueError(f"{path}: field 'scale' must be a finite positive number, got {meta['scale']!r}")
     return meta

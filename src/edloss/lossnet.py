@@ -53,6 +53,7 @@ def softsign(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"tanh": tanh, "softsign": softsign, "relu": torch.relu, "silu": nn.functional.silu, "gelu": nn.functional.gelu}
 MONOTONE_ACTIVATIONS = ("tanh", "softsign", "relu")  # non-decreasing: a non-negative-weight MLP of them is monotone
 FORMS = ("free", "monotone", "bounded", "corrected")
+MAX_PARAMS = 1_000_000  # a population of 64 such networks is 256 MB; the shipped network has 353 parameters
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class LossNetConfig:
     """Architecture of the loss network. Everything here is saved with a checkpoint."""
 
     features: tuple[str, ...] = DEFAULT_FEATURES
-    hidden: tuple[int, ...] = (16, 16)
+    hidden: tuple[int, ...] = (16, 16)  # () is a linear model of the features
     activation: str = "tanh"
     form: str = "monotone"  # v4 default; "free" for the v0-v3 losses (configs/ pins them)
     noise_rate: float = 0.0  # the corrected form's eta (its base); 0 for every other form
@@ -74,6 +75,9 @@ class LossNetConfig:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden layer sizes must be >= 1, got {self.hidden}")
+        if self.num_params > MAX_PARAMS:  # before any allocation: [100000, 100000] would ask for 40 GB
+            raise ValueError(f"lossnet.hidden {list(self.hidden)} gives a network of {self.num_params:,} parameters; "
+                             f"at most {MAX_PARAMS:,} are allowed (the shipped one has 353: hidden [16, 16])")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
         if self.form not in FORMS:
@@ -209,7 +213,7 @@ def population_forward(theta: torch.Tensor, features: torch.Tensor, config: Loss
     """
     layers = effective_layers(unflatten(theta.to(features.dtype), config), config)
     p, n = theta.shape[0], features.shape[-2]
-    tile = max(1, TILE_ELEMENTS // (p * max(config.hidden)))
+    tile = max(1, TILE_ELEMENTS // (p * max(config.hidden, default=1)))
     if n <= tile:
         return _population_mlp(layers, features, p, config)
     parts = [_population_mlp(layers, features[..., i : i + tile, :], p, config) for i in range(0, n, tile)]
