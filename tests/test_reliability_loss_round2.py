@@ -319,12 +319,22 @@ NET = LossNet(LossNetConfig())
         (lambda: EDLLoss.from_file(""), TypeError, "path must name a checkpoint folder .* got ''"),
         (lambda: EDLLoss.from_file(3), TypeError, "path must name a checkpoint folder .* got 3"),
         (lambda: EDLLoss.pretrained(allow_unverified="yes"), TypeError, "allow_unverified must be True or False, got 'yes'"),
+        (lambda: EDLLoss.pretrained(weight=torch.ones(2, 3)), ValueError, r"weight must be a 1-D .* got a tensor of shape \(2, 3\)"),
+        (lambda: EDLLoss.pretrained().to("meta")(torch.randn(2, 3, device="meta"), torch.tensor([0, 1])), ValueError,
+         "the target is on cpu; move the target"),
     ],
 )
 def test_bad_loss_arguments_get_one_line_errors_naming_the_value(call, error, match):
     with pytest.raises(error) as err:
         call()
     assert err.match(match) and one_line(err)
+
+
+def test_from_file_noise_rate_outside_the_pretraining_range_is_named(tmp_path):
+    EDLLoss.pretrained().save(tmp_path)
+    with pytest.raises(ValueError) as err:
+        EDLLoss.from_file(tmp_path, noise_rate=2.0)  # was: "pretrain one with --label-noise 2.0", a rate pretrain refuses
+    assert "noise_rate must be a number in [0, 0.99]" in one_line(err)
 
 
 @pytest.mark.parametrize(

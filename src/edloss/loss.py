@@ -146,7 +146,7 @@ class EDLLoss(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 - CE's names
         logits, target, out_shape, soft = _as_rows(input, target)
-        self._check_device(logits)
+        self._check_device(logits, target)
         if self.weight is not None and self.weight.shape[0] != logits.shape[1]:
             raise ValueError(f"weight has {self.weight.shape[0]} entries but the input has {logits.shape[1]} classes")
         if soft and self.ignore_index is not None and self.ignore_index >= 0:  # CE's rule and message
@@ -183,8 +183,11 @@ class EDLLoss(nn.Module):
         return (self.fused and not self.trainable and self.net.has_closed_form_gradient and _values_readable(x)
                 and getattr(forward_ad, "_current_level", -1) < 0)
 
-    def _check_device(self, x: torch.Tensor) -> None:
-        """The network and the class weights on the logits' device (else a raw 'expected device' error deep inside)."""
+    def _check_device(self, x: torch.Tensor, target: torch.Tensor) -> None:
+        """The target, the network and the class weights on the logits' device (else a raw
+        'expected device' error deep inside)."""
+        if target.device != x.device:
+            raise ValueError(f"the logits are on {x.device} but the target is on {target.device}; move the target with .to({str(x.device)!r})")
         device = self.net.layers[0].weight.device
         if device != x.device or (self.weight is not None and self.weight.device != x.device):
             where = device if device != x.device else self.weight.device
@@ -327,8 +330,11 @@ class EDLLoss(nn.Module):
         folder = _checkpoint_folder(Path(path))
         meta = _read_config(folder / CONFIG_FILE, allow_unverified)
         if noise_rate is not None:
+            if not _is_rate(noise_rate) or not 0 <= noise_rate <= PRETRAIN_NOISE_MAX:
+                raise ValueError(f"noise_rate must be a number in [0, {PRETRAIN_NOISE_MAX}] (the share of wrong labels the loss "
+                                 f"was pretrained for), got {noise_rate!r}")
             trained = pretrained_noise_rate(meta)
-            if not _is_rate(noise_rate) or abs(trained - noise_rate) > 1e-9:
+            if abs(trained - noise_rate) > 1e-9:
                 raise ValueError(f"{folder} was pretrained for label noise {trained:g}, not {noise_rate!r}; "
                                  f"pretrain one with `edloss pretrain --label-noise {noise_rate}`, or use "
                                  "EDLLoss.pretrained(noise_rate=...) for the shipped ones")
@@ -392,6 +398,7 @@ class EDLLoss(nn.Module):
 
 
 NOISE_RANGE = (0.0, 0.8)
+PRETRAIN_NOISE_MAX = 0.99  # the largest --label-noise pretraining takes
 NOT_MONOTONE = "not_monotone"  # a provenance field: where the loss was measured to push a logit the wrong way
 
 
@@ -540,7 +547,8 @@ def _check_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
     if weight is None:
         return None
     if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or not weight.is_floating_point():
-        raise ValueError(f"weight must be a 1-D float tensor with one entry per class, got {weight!r}")
+        got = f"a tensor of shape {tuple(weight.shape)}, {weight.dtype}" if isinstance(weight, torch.Tensor) else repr(weight)
+        raise ValueError(f"weight must be a 1-D float tensor with one entry per class, got {got}")
     if weight.device.type != "meta" and (not torch.isfinite(weight).all() or (weight < 0).any()):  # meta: no values
         raise ValueError(f"weight must be finite and >= 0, got {weight.tolist()}")
     return weight.detach().float() if weight.dtype != torch.float64 else weight.detach()
