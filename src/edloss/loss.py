@@ -60,9 +60,11 @@ class EDLLoss(nn.Module):
         check_inputs: validate label range and finiteness (one host sync per call). Skipped
             under ``torch.compile``; shapes and dtypes are always checked.
         fused: in eager mode, compute the logit gradient in closed form during the forward pass
-            (measured several times faster than autograd for this many tiny ops). The loss is
-            then differentiable once, with respect to the logits; ``fused=False`` allows double
-            backward. ``torch.compile`` always traces the plain autograd path.
+            (measured several times faster than autograd for this many tiny ops). Under
+            ``create_graph=True`` (second-order gradients) its backward differentiates the autograd
+            path instead; ``torch.compile``, ``torch.func`` transforms, forward-mode AD and the meta
+            device always use the plain autograd path (and, where values cannot be read, skip the
+            input checks, as under compile).
         trainable: a pretrained loss is frozen: its network gets no gradient and an optimizer
             over ``model.parameters()`` cannot change it (else a model learns to game its own
             loss). ``trainable=True`` opts in (and turns the fused path off).
