@@ -99,10 +99,26 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_main)
 
 
+MAX_CLASSES = 100_000  # the shape tables hold a (points, K) grid: 1e9 classes would take all memory
+
+
+def check_figure_path(path: Path) -> None:
+    """A --figure onto a folder or under a file fails now, before the tables are computed and printed."""
+    if path.is_dir():
+        raise ValueError(f"--figure {path} is a folder; give a .png file path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--figure {path} lies under {parent}, which is a file, not a folder")
+            return
+
+
 def _main(args: argparse.Namespace) -> int:
     """A damaged loss (bad checksum, non-finite weights) is refused by ``EDLLoss.from_file``: exit 2, one line."""
-    if args.classes < 2:
-        raise ValueError(f"--classes must be >= 2, got {args.classes}")
+    if not 2 <= args.classes <= MAX_CLASSES:
+        raise ValueError(f"--classes must be in [2, {MAX_CLASSES}], got {args.classes}")
+    if args.figure:
+        check_figure_path(args.figure)
     if not args.checkpoint.exists() and len(args.checkpoint.parts) == 1:  # a bare name: a shipped loss (a folder wins)
         loss = EDLLoss.pretrained(str(args.checkpoint))  # an unknown one is refused listing the shipped names
     else:

@@ -436,6 +436,10 @@ def _main(args: argparse.Namespace) -> int:
         raise ValueError("--ray-actors needs --ray ADDRESS (or --ray auto)")
     if args.ray_actors is not None and args.ray_actors < 1:
         raise ValueError(f"--ray-actors must be >= 1, got {args.ray_actors}")
+    if args.ray:
+        from edloss.distributed import resolve_address
+
+        resolve_address(args.ray)  # a wrong address fails before the run folder is made
     out = prepare_output_folder(Path("runs") / f"pretrain-{cfg.es.mutation}-seed{cfg.es.seed}" if args.out is None else args.out)
     if args.threads:
         torch.set_num_threads(args.threads)

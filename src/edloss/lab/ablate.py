@@ -74,7 +74,7 @@ import torch
 
 from edloss.lab import stats
 from edloss.configs import check_fields, diff_dicts, from_dict, load_file, to_dict, versions
-from edloss.evolve import ESConfig
+from edloss.evolve import MAX_SIGMA, ESConfig
 from edloss.files import LockedRun, RunLock, atomic_write_bytes, atomic_write_json, prepare_output_folder, read_jsonl
 from edloss.loss import EDLLoss
 from edloss.objective import evaluate, population_penalty, sample_batches
@@ -137,8 +137,8 @@ class AblationConfig:
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} repeat: {list(values)}")
         for name, values in (("sigmas", self.sigmas), ("cmaes_sigmas", self.cmaes_sigmas)):
-            if not values or any(not (math.isfinite(s) and s > 0) for s in values):
-                raise ValueError(f"{name} must be finite and > 0 (at least one), got {list(values)}")
+            if not values or any(not (math.isfinite(s) and 0 < s <= MAX_SIGMA) for s in values):
+                raise ValueError(f"{name} must be in (0, {MAX_SIGMA:g}] (at least one), got {list(values)}")
         if not self.seeds or any(s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be >= 0, got {list(self.seeds)}")
         if any(not math.isfinite(x) for x in self.levels + self.train_levels):
@@ -871,6 +871,10 @@ def _main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.evals_per_generation:
         return _fitness_noise_main(args, cfg)
+    if args.ray is not None:
+        from edloss import distributed
+
+        distributed.resolve_address(args.ray)  # a wrong address fails before the folder is made
     if args.summary_only and str(args.out).strip() and read_ablation(Path(args.out)) is None:
         raise FileNotFoundError(f"{Path(args.out) / ABLATION_FILE} does not exist (or is not an edloss ablation); run edloss ablate first")
     out = prepare_output_folder(args.out)

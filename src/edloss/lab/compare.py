@@ -38,12 +38,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edloss.lab.data import check_present
 from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec, spec_definition
 from edloss.lab.models import model_names
 from edloss.files import RunLock, atomic_write_text, prepare_output_folder, read_jsonl, save_figure
 from edloss.lab.train import (CHECKPOINT, EPOCHS, RESUME_IGNORED, TrainConfig, TrainingDiverged, add_recipe_args,
                           apply_threads, config_diff, config_from_args, definition_diff,
-                          is_finished, read_result, train)
+                          is_finished, read_result, resolve_device, train)
 
 DEFAULT_LOSSES = ("ce", "label_smoothing", "focal", "poly1", "edl")
 DEFAULT_SEEDS = (0, 1, 2)
@@ -200,6 +201,13 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
     runs = plan(recipe, arms, list(seeds), models, Path(out_dir))
     for run in runs:
         run.config.validate()
+    check_present(recipe.dataset, recipe.data_dir, recipe.download)
+    if ray is None:
+        resolve_device(recipe.device)  # a device this machine lacks (on Ray: the workers' machines decide)
+    else:
+        from edloss import distributed
+
+        distributed.resolve_address(ray)  # a wrong address fails now, before the grid folder exists
     out_dir = prepare_output_folder(out_dir)
     with RunLock(out_dir, "comparison grid"):  # the grid folder; train() locks each run folder below it
         return _compare_locked(recipe, arms, list(seeds), models, out_dir, runs, progress, ray, threads, versus)
@@ -605,19 +613,20 @@ def write_summary(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: li
 def _cli(args: argparse.Namespace) -> int:
     apply_threads(args)
     recipe = config_from_args(args)
-    out = prepare_output_folder(args.out)
+    out = Path(args.out)  # made by compare() once every flag is checked
     versus = [tuple(pair) for pair in args.versus or []]
     if args.summary_only:
         arms = parse_arms(args.losses)
         check_versus(versus, arms)
         models = args.models or [recipe.model]
         check_grid(args.seeds, models)
+        out = prepare_output_folder(args.out)
         with RunLock(out, "comparison grid"):
             recipe = summary_recipe(recipe, plan(recipe, arms, args.seeds, models, out))
             write_summary(out, recipe, arms, args.seeds, models, versus=versus)
         print(out / "summary.md")
         return 0
-    summary = compare(recipe, args.losses, args.seeds, out, args.models, progress=not args.quiet,
+    summary = compare(recipe, args.losses, args.seeds, args.out, args.models, progress=not args.quiet,
                       ray=args.ray, threads=args.threads, versus=versus)
     print((out / "summary.md").read_text())
     failed = [r for r in summary["runs"] if r["status"] == "failed"]

@@ -310,6 +310,15 @@ class CifarArrays:
     classes: list[str]
 
 
+def check_present(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None, download: bool = False) -> None:
+    """FileNotFoundError naming where the data was looked for, unless it is there (or will be
+    downloaded): called before a run makes its folder, so a wrong --data-dir writes nothing."""
+    spec = get_spec(dataset)
+    root = resolve_data_dir(data_dir)
+    if find_batches(spec, root) is None and not download:
+        raise FileNotFoundError(_missing_message(spec, root, data_dir))
+
+
 def load_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
                download: bool = False) -> CifarArrays:
     """Read every batch of CIFAR-10 or CIFAR-100 into memory.

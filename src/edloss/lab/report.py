@@ -642,13 +642,13 @@ def build_report(paths: list[Path], out: Path, progress: bool = True) -> dict[st
                 sources.append(found)
                 seen.add(Path(extra).resolve())
     usable = [s for s in sources if s.kind != "invalid"]
+    if not usable:  # one line naming every input, not a note per input and then the error
+        raise ValueError("nothing to report: " + "; ".join(f"{s.path} {s.status}" for s in sources))
     for s in sources:
         if s.kind == "invalid":
             _say(True, f"edloss report: {s.path} {s.status}; skipped")
         elif s.status.startswith("unfinished"):
             _say(progress, f"edloss report: {s.path} ({s.kind}) is {s.status}; reporting the finished parts")
-    if not usable:
-        raise ValueError("nothing to report: " + "; ".join(f"{s.path} {s.status}" for s in sources))
     out = prepare_output_folder(out)
     lines = ["# EDL report", "", "| input | kind | status |", "|---|---|---|"]
     lines += [f"| `{s.path}` | {s.kind} | {s.status} |" for s in sources]
@@ -715,7 +715,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    torch.set_num_threads(max(1, args.threads))
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     if args.out is not None:
         prepare_output_folder(args.out)  # a bad --out fails before any reading or drawing
         out = Path(args.out)

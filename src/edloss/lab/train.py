@@ -39,7 +39,7 @@ from edloss.configs import versions
 from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
                           prepare_output_folder, read_jsonl)
 from edloss.files import writing as _writing
-from edloss.lab.data import BatchLoader, Splits, flip_labels, get_spec, load_splits, resolve_data_dir
+from edloss.lab.data import BatchLoader, Splits, check_present, flip_labels, get_spec, load_splits, resolve_data_dir
 from edloss.lab.losses import (LOSSES, build_loss_from_spec, definition_sha256, parse_loss_arm, parse_loss_spec,
                                spec_definition)
 from edloss.lab.models import build_model, model_names
@@ -51,6 +51,7 @@ CHECKPOINT_FORMAT = "edloss-train-checkpoint"
 SCHEDULES = ("cosine", "onecycle")
 # config fields that may change between a run and its resumption without changing its numbers
 RESUME_IGNORED = frozenset({"data_dir", "download", "compile", "device"})
+MAX_EPOCHS = 100_000  # years of CPU for ResNet-20 on CIFAR: a larger count is a typo (10**20 would run forever)
 NAN_CHECK_EVERY = 25  # steps between divergence checks on CUDA (each one is a host sync)
 
 
@@ -96,6 +97,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(f"--epochs must be an integer in [1, {MAX_EPOCHS}], got {self.epochs}")
         if self.seed >= 2**32:
             raise ValueError(f"--seed must be an integer in [0, 2**32), got {self.seed}")
         if self.train_subset is not None and (isinstance(self.train_subset, bool)
@@ -576,6 +579,7 @@ def train(config: TrainConfig, out_dir: Path, progress: bool = True, *, resume: 
     config.validate()
     check_stop_after(stop_after)
     resolve_device(config.device)  # a device this machine lacks is refused before the folder is touched
+    check_present(config.dataset, config.data_dir, config.download)  # so is missing data
     out_dir = prepare_output_folder(out_dir, "--out")
     with RunLock(out_dir, "edloss train"):
         return _train_locked(config, out_dir, progress, resume, stop_after)
