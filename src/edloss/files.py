@@ -81,9 +81,9 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
 
 
 # ---------------------------------------------------------------------- output folders
-def prepare_output_folder(out: Path | str, option: str = "--out") -> Path:
-    """Check that ``out`` can be a run folder (create it if needed), or raise a one-line error
-    naming the path: empty, an existing file, under a file, a device, or not writable."""
+def check_output_path(out: Path | str | None, option: str = "--out") -> Path:
+    """The checks of ``prepare_output_folder`` that need no folder made (empty, a file, under a
+    file): a command runs them first, so a bad --out is named before other errors and nothing is written."""
     if out is None or str(out).strip() == "":
         raise ValueError(f"{option} is empty; give a folder for the run's files")
     out = Path(out)
@@ -94,6 +94,13 @@ def prepare_output_folder(out: Path | str, option: str = "--out") -> Path:
             if not parent.is_dir():
                 raise ValueError(f"{option} {out} lies under {parent}, which is a file, not a folder")
             break
+    return out
+
+
+def prepare_output_folder(out: Path | str, option: str = "--out") -> Path:
+    """Check that ``out`` can be a run folder (create it if needed), or raise a one-line error
+    naming the path: empty, an existing file, under a file, a device, or not writable."""
+    out = check_output_path(out, option)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -41,7 +41,7 @@ from typing import Any
 from edloss.lab.data import check_present
 from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec, spec_definition
 from edloss.lab.models import model_names
-from edloss.files import RunLock, atomic_write_text, prepare_output_folder, read_jsonl, save_figure
+from edloss.files import RunLock, atomic_write_text, check_output_path, prepare_output_folder, read_jsonl, save_figure
 from edloss.lab.train import (CHECKPOINT, EPOCHS, RESUME_IGNORED, TrainConfig, TrainingDiverged, add_recipe_args,
                           apply_threads, config_diff, config_from_args, definition_diff,
                           is_finished, read_result, resolve_device, train)
@@ -201,6 +201,7 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
     runs = plan(recipe, arms, list(seeds), models, Path(out_dir))
     for run in runs:
         run.config.validate()
+    check_output_path(out_dir)
     check_present(recipe.dataset, recipe.data_dir, recipe.download)
     if ray is None:
         resolve_device(recipe.device)  # a device this machine lacks (on Ray: the workers' machines decide)

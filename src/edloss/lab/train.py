@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from edloss.configs import versions
 from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
-                          prepare_output_folder, read_jsonl)
+                          check_output_path, prepare_output_folder, read_jsonl)
 from edloss.files import writing as _writing
 from edloss.lab.data import BatchLoader, Splits, check_present, flip_labels, get_spec, load_splits, resolve_data_dir
 from edloss.lab.losses import (LOSSES, build_loss_from_spec, definition_sha256, parse_loss_arm, parse_loss_spec,
@@ -579,6 +579,7 @@ def train(config: TrainConfig, out_dir: Path, progress: bool = True, *, resume: 
     config.validate()
     check_stop_after(stop_after)
     resolve_device(config.device)  # a device this machine lacks is refused before the folder is touched
+    check_output_path(out_dir, "--out")
     check_present(config.dataset, config.data_dir, config.download)  # so is missing data
     out_dir = prepare_output_folder(out_dir, "--out")
     with RunLock(out_dir, "edloss train"):
