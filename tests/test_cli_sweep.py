@@ -44,7 +44,11 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--mutation": ["bogus"], "--sigma": ["0", "1e300", "nan"], "--objective": ["bogus"],
         "--severity": ["bogus"], "--classes": ["1", "5,2", "x"], "--features": ["bogus"],
         "--label-noise": ["1.5", "-1", "nan"], "--threads": ["0"], "--ray-actors": ["0", "2"],
-        "--ray": ["not-an-address"],
+        "--ray": ["not-an-address"], "--start": ["{missing}", "bogus", "v3"],
+    }),
+    "world-check": (["--out", "{out}", "--regimes", "clean", "--repeats", "1", "--no-ranking", "--quiet", "--threads", "1"], {
+        "--world": ["{missing}", "{file}", "{folder}"], "--family": ["bogus"], "--regimes": ["bogus"],
+        "--repeats": ["0", "1000"], "--panel-dir": ["{file}"], "--out": ["{file}", "{file}/under"], "--threads": ["0"],
     }),
     "inspect": (["default"], {
         "checkpoint": ["{missing}"], "--classes": ["1", "0", str(10**9)], "--beside": ["bogus"],
@@ -72,11 +76,12 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
 }
 # Flags with no value to get wrong: switches.
 SWITCHES = {"--help", "--fresh", "--quiet", "--download", "--balanced-subset", "--no-augment", "--no-nesterov",
-            "--channels-last", "--no-channels-last", "--compile", "--no-amp", "--summary-only"}
+            "--channels-last", "--no-channels-last", "--compile", "--no-amp", "--summary-only", "--no-ranking"}
 # The functions where a command's real work begins: reaching one means the bad value was accepted.
 # (report has none: build_report checks its inputs itself, before it writes, and the sweep checks nothing is written)
 WORK = ["edloss.lab.train._train_locked", "edloss.lab.compare._compare_locked", "edloss.pretrain.pretrain",
-        "edloss.lab.ablate.ablate", "edloss.lab.fitness_noise.run", "edloss.lab.adapt.adapt", "edloss.inspect.describe"]
+        "edloss.lab.ablate.ablate", "edloss.lab.fitness_noise.run", "edloss.lab.adapt.adapt", "edloss.inspect.describe",
+        "edloss.lab.world.world_check"]
 
 
 class ReachedWork(AssertionError):

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "ablate": "edloss.lab.ablate",
     "adapt": "edloss.lab.adapt",
     "report": "edloss.lab.report",
+    "world-check": "edloss.lab.world",
 }
 
 

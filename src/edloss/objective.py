@@ -43,8 +43,11 @@ from edloss.features import label_features
 from edloss.lossnet import LossNetConfig, base_penalty, forward_corrected_nll, population_forward  # noqa: F401 (re-exported)
 from edloss.synthetic import ExpectationConfig, MixtureConfig, sample_class_count, sample_expectation, sample_mixture
 
-KINDS = ("expectation", "per_sample")
-SEVERITIES = {"expectation": ("kl", "tv", "kl_disagreement"), "per_sample": ("one_minus_py", "margin", "rank")}
+KINDS = ("expectation", "per_sample", "students")
+# "students": the fitness comes from the students world (edloss.students, the config's [world]
+# section); its ranking settings here only score the exported loss for the record.
+SEVERITIES = {"expectation": ("kl", "tv", "kl_disagreement"), "per_sample": ("one_minus_py", "margin", "rank"),
+              "students": ("kl", "tv", "kl_disagreement")}
 TERMS = ("value", "gradient", "anchor", "margin", "calibration")
 
 # penalty(logp (B, I, K), labels (B, I, L)) -> (P, I, L); B = 1 broadcasts over the population
@@ -100,7 +103,7 @@ class ObjectiveConfig:
         check_range("margin_gamma", self.margin_gamma, 0)
         check_range("disagreement_weight", self.disagreement_weight, 0)
         check_range("label_noise", self.label_noise, 0, 0.99)
-        if self.label_noise > 0 and self.kind != "expectation":
+        if self.label_noise > 0 and self.kind == "per_sample":
             raise ValueError("label_noise needs the expectation objective: it changes the distribution the labels come from")
         if self.class_range[0] > hi:
             raise ValueError(f"label_noise {self.label_noise} leaves no class count in classes {self.classes}: symmetric noise "

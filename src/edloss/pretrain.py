@@ -37,12 +37,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from edloss import evolve
+from edloss import evolve, students
 from edloss.configs import check_fields, check_range, diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig, ESState
 from edloss.files import (LockedRun, RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_folder,
                           read_jsonl, writing)
-from edloss.loss import CONFIG_FILE, WEIGHTS_FILE, EDLLoss
+from edloss.loss import CONFIG_FILE, WEIGHTS_FILE, EDLLoss, is_shipped, shipped_names
 from edloss.lossnet import LossNet, LossNetConfig, init_offset, init_scale
 from edloss.objective import (
     ObjectiveConfig,
@@ -58,7 +58,9 @@ from edloss.objective import (
     sample_batches,
 )
 from edloss.shapes import format_shape_table, plot_shapes, shape_table
+from edloss.students import WorldConfig
 
+STUDENTS_POPULATION, STUDENTS_GENERATIONS = 32, 60  # the students objective's defaults: ~10 s a generation on 2 cores
 CHECKPOINT_VERSION = 1  # "elapsed_seconds" was added later, optional: older checkpoints still load
 # What a run writes into its folder; --fresh (or a start without a checkpoint) removes all of it.
 RUN_FILES = ("loss", "summary.json", "loss_shape.png", "metrics.csv", "metrics.jsonl", "checkpoint.pt", "config.json")
@@ -80,6 +82,8 @@ class PretrainConfig:
     checkpoint_every: int = 10
     heldout_seed: int = 20260528
     heldout_evals_per_block: int = 0  # 0: four times a training block's; set to hold the held-out set fixed
+    world: WorldConfig = field(default_factory=WorldConfig)  # the students objective's world (objective.kind = "students")
+    start: str = ""  # a loss (shipped name or folder) the first population is drawn around; "" draws it fresh
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -89,21 +93,72 @@ class PretrainConfig:
             check_range("heldout_evals_per_block", self.heldout_evals_per_block, 16)
         if not 0 <= self.heldout_seed < 2**63:
             raise ValueError(f"heldout_seed must be in [0, 2**63), got {self.heldout_seed}")
-        if self.lossnet.form == "corrected" and self.lossnet.noise_rate != self.objective.label_noise:
+        if self.lossnet.form == "corrected" and self.lossnet.noise_rate != self.label_noise:
+            where = "world.label_noise" if self.students else "objective.label_noise"
             raise ValueError(f"the corrected form's base must match the regime: lossnet.noise_rate {self.lossnet.noise_rate} "
-                             f"!= objective.label_noise {self.objective.label_noise}")
+                             f"!= {where} {self.label_noise}")
+        if self.students and self.objective.label_noise > 0:
+            raise ValueError("with the students objective the regime's label noise is world.label_noise (objective.label_noise is the ranking's)")
+
+    @property
+    def students(self) -> bool:
+        """Fitness from the students world instead of the ranking objective."""
+        return self.objective.kind == "students"
+
+    @property
+    def label_noise(self) -> float:
+        """The regime's label-noise rate, wherever the objective keeps it."""
+        return self.world.label_noise if self.students else self.objective.label_noise
 
 
 def initial_state(cfg: PretrainConfig) -> ESState:
-    """Generation 0: N(init_offset, init_scale^2) per gene, and fresh chaotic states."""
-    state = evolve.init(cfg.es, init_scale(cfg.lossnet))
-    state.population = state.population + init_offset(cfg.lossnet)
+    """Generation 0: N(init_offset, init_scale^2) per gene, and fresh chaotic states; with
+    ``cfg.start``, the start loss itself and N(start, sigma_init^2) around it."""
+    scale = init_scale(cfg.lossnet)
+    state = evolve.init(cfg.es, scale)
+    if cfg.start:
+        theta = start_parameters(cfg)
+        state.population = theta + cfg.es.sigma_init * state.population / scale
+        state.population[0] = theta
+    else:
+        state.population = state.population + init_offset(cfg.lossnet)
     return state
 
 
-def heldout_set(cfg: PretrainConfig) -> list:
-    """The run's fixed held-out synthetic set (selection of the exported loss, progress curves)."""
+def start_parameters(cfg: PretrainConfig) -> torch.Tensor:
+    """Flat parameters of ``cfg.start`` (a shipped name or a loss folder), which must have this run's network."""
+    if not is_shipped(cfg.start) and not (Path(cfg.start) / CONFIG_FILE).is_file():
+        raise ValueError(f"start loss {cfg.start!r} is neither a shipped loss ({', '.join(shipped_names())}) nor a loss folder with {CONFIG_FILE}")
+    loss = EDLLoss.pretrained(cfg.start) if is_shipped(cfg.start) else EDLLoss.from_file(cfg.start)
+    if to_dict(loss.net.config) != to_dict(cfg.lossnet):
+        raise ValueError(f"start loss {cfg.start!r} has another network ({to_dict(loss.net.config)}) than this run's lossnet "
+                         f"({to_dict(cfg.lossnet)}); set the lossnet section to match it")
+    return loss.net.flat().detach().float()
+
+
+def heldout_set(cfg: PretrainConfig) -> Any:
+    """The run's fixed held-out set (selection of the exported loss, progress curves): synthetic
+    ranking batches, or for the students objective held-out tasks with their CE students."""
+    if cfg.students:
+        return students.heldout_tasks(cfg.world, cfg.heldout_seed)
+    return ranking_heldout(cfg)
+
+
+def ranking_heldout(cfg: PretrainConfig) -> list:
     return heldout_batches(cfg.objective, cfg.heldout_seed, cfg.heldout_evals_per_block or None)
+
+
+def sample_generation(cfg: PretrainConfig, generation: int) -> Any:
+    """A generation's fresh data, from a generator seeded by (seed, generation): ranking batches or tasks."""
+    gen = torch.Generator().manual_seed(batch_seed(cfg.es.seed, generation))
+    if cfg.students:
+        return students.sample_tasks(cfg.world, gen)
+    return sample_batches(cfg.objective, gen)
+
+
+def students_evaluator(world: WorldConfig) -> Evaluator:
+    """The students world as an Evaluator: every individual trains one student per task."""
+    return lambda theta, net, tasks, objective: students.evaluate_population(theta, net, tasks, world)
 
 
 def saved_config(saved: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +214,9 @@ class Run(LockedRun):
         prepare_output_folder(self.out)
         self._lock = RunLock(self.out, "pretraining run").__enter__()
         try:
-            self.evaluator = evaluator or evaluate_population  # where, not what: the numbers are the same
+            if cfg.students and evaluator is not None:
+                raise ValueError("the students objective runs in this process; --ray is for the ranking objectives")
+            self.evaluator = students_evaluator(cfg.world) if cfg.students else (evaluator or evaluate_population)  # where, not what
             self.heldout = heldout_set(cfg)
             if fresh:
                 discard_previous_run(self.out)
@@ -208,7 +265,7 @@ class Run(LockedRun):
         """Evaluate the current population on a fresh batch, select and mutate; return the row."""
         cfg, t = self.cfg, self.state.generation
         start = time.perf_counter()
-        batches = sample_batches(cfg.objective, torch.Generator().manual_seed(batch_seed(cfg.es.seed, t)))
+        batches = sample_generation(cfg, t)
         theta = evolve.ask(self.state)
         metrics = self.evaluator(theta, cfg.lossnet, batches, cfg.objective)
         row = generation_row(cfg, t, evolve.sigma_at(cfg.es, t), batches, theta, metrics, self.heldout)
@@ -225,7 +282,13 @@ class Run(LockedRun):
         """Pick the elite with the best held-out fitness, anchor its scale, save it."""
         elites = self.state.population[: max(self.cfg.es.elites, 1)]
         extra = {"generations": self.state.generation, "mutation": self.cfg.es.mutation, "chaos_reseeds": self.state.reseeds}
-        loss, summary, _ = export_best(self.cfg, elites, self.heldout, self.out, self.command, wall_seconds, summary_extra=extra)
+        heldout = self.heldout
+        if self.cfg.students:  # choose among the elites by held-out world fitness; the ranking metrics are recorded beside
+            world = students.evaluate_heldout(elites, self.cfg.lossnet, self.heldout, self.cfg.world)
+            best = int(torch.argmax(world["fitness"]))
+            elites, heldout = elites[best : best + 1], ranking_heldout(self.cfg)
+            extra["world_heldout"] = {name: float(value[best]) for name, value in world.items()}
+        loss, summary, _ = export_best(self.cfg, elites, heldout, self.out, self.command, wall_seconds, summary_extra=extra)
         return loss, summary
 
 
@@ -233,11 +296,16 @@ class Run(LockedRun):
 def generation_row(cfg: PretrainConfig, t: int, sigma: float, batches: list, theta: torch.Tensor, metrics: dict[str, torch.Tensor], heldout: list) -> dict[str, Any]:
     """One metrics row: fitness on this generation's batch, and every ``heldout_every``
     generations the held-out metrics of the generation's best individual."""
-    row: dict[str, Any] = {"generation": t, "sigma": sigma, "classes": [b.num_classes for b in batches]}
+    classes = [batches.num_classes] if isinstance(batches, students.Tasks) else [b.num_classes for b in batches]
+    row: dict[str, Any] = {"generation": t, "sigma": sigma, "classes": classes}
     row.update(summarise(metrics))
     if t % cfg.heldout_every == 0 or t == cfg.es.generations - 1:
         best = theta[int(torch.argmax(metrics["fitness"]))][None]
-        row.update(summarise(evaluate(population_penalty(best, cfg.lossnet), 1, heldout, cfg.objective, all_metrics=True), "heldout_"))
+        if cfg.students:
+            scores = students.evaluate_heldout(best, cfg.lossnet, heldout, cfg.world)
+        else:
+            scores = evaluate(population_penalty(best, cfg.lossnet), 1, heldout, cfg.objective, all_metrics=True)
+        row.update(summarise(scores, "heldout_"))
     return row
 
 
@@ -363,16 +431,23 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     es = dict(data.get("es", {}))
     objective = dict(data.get("objective", {}))
     lossnet = dict(data.get("lossnet", {}))
+    world = dict(data.get("world", {}))
     for key, value in (("seed", args.seed), ("generations", args.generations), ("population", args.population), ("mutation", args.mutation), ("sigma_init", args.sigma)):
         if value is not None:
             es[key] = value
     for key, value in (("kind", args.objective), ("severity", args.severity)):
         if value is not None:
             objective[key] = value
+    in_world = objective.get("kind") == "students"  # the regime lives in the world's tasks, not in the ranking
+    if in_world:  # students train for seconds each: a smaller, shorter search fits the 15-minute budget
+        es.setdefault("population", STUDENTS_POPULATION)
+        es.setdefault("generations", STUDENTS_GENERATIONS)
+    if args.start is not None:
+        data["start"] = args.start
     if args.classes is not None:
-        objective["classes"] = _parse_range(args.classes)
+        (world if in_world else objective)["classes"] = _parse_range(args.classes)
     if args.label_noise is not None:  # the regime: labels through a symmetric noisy channel
-        objective["label_noise"] = args.label_noise
+        (world if in_world else objective)["label_noise"] = args.label_noise
         if args.label_noise > 0:  # a loss for noisy labels must be able to stay bounded (see lossnet) ...
             lossnet.setdefault("form", "bounded")
             # ... and be asked to: KL grows without bound as p_y -> 0, so its calibration term pays
@@ -387,7 +462,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     if objective.get("kind") == "per_sample":  # the paper read literally: ranking only, unless the config says otherwise
         objective.setdefault("severity", "one_minus_py")
         objective.setdefault("calibration_weight", 0.0)
-    return from_dict(PretrainConfig, {**data, "es": es, "objective": objective, "lossnet": lossnet})
+    return from_dict(PretrainConfig, {**data, "es": es, "objective": objective, "lossnet": lossnet, "world": world})
 
 
 def _parse_range(text: str) -> list[int]:
@@ -410,7 +485,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--population", type=int)
     p.add_argument("--mutation", choices=evolve.MUTATIONS)
     p.add_argument("--sigma", type=float, help="initial mutation scale (the schedule decays it)")
-    p.add_argument("--objective", choices=("expectation", "per_sample"))
+    p.add_argument("--objective", choices=("expectation", "per_sample", "students"),
+                   help="students: fitness = accuracy of small networks trained by the loss on synthetic tasks, minus CE's "
+                        "(the config's [world] section; --label-noise and --classes then set the world's regime)")
+    p.add_argument("--start", metavar="LOSS", help="draw the first population around this loss (a shipped name such as "
+                   "default or noise-0.4-k10, or a loss folder); its network must match the run's")
     p.add_argument("--severity", help="expectation: kl_disagreement (default)|kl|tv; per_sample: one_minus_py|margin|rank")
     p.add_argument("--classes", help="class count range for synthetic data, LO,HI (or one K)")
     p.add_argument("--features", help="comma-separated loss-network features")
@@ -440,6 +519,8 @@ def _main(args: argparse.Namespace) -> int:
         from edloss.distributed import resolve_address
 
         resolve_address(args.ray)  # a wrong address fails before the run folder is made
+    if cfg.start:
+        start_parameters(cfg)  # a missing start loss, or one with another network, fails before the run folder is made
     out = prepare_output_folder(Path("runs") / f"pretrain-{cfg.es.mutation}-seed{cfg.es.seed}" if args.out is None else args.out)
     if args.threads:
         torch.set_num_threads(args.threads)

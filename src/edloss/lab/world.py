@@ -1,0 +1,304 @@
+"""``edloss world-check``: does a synthetic world predict real training? The gate before evolving in it.
+
+A world (``edloss.students.WorldConfig``) is a hypothesis: "a loss whose students do well here
+trains better ResNets on CIFAR". This module tests it against what this project has measured.
+A **panel** of losses with recorded CIFAR results (``PANEL``: each arm's mean last-epoch test
+accuracy over its training seeds, copied from the run records under ``docs/figures/``, with the
+folder it comes from) is scored in the world, and the Spearman correlation between world score
+and CIFAR accuracy is reported per regime, beside the same correlation for the ranking
+objective's held-out fitness (at K = 10, the regime's severity), which is what pretraining
+optimised until now.
+
+Knobs are chosen on half of each regime's arms and judged on the other half: arms are sorted by
+CIFAR accuracy and alternate between the halves (ranks 0, 2, 4, ... **calibration**; 1, 3, 5, ...
+**held-out**), so both halves span the range. Report the held-out correlation.
+
+Losses that no longer ship are regenerated from the command that made them (``PANEL_PRETRAIN``)
+into ``--panel-dir`` the first time (a few minutes each on one core; resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edloss.configs import from_dict, load_file, to_dict, versions
+from edloss.files import atomic_write_json, check_output_path
+from edloss.students import WorldConfig, reference_results, sample_tasks, score_module
+
+REGIMES = {"clean": 0.0, "noise-0.4": 0.4, "noise-0.6": 0.6}
+PANEL_SEED = 20261205  # the tasks the panel is scored on: the same for every loss and every world
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One loss with its recorded CIFAR-10 result (ResNet-20, the regime's recipe)."""
+
+    label: str
+    spec: str  # a registry spec; "{panel}" stands for --panel-dir
+    cifar: float  # mean last-epoch test accuracy (%)
+    std: float
+    seeds: int
+    source: str  # the run records under docs/figures/
+
+
+CLEAN = "cifar10-resnet20 (8k images, 8 epochs)"
+V4GRID = "cifar10-resnet20-v4-grid (same recipe, 10 seeds)"
+N04 = "noise-cifar10-eta0.4 (3k images, 15 epochs, no augmentation)"
+N06 = "noise-cifar10-eta0.6 (same recipe)"
+PANEL: dict[str, list[Arm]] = {
+    "clean": [
+        Arm("ce", "ce", 59.62, 1.67, 10, V4GRID),
+        Arm("poly1", "poly1", 60.63, 1.27, 10, V4GRID),
+        Arm("edl-v4", "edl", 61.31, 0.83, 10, V4GRID),
+        Arm("label_smoothing", "label_smoothing:0.1", 58.95, 1.66, 3, CLEAN),
+        Arm("focal", "focal:2", 54.21, 1.80, 3, CLEAN),
+        Arm("edl-v3", "edl:name=v3", 60.62, 1.90, 5, CLEAN),
+        Arm("edl-v3-gaussian", "edl:{panel}/v3-gaussian/loss", 58.12, 1.76, 3, CLEAN),
+        Arm("edl-v2", "edl:{panel}/v2-chaotic/loss", 56.88, 2.06, 3, CLEAN),
+        Arm("edl-v2-gaussian", "edl:{panel}/v2-gaussian/loss", 42.95, 1.88, 3, CLEAN),
+        Arm("edl-v0", "edl:{panel}/v0-chaotic/loss", 52.06, 4.91, 3, CLEAN),
+        Arm("edl-v0-gaussian", "edl:{panel}/v0-gaussian/loss", 54.95, 6.90, 3, CLEAN),
+    ],
+    "noise-0.4": [
+        Arm("ce", "ce", 31.86, 1.50, 3, N04),
+        Arm("poly1", "poly1", 33.49, 1.37, 3, N04),
+        Arm("gce", "gce", 41.77, 1.12, 3, N04),
+        Arm("sce", "sce", 39.91, 1.37, 3, N04),
+        Arm("nce_rce", "nce_rce", 17.23, 0.46, 3, N04),
+        Arm("mae", "mae", 23.36, 5.12, 3, N04),
+        Arm("forward", "forward:0.4", 34.03, 0.81, 3, N04),
+        Arm("edl-v4", "edl", 29.62, 0.36, 3, N04),
+        Arm("edl-noise-kld", "edl:{panel}/noise-kld-0.4/loss", 34.05, 2.36, 3, N04),
+        Arm("edl-noise-tv-k10", "edl:noise_rate=0.4,num_classes=10", 39.92, 1.73, 3, N04),
+        Arm("edl-noise-tv", "edl:noise_rate=0.4", 34.04, 2.36, 2, N04),
+    ],
+    "noise-0.6": [
+        Arm("ce", "ce", 23.00, 3.53, 3, N06),
+        Arm("poly1", "poly1", 25.19, 3.94, 3, N06),
+        Arm("gce", "gce", 29.36, 1.33, 3, N06),
+        Arm("sce", "sce", 24.61, 1.26, 3, N06),
+        Arm("nce_rce", "nce_rce", 10.00, 0.00, 3, N06),
+        Arm("mae", "mae", 18.00, 2.21, 3, N06),
+        Arm("forward", "forward:0.6", 25.89, 0.55, 3, N06),
+        Arm("edl-v4", "edl", 23.03, 3.97, 3, N06),
+        Arm("edl-noise-tv-k10", "edl:noise_rate=0.6,num_classes=10", 28.65, 0.64, 3, N06),
+    ],
+}
+# how each panel loss that no longer ships was made (edloss pretrain arguments; --out is --panel-dir/NAME)
+PANEL_PRETRAIN: dict[str, str] = {
+    "v3-gaussian": "--config configs/kl-disagreement-calibrated.json --seed 0 --mutation gaussian",
+    "v2-chaotic": "--config configs/one-hot-v2.json --seed 0 --mutation chaotic",
+    "v2-gaussian": "--config configs/one-hot-v2.json --seed 0 --mutation gaussian",
+    "v0-chaotic": "--config configs/soft-truths-v0.json --seed 0 --mutation chaotic",
+    "v0-gaussian": "--config configs/soft-truths-v0.json --seed 0 --mutation gaussian",
+    "noise-kld-0.4": "--label-noise 0.4 --severity kl_disagreement --seed 0 --mutation chaotic",
+}
+
+
+def halves(arms: list[Arm]) -> tuple[list[Arm], list[Arm]]:
+    """(calibration, held-out): arms sorted by CIFAR accuracy, alternating, so both span the range."""
+    ordered = sorted(arms, key=lambda a: a.cifar)
+    return ordered[0::2], ordered[1::2]
+
+
+def build_panel_loss(arm: Arm, panel_dir: Path) -> torch.nn.Module:
+    """The arm's loss module; EDL losses without input checks, so a diverging student is scored, not raised."""
+    from edloss.lab.losses import build_loss, parse_loss_spec
+
+    name, options = parse_loss_spec(arm.spec.replace("{panel}", str(panel_dir)))
+    if name == "edl":
+        options["check_inputs"] = False
+    return build_loss(name, **options)
+
+
+def ensure_panel_losses(regimes: list[str], panel_dir: Path, progress: bool = True) -> None:
+    """Regenerate every panel loss the regimes need that ``panel_dir`` lacks (pretraining resumes)."""
+    from edloss.cli import main as edloss_main
+
+    needed = {arm.spec.split("{panel}/")[1].split("/")[0] for r in regimes for arm in PANEL[r] if "{panel}" in arm.spec}
+    for name in sorted(needed):
+        if (panel_dir / name / "loss" / "loss.json").exists():
+            continue
+        argv = ["pretrain", *shlex.split(PANEL_PRETRAIN[name]), "--threads", str(torch.get_num_threads()), "--out", str(panel_dir / name)]
+        if progress:
+            print(f"regenerating panel loss {name}: edloss {shlex.join(argv)}", file=sys.stderr)
+        if edloss_main(argv + ([] if progress else ["--quiet"])) != 0:
+            raise ValueError(f"could not regenerate panel loss {name}; run `edloss {shlex.join(argv)}` to see why")
+
+
+def ranking_fitness(module: torch.nn.Module, label_noise: float) -> float:
+    """The ranking objective's held-out fitness of a loss module at K = 10 (severity: the default
+    KL + disagreement when clean, total variation under noise, as `edloss pretrain` picks)."""
+    from edloss.objective import ObjectiveConfig, evaluate, heldout_batches
+
+    cfg = ObjectiveConfig(classes=(10, 10), label_noise=label_noise, severity="tv" if label_noise > 0 else "kl_disagreement")
+    per_row = _per_row_loss(module)
+
+    def penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.expand(*logp.shape[:-1], labels.shape[-1])
+        rows = logp.unsqueeze(-2).expand(*labels.shape, logp.shape[-1])
+        k = logp.shape[-1]
+        return per_row(rows.reshape(-1, k), labels.reshape(-1)).reshape(labels.shape)
+
+    return float(evaluate(penalty, 1, heldout_batches(cfg), cfg)["fitness"][0])
+
+
+def _per_row_loss(module: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-sample losses of a mean-reduced module: EDL unreduced directly, the others by vmap over rows."""
+    from edloss.loss import EDLLoss
+
+    if isinstance(module, EDLLoss):
+        return EDLLoss(module.net, scale=module.scale, reduction="none", check_inputs=False, fused=False)
+    return torch.func.vmap(lambda z, y: module(z[None], y[None]))
+
+
+def score_regime(world: WorldConfig, regime: str, panel_dir: Path, repeats: int, with_ranking: bool, progress: bool) -> list[dict[str, Any]]:
+    """Every arm of the regime scored in the world (the regime's noise rate set in it): mean over
+    ``repeats`` draws of ``world.tasks`` tasks, the same draws for every arm."""
+    cfg = replace(world, label_noise=REGIMES[regime])
+    draws = []
+    for r in range(repeats):
+        tasks = sample_tasks(cfg, torch.Generator().manual_seed(PANEL_SEED + r))
+        draws.append((tasks, reference_results(tasks, cfg)))
+    rows = []
+    for arm in PANEL[regime]:
+        module = build_panel_loss(arm, panel_dir)
+        start = time.perf_counter()
+        scores = [score_module(module, tasks, cfg, ref) for tasks, ref in draws]
+        row = {"regime": regime, "label": arm.label, "spec": arm.spec, "cifar": arm.cifar, "cifar_std": arm.std, "cifar_seeds": arm.seeds,
+               **{k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}, "seconds": time.perf_counter() - start}
+        if with_ranking:
+            row["ranking_fitness"] = ranking_fitness(module, REGIMES[regime])
+        if progress:
+            print(f"  {regime:10s} {arm.label:18s} world {100 * row['fitness']:+7.2f}  CIFAR {arm.cifar:6.2f}"
+                  + (f"  ranking {row['ranking_fitness']:.4f}" if with_ranking else ""), file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+def correlations(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Spearman of ``key`` against CIFAR accuracy: all arms, calibration half, held-out half."""
+    from scipy.stats import spearmanr
+
+    arms = {a.label: a for a in PANEL[rows[0]["regime"]]}
+    calibration, heldout = halves([arms[r["label"]] for r in rows])
+    out: dict[str, Any] = {}
+    for name, subset in (("all", list(arms)), ("calibration", [a.label for a in calibration]), ("heldout", [a.label for a in heldout])):
+        chosen = [r for r in rows if r["label"] in subset and r.get(key) is not None]
+        rho, p = spearmanr([r[key] for r in chosen], [r["cifar"] for r in chosen]) if len(chosen) > 2 else (float("nan"), float("nan"))
+        out[name] = {"spearman": float(rho), "p": float(p), "n": len(chosen), "arms": [r["label"] for r in chosen]}
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """World score (and ranking fitness) against CIFAR accuracy, one column per regime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = list(dict.fromkeys(r["regime"] for r in rows))
+    keys = [k for k in ("fitness", "ranking_fitness") if any(k in r for r in rows)]
+    fig, axes = plt.subplots(len(keys), len(regimes), figsize=(4.5 * len(regimes), 3.8 * len(keys)), squeeze=False)
+    for j, regime in enumerate(regimes):
+        sub = [r for r in rows if r["regime"] == regime]
+        _, heldout = halves([a for a in PANEL[regime] if a.label in {r["label"] for r in sub}])
+        held = {a.label for a in heldout}
+        for i, key in enumerate(keys):
+            ax = axes[i][j]
+            for r in sub:
+                x = 100 * r[key] if key == "fitness" else r[key]
+                ax.scatter(x, r["cifar"], marker="o" if r["label"] in held else "s", color="C1" if r["label"] in held else "C0")
+                ax.annotate(r["label"], (x, r["cifar"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            rho = correlations(sub, key)
+            ax.set_title(f"{regime}: Spearman all {rho['all']['spearman']:.2f}, held-out {rho['heldout']['spearman']:.2f}", fontsize=9)
+            ax.set_xlabel("world score (accuracy points vs CE's students)" if key == "fitness" else "ranking objective, held-out fitness (K = 10)")
+            ax.set_ylabel("CIFAR-10 test accuracy (%)")
+    fig.suptitle("Does the world predict CIFAR? circles: held-out arms, squares: calibration arms", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def world_check(world: WorldConfig, regimes: list[str], panel_dir: Path, out: Path, repeats: int = 2, with_ranking: bool = True,
+                progress: bool = True, command: str = "") -> dict[str, Any]:
+    """Score the panel of every regime in the world; write ``world_check.json`` and ``world_check.png``."""
+    ensure_panel_losses(regimes, panel_dir, progress)
+    start = time.perf_counter()
+    rows = [row for regime in regimes for row in score_regime(world, regime, panel_dir, repeats, with_ranking, progress)]
+    result: dict[str, Any] = {"world": to_dict(world), "repeats": repeats, "panel_seed": PANEL_SEED, "rows": rows, "regimes": {},
+                              "command": command, "versions": versions(), "wall_seconds": time.perf_counter() - start,
+                              "halves": "arms sorted by CIFAR accuracy alternate: ranks 0, 2, 4, ... calibration; 1, 3, 5, ... held-out"}
+    for regime in regimes:
+        sub = [r for r in rows if r["regime"] == regime]
+        result["regimes"][regime] = {"world": correlations(sub, "fitness")}
+        if with_ranking:
+            result["regimes"][regime]["ranking"] = correlations(sub, "ranking_fitness")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "world_check.json", result)
+    try:
+        plot(rows, out / "world_check.png")
+    except ModuleNotFoundError:
+        pass
+    return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+    lines = ["| regime | score | Spearman, all arms | calibration half | held-out half |", "|---|---|---|---|---|"]
+    for regime, by in result["regimes"].items():
+        for name, c in by.items():
+            cells = [f"{c[h]['spearman']:+.2f} (n = {c[h]['n']}, p = {c[h]['p']:.3f})" for h in ("all", "calibration", "heldout")]
+            lines.append(f"| {regime} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- CLI
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("world-check", help="does a synthetic students world predict CIFAR? Spearman against recorded results",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", metavar="FILE", help="JSON or TOML with a [world] section (default: the built-in world)")
+    p.add_argument("--family", choices=("gaussian", "images"), help="task family (overrides the file)")
+    p.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=list(REGIMES))
+    p.add_argument("--repeats", type=int, default=2, help="draws of world.tasks tasks per regime (default 2)")
+    p.add_argument("--no-ranking", action="store_true", help="skip the ranking objective's correlation")
+    p.add_argument("--panel-dir", default="runs/panel", help="where panel losses that no longer ship are regenerated")
+    p.add_argument("--out", default="runs/world-check")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_main)
+
+
+def world_from_args(args: argparse.Namespace) -> WorldConfig:
+    data = load_file(Path(args.world), sections=("world",)).get("world", {}) if args.world else {}
+    if args.family:
+        data["family"] = args.family
+    return from_dict(WorldConfig, data, "world")
+
+
+def _main(args: argparse.Namespace) -> int:
+    out = check_output_path(args.out)
+    panel_dir = Path(args.panel_dir)
+    if panel_dir.exists() and not panel_dir.is_dir():
+        raise ValueError(f"--panel-dir {panel_dir} is a file; give a folder for the regenerated panel losses")
+    if args.repeats < 1 or args.repeats > 100:
+        raise ValueError(f"--repeats must be in [1, 100], got {args.repeats}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    world = world_from_args(args)
+    command = "edloss " + shlex.join(sys.argv[1:])
+    result = world_check(world, args.regimes, panel_dir, out, args.repeats, not args.no_ranking, not args.quiet, command)
+    print(format_result(result))
+    print(f"wrote {out / 'world_check.json'} and world_check.png ({result['wall_seconds']:.0f} s)")
+    return 0

@@ -1,0 +1,415 @@
+"""The students world: score a loss by the networks it trains, on synthetic tasks, with no real data.
+
+The ranking objective (``objective.py``) scores a loss by its *shape* on synthetic predictions;
+it cannot see *training*: how fast a network fits, whether it memorises wrong labels, how it
+treats rare classes. Here a loss is scored the way a user judges it: each candidate trains small
+**student** networks on freshly drawn synthetic tasks, and its fitness is the students' clean
+held-out accuracy minus that of students trained by cross-entropy on the same tasks.
+
+Common random numbers make that difference sharp: every loss (each individual of the
+population, and the CE reference) trains students from the same initial weights, on the same
+tasks, in the same minibatch order. Only the loss differs.
+
+Two task families:
+
+* ``gaussian``: K Gaussian classes in ``dim`` dimensions (means with per-coordinate std
+  ``separation * 3 / sqrt(dim)``, unit noise); students are ReLU MLPs (``depth`` x ``width``).
+* ``images``: procedural 1 x 12 x 12 images, each class a random smooth (low-frequency Fourier)
+  template, each sample the template randomly shifted, scaled and noised; students are small
+  ReLU convnets (two 3x3 convolutions of ``width`` // 8 channels, stride 2, then a linear head).
+
+Regimes the world can hold: symmetric or pair-flip label noise on the training labels (the test
+labels stay clean), and class imbalance (the exponential profile of Cao et al. 2019: class c keeps
+``n_max * imbalance^(-c / (K - 1))`` training points; the test set is balanced, so its accuracy is
+the balanced accuracy).
+
+Every student of a generation trains at once: the P x T students are stacked along a batch
+dimension and every layer is one batched matmul (``baddbmm``) or one grouped convolution, and
+the loss network of every individual is evaluated in the same population pass as in pretraining.
+A student whose weights or loss stop being finite is frozen and scored 0 (worse than chance);
+the fraction of such students is reported, and a run never stops for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from edloss.configs import check_fields, check_range
+from edloss.lossnet import LossNetConfig
+
+FAMILIES = ("gaussian", "images")
+NOISE_KINDS = ("symmetric", "pair")
+IMAGE_SIZE = 12
+ECE_BINS = 15
+
+# (logits (G, M, K), labels (G, M)) -> (G,): each group's summed per-student mean loss, where a
+# group is one loss (an individual of the population, or a reference loss) and its M = T * B rows
+# are B minibatch rows of each of its T students.
+GroupLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The world's knobs: the tasks, the students, their training, the regime and the score."""
+
+    family: str = "gaussian"
+    tasks: int = 8  # tasks per generation; every individual trains one student on each
+    classes: tuple[int, int] = (10, 10)  # K, log-uniform in this range, one K per generation
+    points_per_class: int = 410  # training points of the largest class
+    test_points_per_class: int = 100
+    dim: int = 32  # gaussian: input dimension
+    separation: float = 0.7  # gaussian: class means' spread in units of 3 / sqrt(dim); images: template contrast
+    depth: int = 3  # hidden layers (gaussian MLP); the images convnet has two conv layers
+    width: int = 64
+    steps: int = 150
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    label_noise: float = 0.0  # rate of wrong training labels
+    noise_kind: str = "symmetric"  # "symmetric": any other class; "pair": class c -> c + 1 mod K
+    imbalance: float = 1.0  # n_max / n_min of the exponential profile; 1 = balanced
+    nll_weight: float = 0.0  # fitness += nll_weight * (CE students' test NLL - this loss's)
+    ece_weight: float = 0.0  # fitness += ece_weight * (CE students' ECE - this loss's)
+
+    def __post_init__(self) -> None:
+        """Each knob is checked here, naming it and its valid range, before any student trains."""
+        check_fields(self)
+        if self.family not in FAMILIES:
+            raise ValueError(f"world.family must be one of {FAMILIES}, got {self.family!r}")
+        if self.noise_kind not in NOISE_KINDS:
+            raise ValueError(f"world.noise_kind must be one of {NOISE_KINDS}, got {self.noise_kind!r}")
+        lo, hi = self.classes
+        if not 2 <= lo <= hi <= 1000:
+            raise ValueError(f"world.classes must be a range (lo, hi) with 2 <= lo <= hi <= 1000, got {self.classes}")
+        check_range("world.tasks", self.tasks, 1, 4096)
+        check_range("world.points_per_class", self.points_per_class, 1, 100_000)
+        check_range("world.test_points_per_class", self.test_points_per_class, 1, 100_000)
+        check_range("world.dim", self.dim, 1, 4096)
+        check_range("world.separation", self.separation, 0, 100, lo_open=True)
+        check_range("world.depth", self.depth, 1, 8)
+        check_range("world.width", self.width, 8, 1024)
+        check_range("world.steps", self.steps, 1, 100_000)
+        check_range("world.batch_size", self.batch_size, 1, 100_000)
+        check_range("world.lr", self.lr, 0, 10, lo_open=True)
+        check_range("world.momentum", self.momentum, 0, 0.999)
+        check_range("world.imbalance", self.imbalance, 1, 1e6)
+        check_range("world.nll_weight", self.nll_weight, 0, 100)
+        check_range("world.ece_weight", self.ece_weight, 0, 100)
+        limit = 1 - 1 / hi if self.noise_kind == "symmetric" else 0.5
+        check_range("world.label_noise", self.label_noise, 0, 1)
+        if self.label_noise >= limit:
+            raise ValueError(f"world.label_noise must be below {limit:.3g} for {self.noise_kind} noise at K = {hi} "
+                             f"(at that rate a wrong label is as likely as the right one), got {self.label_noise}")
+        if self.label_noise >= 1 - 1 / lo and self.noise_kind == "symmetric":
+            raise ValueError(f"world.label_noise {self.label_noise} leaves no information at K = {lo}; raise world.classes' lower end "
+                             f"above {math.floor(1 / (1 - self.label_noise))}")
+        if min(self.class_counts(hi)) < 1:
+            raise ValueError(f"world.imbalance {self.imbalance} leaves a class with no training point at "
+                             f"points_per_class {self.points_per_class}; lower the imbalance or raise points_per_class")
+
+    def class_counts(self, k: int) -> list[int]:
+        """Training points per class: the exponential profile n_max * imbalance^(-c / (K - 1))."""
+        return [int(self.points_per_class * self.imbalance ** (-c / (k - 1))) for c in range(k)]
+
+
+@dataclass
+class Tasks:
+    """T tasks at one class count: training and clean test sets, initial student weights, and
+    the minibatch order, all shared by every loss that trains on them."""
+
+    x: torch.Tensor  # (T, N, ...) training inputs
+    y: torch.Tensor  # (T, N) training labels as the students see them (noisy where the regime says)
+    y_clean: torch.Tensor  # (T, N)
+    x_test: torch.Tensor  # (T, N_test, ...)
+    y_test: torch.Tensor  # (T, N_test), clean and balanced
+    init: list[torch.Tensor]  # each (T, ...): initial student parameters per task
+    order: torch.Tensor  # (steps, T, B) indices into the training set
+    family: str
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y_test.max()) + 1 if self.y_test.numel() else 0
+
+    @property
+    def count(self) -> int:
+        return self.x.shape[0]
+
+
+# ---------------------------------------------------------------------- tasks
+def sample_tasks(cfg: WorldConfig, gen: torch.Generator, k: int | None = None) -> Tasks:
+    """Fresh tasks from ``gen``: data, labels through the regime's channel, student inits, order."""
+    if k is None:
+        lo, hi = cfg.classes
+        k = lo if lo == hi else int(round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand((), generator=gen).item())))
+    counts = cfg.class_counts(k)
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)]).expand(cfg.tasks, -1)
+    y_test = torch.arange(k).repeat_interleave(cfg.test_points_per_class).expand(cfg.tasks, -1)
+    draw = _gaussian_inputs if cfg.family == "gaussian" else _image_inputs
+    x, x_test = draw(cfg, k, y, y_test, gen)
+    noisy = _noisy_labels(y, k, cfg, gen)
+    init = _student_init(cfg, k, gen)
+    order = torch.randint(0, y.shape[1], (cfg.steps, cfg.tasks, cfg.batch_size), generator=gen)
+    return Tasks(x, noisy, y.clone(), x_test, y_test.clone(), init, order, cfg.family)
+
+
+def _gaussian_inputs(cfg: WorldConfig, k: int, y: torch.Tensor, y_test: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    means = torch.randn(cfg.tasks, k, cfg.dim, generator=gen) * (cfg.separation * 3 / math.sqrt(cfg.dim))
+
+    def draw(labels: torch.Tensor) -> torch.Tensor:
+        centre = means.gather(1, labels[..., None].expand(-1, -1, cfg.dim))
+        return centre + torch.randn(centre.shape, generator=gen)
+
+    return draw(y), draw(y_test)
+
+
+def _image_inputs(cfg: WorldConfig, k: int, y: torch.Tensor, y_test: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class templates: random smooth patterns, sums of plane waves cos(2 pi (a u + b v) / S + phase)
+    with |a|, |b| < 4 and amplitudes falling with frequency, at unit pixel std; a sample is its
+    template circularly shifted by up to 2 pixels each way, scaled in contrast, plus unit noise."""
+    s, f = IMAGE_SIZE, 4
+    a = torch.arange(f).float()[:, None].expand(f, 2 * f - 1)
+    b = torch.arange(-f + 1, f).float()[None, :].expand(f, 2 * f - 1)
+    u = torch.arange(s).float()
+    theta = 2 * math.pi * (a[..., None, None] * u[:, None] + b[..., None, None] * u[None, :]) / s  # (F, 2F-1, S, S)
+    amp = torch.randn(cfg.tasks, k, f, 2 * f - 1, generator=gen) / (1 + a.abs() + b.abs())
+    phase = torch.rand(cfg.tasks, k, f, 2 * f - 1, generator=gen) * (2 * math.pi)
+    templates = torch.einsum("tkab,abuv->tkuv", amp * phase.cos(), theta.cos()) - torch.einsum("tkab,abuv->tkuv", amp * phase.sin(), theta.sin())
+    templates = (templates - templates.mean((-1, -2), keepdim=True)) / templates.std((-1, -2), keepdim=True).clamp_min(1e-6)
+    rows = torch.arange(s)
+
+    def draw(labels: torch.Tensor) -> torch.Tensor:
+        t, n = labels.shape
+        du, dv = torch.randint(-2, 3, (2, t, n, 1, 1), generator=gen)
+        task = torch.arange(t)[:, None, None, None]
+        img = templates[task, labels[..., None, None], (rows[:, None] + du) % s, (rows[None, :] + dv) % s]
+        contrast = 0.5 + torch.rand(t, n, 1, 1, generator=gen)
+        img = cfg.separation * contrast * img + torch.randn(img.shape, generator=gen)
+        return img.unsqueeze(2)  # (T, N, 1, S, S)
+
+    return draw(y), draw(y_test)
+
+
+def _noisy_labels(y: torch.Tensor, k: int, cfg: WorldConfig, gen: torch.Generator) -> torch.Tensor:
+    """The labels the students see: each flipped with probability ``label_noise`` to another
+    class, uniformly (symmetric) or to the next one (pair-flip)."""
+    if cfg.label_noise == 0:
+        return y.clone()
+    flip = torch.rand(y.shape, generator=gen) < cfg.label_noise
+    if cfg.noise_kind == "pair":
+        other = (y + 1) % k
+    else:
+        other = (y + torch.randint(1, k, y.shape, generator=gen)) % k
+    return torch.where(flip, other, y)
+
+
+def _student_shapes(cfg: WorldConfig, k: int) -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of each weight matrix of one student, each followed by its (1, fan_out) bias.
+    The convnet's 3x3 convolutions are matrices over unfolded patches, so every layer is a bmm."""
+    if cfg.family == "gaussian":
+        dims = [cfg.dim, *([cfg.width] * cfg.depth), k]
+    else:
+        c = max(cfg.width // 8, 2)
+        return [shape for i, o in ((9, c), (9 * c, c), (9 * c, k)) for shape in ((i, o), (1, o))]
+    return [shape for i, o in zip(dims[:-1], dims[1:]) for shape in ((i, o), (1, o))]
+
+
+def _student_init(cfg: WorldConfig, k: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """He-normal weights and zero biases, one set per task (shared by every loss)."""
+    params = []
+    for fan_in, fan_out in _student_shapes(cfg, k):
+        if fan_in == 1:
+            params.append(torch.zeros(cfg.tasks, 1, fan_out))
+        else:
+            params.append(torch.randn(cfg.tasks, fan_in, fan_out, generator=gen) * math.sqrt(2.0 / fan_in))
+    return params
+
+
+# ---------------------------------------------------------------------- students
+def _forward(params: list[torch.Tensor], x: torch.Tensor, family: str) -> torch.Tensor:
+    """Logits of S students on their own inputs: x (S, B, ...) -> (S, B, K)."""
+    if family == "images":
+        x = _conv_features(params[:4], x)
+        params = params[4:]
+    h = x
+    for i in range(0, len(params), 2):
+        h = torch.baddbmm(params[i + 1], h, params[i])
+        if i + 2 < len(params):
+            h = torch.relu(h)
+    return h
+
+
+def _conv_features(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Two 3x3 stride-2 ReLU convolutions of S students as bmm over unfolded patches:
+    x (S, B, 1, 12, 12) -> (S, B, 9 c), the flattened 3 x 3 x c maps."""
+    s, b = x.shape[:2]
+    h = x.reshape(s * b, 1, IMAGE_SIZE, IMAGE_SIZE)
+    for w, bias in ((params[0], params[1]), (params[2], params[3])):
+        side = h.shape[-1]
+        patches = F.unfold(h, 3, padding=1, stride=2)  # (S B, C 9, L)
+        n = patches.shape[-1]
+        out = torch.relu(torch.baddbmm(bias, patches.transpose(1, 2).reshape(s, b * n, -1), w))  # (S, B L, c)
+        side = (side + 1) // 2
+        h = out.reshape(s, b, side, side, -1).permute(0, 1, 4, 2, 3).reshape(s * b, -1, side, side)
+    return h.permute(0, 2, 3, 1).reshape(s, b, -1)
+
+
+def _expand(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """(T, ...) -> (G * T, ...): the same tasks for every group (common random numbers)."""
+    return t.unsqueeze(0).expand(groups, *t.shape).reshape(groups * t.shape[0], *t.shape[1:])
+
+
+def train_students(tasks: Tasks, loss: GroupLoss, groups: int, cfg: WorldConfig) -> dict[str, torch.Tensor]:
+    """Train ``groups`` x T students (group g: loss group g on every task) and score them.
+
+    Returns per-student (G, T) clean test accuracy, NLL, ECE and a diverged flag."""
+    t = tasks.count
+    params = [_expand(p, groups).clone().requires_grad_(True) for p in tasks.init]
+    velocity = [torch.zeros_like(p) for p in params]
+    diverged = torch.zeros(groups * t, dtype=torch.bool)
+    x_all = tasks.x
+    for step in range(tasks.order.shape[0]):
+        idx = tasks.order[step]  # (T, B)
+        xb = torch.stack([x_all[i, idx[i]] for i in range(t)]) if x_all.dim() > 3 else x_all.gather(1, idx[..., None].expand(-1, -1, x_all.shape[-1]))
+        yb = tasks.y.gather(1, idx)
+        with torch.enable_grad():
+            logits = _forward(params, _expand(xb, groups), tasks.family)
+            k = logits.shape[-1]
+            total = loss(logits.reshape(groups, -1, k), _expand(yb, groups).reshape(groups, -1))
+            grads = torch.autograd.grad(total.sum(), params)
+        with torch.no_grad():
+            bad = diverged.clone()
+            for g in grads:
+                bad |= ~torch.isfinite(g.reshape(g.shape[0], -1)).all(1)
+            diverged = bad
+            keep = (~diverged).float()
+            for p, v, g in zip(params, velocity, grads):
+                mask = keep.reshape(-1, *[1] * (g.dim() - 1))
+                g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) * mask
+                v.mul_(cfg.momentum).add_(g)
+                p.sub_(cfg.lr * v)
+    return _score(params, tasks, groups, diverged)
+
+
+def _score(params: list[torch.Tensor], tasks: Tasks, groups: int, diverged: torch.Tensor) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        logits = _forward([p.detach() for p in params], _expand(tasks.x_test, groups), tasks.family)
+        labels = _expand(tasks.y_test, groups)
+        finite = torch.isfinite(logits).all(-1).all(-1)
+        diverged = diverged | ~finite
+        logits = torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
+        logp = torch.log_softmax(logits.double(), -1)
+        conf, pred = logp.exp().max(-1)
+        correct = (pred == labels).double()
+        acc = torch.where(diverged, 0.0, correct.mean(-1))
+        nll = -logp.gather(-1, labels[..., None]).squeeze(-1).mean(-1)
+        nll = torch.where(diverged, math.log(logits.shape[-1]) * 10, nll)
+        ece = torch.where(diverged, 1.0, expected_calibration_error(conf, correct))
+    shape = (groups, tasks.count)
+    return {"accuracy": acc.reshape(shape), "nll": nll.reshape(shape), "ece": ece.reshape(shape), "diverged": diverged.reshape(shape).double()}
+
+
+def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
+    """ECE over equal-width confidence bins, per row: conf, correct (S, N) -> (S,)."""
+    index = (conf * bins).long().clamp(max=bins - 1)
+    n = conf.shape[-1]
+    gap = torch.zeros(conf.shape[0], bins, dtype=conf.dtype).scatter_add_(1, index, conf - correct)
+    return gap.abs().sum(-1) / n
+
+
+# ---------------------------------------------------------------------- fitness
+def score_against_reference(results: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], cfg: WorldConfig) -> dict[str, torch.Tensor]:
+    """Per-group metrics: mean over tasks of (this loss's students - CE's students on the same tasks)."""
+    delta = (results["accuracy"] - reference["accuracy"]).mean(1)
+    metrics = {
+        "accuracy": results["accuracy"].mean(1),
+        "accuracy_delta": delta,
+        "nll": results["nll"].mean(1),
+        "nll_delta": (reference["nll"] - results["nll"]).mean(1),
+        "ece": results["ece"].mean(1),
+        "ece_delta": (reference["ece"] - results["ece"]).mean(1),
+        "diverged": results["diverged"].mean(1),
+        "reference_accuracy": reference["accuracy"].mean(1).expand_as(delta),
+    }
+    metrics["fitness"] = delta + cfg.nll_weight * metrics["nll_delta"] + cfg.ece_weight * metrics["ece_delta"]
+    return metrics
+
+
+def cross_entropy_group_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """CE as a GroupLoss: each group's rows summed, divided by the minibatch size (per-student means, summed)."""
+    logp = torch.log_softmax(logits, -1)
+    return -logp.gather(-1, labels[..., None]).squeeze(-1).sum(-1) / batch_size
+
+
+def module_group_loss(module: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tasks: int) -> GroupLoss:
+    """A mean-reduced loss module (N, K), (N,) -> scalar as a one-group GroupLoss over T students."""
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        k = logits.shape[-1]
+        return (tasks * module(logits.reshape(-1, k), labels.reshape(-1))).reshape(1)
+
+    return loss
+
+
+def reference_results(tasks: Tasks, cfg: WorldConfig) -> dict[str, torch.Tensor]:
+    """The cross-entropy students on these tasks: the reference every loss is scored against."""
+    return train_students(tasks, lambda z, y: cross_entropy_group_loss(z, y, cfg.batch_size), 1, cfg)
+
+
+def score_module(module: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tasks: Tasks, cfg: WorldConfig,
+                 reference: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """World metrics of one loss module (the lab's registry losses, a shipped ``EDLLoss``)."""
+    reference = reference if reference is not None else reference_results(tasks, cfg)
+    results = train_students(tasks, module_group_loss(module, tasks.count), 1, cfg)
+    return {name: float(value[0]) for name, value in score_against_reference(results, reference, cfg).items()}
+
+
+def population_group_loss(theta: torch.Tensor, net: LossNetConfig, batch_size: int) -> GroupLoss:
+    """P loss networks (flat parameters theta (P, D)) as a GroupLoss, each anchored to CE's
+    gradient at the uniform prediction as an exported ``EDLLoss`` is, so every candidate trains
+    with the learning rate a user would give it."""
+    from edloss.objective import anchor_gradient_norm, ce_anchor_norm, population_penalty
+
+    penalty = population_penalty(theta, net)
+    scale = ce_anchor_norm() / anchor_gradient_norm(penalty, theta.shape[0]).clamp_min(1e-12)
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out = penalty(torch.log_softmax(logits, -1), labels[..., None]).squeeze(-1)  # (P, M)
+        return scale * out.sum(-1) / batch_size
+
+    return loss
+
+
+def evaluate_population(theta: torch.Tensor, net: LossNetConfig, tasks: Tasks, cfg: WorldConfig,
+                        reference: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """World metrics of every individual of ``theta`` (P, D): each trains one student per task."""
+    reference = reference if reference is not None else reference_results(tasks, cfg)
+    results = train_students(tasks, population_group_loss(theta, net, cfg.batch_size), theta.shape[0], cfg)
+    return score_against_reference(results, reference, cfg)
+
+
+HELDOUT_TASKS = 32  # tasks of the fixed held-out set: the progress curves and the choice among elites
+
+
+@dataclass
+class Heldout:
+    """Fixed tasks with their cross-entropy students, computed once per run."""
+
+    tasks: Tasks
+    reference: dict[str, torch.Tensor]
+
+
+def heldout_tasks(cfg: WorldConfig, seed: int) -> Heldout:
+    """The run's held-out world: ``HELDOUT_TASKS`` tasks at the lower class count, seeded apart from training."""
+    world = replace(cfg, tasks=HELDOUT_TASKS)
+    tasks = sample_tasks(world, torch.Generator().manual_seed(seed), k=cfg.classes[0])
+    return Heldout(tasks, reference_results(tasks, world))
+
+
+def evaluate_heldout(theta: torch.Tensor, net: LossNetConfig, heldout: Heldout, cfg: WorldConfig) -> dict[str, torch.Tensor]:
+    """World metrics of each individual of ``theta`` on the held-out tasks."""
+    return evaluate_population(theta, net, heldout.tasks, replace(cfg, tasks=HELDOUT_TASKS), heldout.reference)

@@ -1,0 +1,150 @@
+"""The students world: tasks, batched students, common random numbers, divergence, and pretraining in it."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from edloss import EDLLoss
+from edloss.cli import main
+from edloss.evolve import ESConfig
+from edloss.lossnet import LossNetConfig
+from edloss.objective import ObjectiveConfig
+from edloss.pretrain import PretrainConfig, Run, pretrain
+from edloss.students import (WorldConfig, cross_entropy_group_loss, evaluate_population, expected_calibration_error, module_group_loss,
+                             reference_results, sample_tasks, score_module, train_students)
+
+TINY = WorldConfig(tasks=3, points_per_class=30, test_points_per_class=20, dim=8, depth=1, width=16, steps=40, batch_size=16)
+
+
+def tasks_of(cfg=TINY, seed=0, k=None):
+    return sample_tasks(cfg, torch.Generator().manual_seed(seed), k=k)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("classes", (1, 10), "classes"),
+    ("imbalance", 0.5, "imbalance"),
+    ("label_noise", 0.9, "label_noise"),
+    ("steps", 0, "steps"),
+    ("family", "sounds", "family"),
+    ("noise_kind", "adversarial", "noise_kind"),
+    ("width", 10**6, "width"),
+    ("lr", float("nan"), "lr"),
+])
+def test_world_knobs_out_of_range_fail_before_any_work(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        replace(TINY, **{field: value})
+
+
+def test_imbalance_so_steep_a_class_gets_no_point_is_refused():
+    with pytest.raises(ValueError, match="no training point"):
+        replace(TINY, imbalance=100.0, points_per_class=30)
+
+
+def test_tasks_are_seeded_balanced_at_test_and_carry_the_regime():
+    a, b = tasks_of(), tasks_of()
+    torch.testing.assert_close(a.x, b.x)
+    assert torch.equal(a.order, b.order)
+    assert not torch.equal(a.x, tasks_of(seed=1).x)
+    assert a.num_classes == 10 and torch.bincount(a.y_test[0]).tolist() == [20] * 10
+    assert torch.equal(a.y, a.y_clean)  # clean regime
+
+    noisy = tasks_of(replace(TINY, label_noise=0.4, points_per_class=400))
+    rate = (noisy.y != noisy.y_clean).double().mean().item()
+    assert 0.37 < rate < 0.43
+    pair = tasks_of(replace(TINY, label_noise=0.3, noise_kind="pair", points_per_class=400))
+    flipped = pair.y != pair.y_clean
+    assert torch.equal(pair.y[flipped], (pair.y_clean[flipped] + 1) % 10)
+
+    skewed = tasks_of(replace(TINY, imbalance=10.0, points_per_class=100))
+    counts = torch.bincount(skewed.y_clean[0]).tolist()
+    assert counts[0] == 100 and counts[-1] == 10 and counts == sorted(counts, reverse=True)
+
+
+def test_cross_entropy_students_learn_and_every_group_sees_the_same_world():
+    tasks = tasks_of()
+    ref = reference_results(tasks, TINY)
+    assert ref["accuracy"].mean() > 0.3  # chance is 0.1
+    # three groups trained by the same loss: identical students (same init, data and order)
+    same = train_students(tasks, lambda z, y: cross_entropy_group_loss(z, y, TINY.batch_size), 3, TINY)
+    for g in range(3):
+        torch.testing.assert_close(same["accuracy"][g], ref["accuracy"][0], rtol=0, atol=0)
+    # a registry-style module (mean over rows) gives the CE students too
+    module = score_module(torch.nn.CrossEntropyLoss(), tasks, TINY, ref)
+    assert abs(module["accuracy_delta"]) < 1e-6 and module["fitness"] == pytest.approx(0, abs=1e-6)
+
+
+def test_a_population_of_the_shipped_loss_scores_like_the_loss_itself():
+    tasks = tasks_of()
+    shipped = EDLLoss.pretrained()
+    theta = shipped.net.flat().detach()[None].repeat(2, 1)
+    population = evaluate_population(theta, shipped.net.config, tasks, TINY)
+    direct = score_module(EDLLoss.pretrained(check_inputs=False), tasks, TINY)
+    assert population["accuracy"][0] == population["accuracy"][1]
+    assert abs(float(population["accuracy"][0]) - direct["accuracy"]) < 0.02  # fused vs population float paths
+
+
+def test_a_diverging_loss_gets_the_worst_score_and_the_others_are_untouched():
+    tasks = tasks_of()
+
+    def loss(logits, labels):
+        ce = cross_entropy_group_loss(logits, labels, TINY.batch_size)
+        return torch.stack([ce[0], ce[1] * float("nan")])
+
+    out = train_students(tasks, loss, 2, TINY)
+    ref = reference_results(tasks, TINY)
+    assert out["diverged"][1].tolist() == [1.0] * TINY.tasks and out["diverged"][0].sum() == 0
+    assert out["accuracy"][1].sum() == 0
+    torch.testing.assert_close(out["accuracy"][0], ref["accuracy"][0], rtol=0, atol=0)
+
+
+def test_image_tasks_train_convolutional_students():
+    cfg = replace(TINY, family="images", width=32)
+    tasks = tasks_of(cfg)
+    assert tasks.x.shape[2:] == (1, 12, 12)
+    ref = reference_results(tasks, cfg)
+    assert ref["accuracy"].mean() > 0.15
+
+
+def test_expected_calibration_error_of_perfect_and_overconfident_predictions():
+    correct = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert expected_calibration_error(torch.full((1, 4), 0.5, dtype=torch.float64), correct.double()).item() == pytest.approx(0)
+    assert expected_calibration_error(torch.full((1, 4), 1.0, dtype=torch.float64), correct.double()).item() == pytest.approx(0.5)
+
+
+def students_config(generations=4, **world):
+    return PretrainConfig(objective=ObjectiveConfig(kind="students"), world=replace(TINY, tasks=2, **world),
+                          es=ESConfig(population=4, generations=generations, seed=3), heldout_every=2, checkpoint_every=2, start="default")
+
+
+def test_students_pretraining_resumes_bit_for_bit(tmp_path):
+    cfg = students_config()
+    straight, _ = pretrain(cfg, tmp_path / "straight", progress=False)
+    run = Run(cfg, tmp_path / "killed")
+    for _ in range(3):  # the third generation is lost with the kill (checkpoint every 2)
+        run.step()
+    del run
+    resumed, summary = pretrain(cfg, tmp_path / "killed", progress=False)
+    torch.testing.assert_close(resumed.net.flat(), straight.net.flat(), rtol=0, atol=0)
+    assert "world_heldout" in summary and summary["world_heldout"]["diverged"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == [0, 1, 2, 3] and "accuracy_delta" in rows[0]
+
+
+def test_students_pretraining_from_the_cli_with_a_regime(tmp_path, capsys):
+    world = tmp_path / "world.toml"
+    world.write_text("[world]\ntasks = 2\npoints_per_class = 20\ntest_points_per_class = 10\ndim = 8\ndepth = 1\nwidth = 16\nsteps = 10\n")
+    out = tmp_path / "run"
+    code = main(["pretrain", "--objective", "students", "--config", str(world), "--label-noise", "0.4", "--start", "noise-0.4-k10",
+                 "--generations", "2", "--population", "4", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["world"]["label_noise"] == 0.4 and saved["objective"]["label_noise"] == 0 and saved["lossnet"]["form"] == "bounded"
+    assert EDLLoss.from_file(out / "loss").metadata["config"]["start"] == "noise-0.4-k10"
+
+
+def test_a_start_loss_with_another_network_is_refused(tmp_path):
+    cfg = replace(students_config(), lossnet=LossNetConfig(hidden=(8,)))
+    with pytest.raises(ValueError, match="another network"):
+        pretrain(cfg, tmp_path, progress=False)
