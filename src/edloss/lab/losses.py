@@ -227,7 +227,7 @@ def _canonical(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
-def build_loss(name: str, **options: Any) -> nn.Module:
+def build_loss(name: str, /, **options: Any) -> nn.Module:
     """A loss module by registry name with keyword options; unknown names/options: ValueError."""
     key = _canonical(name)
     if key not in LOSSES:
