@@ -48,7 +48,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
     }),
     "world-check": (["--out", "{out}", "--regimes", "clean", "--repeats", "1", "--no-ranking", "--quiet", "--threads", "1"], {
         "--world": ["{missing}", "{file}", "{folder}"], "--family": ["bogus"], "--regimes": ["bogus"],
-        "--repeats": ["0", "1000"], "--panel-dir": ["{file}"], "--out": ["{file}", "{file}/under"], "--threads": ["0"],
+        "--repeats": ["0", "1000"], "--out": ["{file}", "{file}/under"], "--threads": ["0"],
     }),
     "inspect": (["default"], {
         "checkpoint": ["{missing}"], "--classes": ["1", "0", str(10**9)], "--beside": ["bogus"],

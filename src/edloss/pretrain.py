@@ -282,14 +282,29 @@ class Run(LockedRun):
         """Pick the elite with the best held-out fitness, anchor its scale, save it."""
         elites = self.state.population[: max(self.cfg.es.elites, 1)]
         extra = {"generations": self.state.generation, "mutation": self.cfg.es.mutation, "chaos_reseeds": self.state.reseeds}
-        heldout = self.heldout
-        if self.cfg.students:  # choose among the elites by held-out world fitness; the ranking metrics are recorded beside
-            world = students.evaluate_heldout(elites, self.cfg.lossnet, self.heldout, self.cfg.world)
-            best = int(torch.argmax(world["fitness"]))
-            elites, heldout = elites[best : best + 1], ranking_heldout(self.cfg)
-            extra["world_heldout"] = {name: float(value[best]) for name, value in world.items()}
-        loss, summary, _ = export_best(self.cfg, elites, heldout, self.out, self.command, wall_seconds, summary_extra=extra)
+        loss, summary, _ = export_candidates(self.cfg, elites, self.heldout, self.out, self.command, wall_seconds, summary_extra=extra)
         return loss, summary
+
+
+def evaluate_generation(cfg: PretrainConfig, theta: torch.Tensor, data: Any) -> dict[str, torch.Tensor]:
+    """Per-individual metrics of a generation's population on its fresh data (ranking batches or tasks)."""
+    if cfg.students:
+        return students.evaluate_population(theta, cfg.lossnet, data, cfg.world)
+    return evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], data, cfg.objective)
+
+
+def export_candidates(cfg: PretrainConfig, candidates: torch.Tensor, heldout: Any, out: Path, command: str, wall_seconds: float,
+                      summary_extra: dict[str, Any] | None = None, **kwargs: Any) -> tuple[EDLLoss, dict[str, Any], int]:
+    """``export_best`` for any objective: under the students objective the candidate with the best
+    held-out world fitness is chosen first (its ranking metrics are recorded beside)."""
+    if not cfg.students:
+        return export_best(cfg, candidates, heldout, out, command, wall_seconds, summary_extra=summary_extra, **kwargs)
+    world = students.evaluate_heldout(candidates, cfg.lossnet, heldout, cfg.world)
+    best = int(torch.argmax(world["fitness"]))
+    summary_extra = {**(summary_extra or {}), "world_heldout": {name: float(value[best]) for name, value in world.items()}}
+    loss, summary, _ = export_best(cfg, candidates[best : best + 1], ranking_heldout(cfg), out, command, wall_seconds,
+                                   summary_extra=summary_extra, **kwargs)
+    return loss, summary, best
 
 
 # ---------------------------------------------------------------------- shared by every strategy
@@ -540,6 +555,11 @@ def _main(args: argparse.Namespace) -> int:
         print(f"\nwrote {out / 'loss'} (scale {summary['scale']:.4g}) in {summary['wall_seconds']:.1f}s")
         print(f"held-out synthetic metrics: fitness {h['fitness']:.4f}  value {h['value_hard']:.4f}  gradient {h['gradient']:.4f}  kendall {h['kendall_tau']:.4f}")
         print(f"cross-entropy on the same set: fitness {ce['fitness']:.4f}  value {ce['value_hard']:.4f}  gradient {ce['gradient']:.4f}")
+        if "world_heldout" in summary:
+            w = summary["world_heldout"]
+            print(f"held-out students world ({students.HELDOUT_TASKS} tasks): accuracy {100 * w['accuracy']:.2f}% vs CE's students "
+                  f"{100 * w['reference_accuracy']:.2f}% ({100 * w['accuracy_delta']:+.2f} points), NLL {w['nll']:.3f}, ECE {100 * w['ece']:.1f}%, "
+                  f"diverged {100 * w['diverged']:.0f}%")
         print(format_shape_table(summary["shape"]))
     return 0
 

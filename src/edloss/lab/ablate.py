@@ -77,9 +77,8 @@ from edloss.configs import check_fields, diff_dicts, from_dict, load_file, to_di
 from edloss.evolve import MAX_SIGMA, ESConfig
 from edloss.files import LockedRun, RunLock, atomic_write_bytes, atomic_write_json, prepare_output_folder, read_jsonl
 from edloss.loss import EDLLoss
-from edloss.objective import evaluate, population_penalty, sample_batches
-from edloss.pretrain import (RUN_FILES, PretrainConfig, append_row, batch_seed, discard_previous_run, export_best, generation_row,
-                             heldout_set, initial_state, pretrain, saved_config, truncate_metrics)
+from edloss.pretrain import (RUN_FILES, PretrainConfig, append_row, discard_previous_run, evaluate_generation, export_candidates,
+                             generation_row, heldout_set, initial_state, pretrain, sample_generation, saved_config, truncate_metrics)
 
 ARMS = ("chaotic", "gaussian", "cmaes")
 ES_ARMS = ("chaotic", "gaussian")
@@ -255,14 +254,14 @@ class CMARun(LockedRun):
 
         cfg, t = self.cfg, self.generation
         start = time.perf_counter()
-        batches = sample_batches(cfg.objective, torch.Generator().manual_seed(batch_seed(cfg.es.seed, t)))
+        batches = sample_generation(cfg, t)
         if t == 0:
             theta = initial_state(cfg).population
         else:
             np.random.set_state(self.np_state)
             asked = self.es.ask()
             theta = torch.from_numpy(np.asarray(asked)).float()
-        metrics = evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], batches, cfg.objective)
+        metrics = evaluate_generation(cfg, theta, batches)
         fitness = metrics["fitness"]
         if not bool(torch.isfinite(fitness).all()):
             raise ValueError("fitness contains NaN or Inf; check the objective configuration")
@@ -297,7 +296,7 @@ class CMARun(LockedRun):
         extra = {"generations": self.generation, "mutation": "cmaes", "strategy": self.strategy, "chaos_reseeds": 0,
                  "cma_final_sigma": float(self.es.sigma), "cma_stop_conditions": {str(k): str(v) for k, v in dict(self.es.stop()).items()}}
         versions_extra = {"strategy": self.strategy, "versions": {**versions(), "cma": _cma_version()}}
-        loss, summary, best = export_best(cfg, candidates, self.heldout, self.out, self.command, wall_seconds, summary_extra=extra,
+        loss, summary, best = export_candidates(cfg, candidates, self.heldout, self.out, self.command, wall_seconds, summary_extra=extra,
                                           provenance_extra=versions_extra, label=f"EDL (CMA-ES, seed {cfg.es.seed})")
         summary["chosen"] = names[best]
         atomic_write_json(self.out / "summary.json", summary)

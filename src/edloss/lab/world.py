@@ -13,8 +13,9 @@ Knobs are chosen on half of each regime's arms and judged on the other half: arm
 CIFAR accuracy and alternate between the halves (ranks 0, 2, 4, ... **calibration**; 1, 3, 5, ...
 **held-out**), so both halves span the range. Report the held-out correlation.
 
-Losses that no longer ship are regenerated from the command that made them (``PANEL_PRETRAIN``)
-into ``--panel-dir`` the first time (a few minutes each on one core; resumable).
+EDL losses that no longer ship come with the lab (``edloss/lab/panel/``, written by
+``benchmarks/panel_losses.py`` from git history or regenerated with the code of the commit the
+CIFAR arm ran with), each with its source in its provenance.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 
 from edloss.configs import from_dict, load_file, to_dict, versions
-from edloss.files import atomic_write_json, check_output_path
+from edloss.files import append_jsonl, atomic_write_json, check_output_path, read_jsonl
 from edloss.students import WorldConfig, reference_results, sample_tasks, score_module
 
 REGIMES = {"clean": 0.0, "noise-0.4": 0.4, "noise-0.6": 0.6}
@@ -63,11 +64,11 @@ PANEL: dict[str, list[Arm]] = {
         Arm("label_smoothing", "label_smoothing:0.1", 58.95, 1.66, 3, CLEAN),
         Arm("focal", "focal:2", 54.21, 1.80, 3, CLEAN),
         Arm("edl-v3", "edl:name=v3", 60.62, 1.90, 5, CLEAN),
-        Arm("edl-v3-gaussian", "edl:{panel}/v3-gaussian/loss", 58.12, 1.76, 3, CLEAN),
-        Arm("edl-v2", "edl:{panel}/v2-chaotic/loss", 56.88, 2.06, 3, CLEAN),
-        Arm("edl-v2-gaussian", "edl:{panel}/v2-gaussian/loss", 42.95, 1.88, 3, CLEAN),
-        Arm("edl-v0", "edl:{panel}/v0-chaotic/loss", 52.06, 4.91, 3, CLEAN),
-        Arm("edl-v0-gaussian", "edl:{panel}/v0-gaussian/loss", 54.95, 6.90, 3, CLEAN),
+        Arm("edl-v3-gaussian", "edl:{panel}/v3-gaussian", 58.12, 1.76, 3, CLEAN),
+        Arm("edl-v2", "edl:{panel}/v2-chaotic", 56.88, 2.06, 3, CLEAN),
+        Arm("edl-v2-gaussian", "edl:{panel}/v2-gaussian", 42.95, 1.88, 3, CLEAN),
+        Arm("edl-v0", "edl:{panel}/v0-chaotic", 52.06, 4.91, 3, CLEAN),
+        Arm("edl-v0-gaussian", "edl:{panel}/v0-gaussian", 54.95, 6.90, 3, CLEAN),
     ],
     "noise-0.4": [
         Arm("ce", "ce", 31.86, 1.50, 3, N04),
@@ -78,7 +79,7 @@ PANEL: dict[str, list[Arm]] = {
         Arm("mae", "mae", 23.36, 5.12, 3, N04),
         Arm("forward", "forward:0.4", 34.03, 0.81, 3, N04),
         Arm("edl-v4", "edl", 29.62, 0.36, 3, N04),
-        Arm("edl-noise-kld", "edl:{panel}/noise-kld-0.4/loss", 34.05, 2.36, 3, N04),
+        Arm("edl-noise-kld", "edl:{panel}/noise-kld-0.4", 34.05, 2.36, 3, N04),
         Arm("edl-noise-tv-k10", "edl:noise_rate=0.4,num_classes=10", 39.92, 1.73, 3, N04),
         Arm("edl-noise-tv", "edl:noise_rate=0.4", 34.04, 2.36, 2, N04),
     ],
@@ -94,15 +95,7 @@ PANEL: dict[str, list[Arm]] = {
         Arm("edl-noise-tv-k10", "edl:noise_rate=0.6,num_classes=10", 28.65, 0.64, 3, N06),
     ],
 }
-# how each panel loss that no longer ships was made (edloss pretrain arguments; --out is --panel-dir/NAME)
-PANEL_PRETRAIN: dict[str, str] = {
-    "v3-gaussian": "--config configs/kl-disagreement-calibrated.json --seed 0 --mutation gaussian",
-    "v2-chaotic": "--config configs/one-hot-v2.json --seed 0 --mutation chaotic",
-    "v2-gaussian": "--config configs/one-hot-v2.json --seed 0 --mutation gaussian",
-    "v0-chaotic": "--config configs/soft-truths-v0.json --seed 0 --mutation chaotic",
-    "v0-gaussian": "--config configs/soft-truths-v0.json --seed 0 --mutation gaussian",
-    "noise-kld-0.4": "--label-noise 0.4 --severity kl_disagreement --seed 0 --mutation chaotic",
-}
+PANEL_DIR = Path(__file__).with_name("panel")  # losses that no longer ship (benchmarks/panel_losses.py wrote them)
 
 
 def halves(arms: list[Arm]) -> tuple[list[Arm], list[Arm]]:
@@ -111,7 +104,7 @@ def halves(arms: list[Arm]) -> tuple[list[Arm], list[Arm]]:
     return ordered[0::2], ordered[1::2]
 
 
-def build_panel_loss(arm: Arm, panel_dir: Path) -> torch.nn.Module:
+def build_panel_loss(arm: Arm, panel_dir: Path = PANEL_DIR) -> torch.nn.Module:
     """The arm's loss module; EDL losses without input checks, so a diverging student is scored, not raised."""
     from edloss.lab.losses import build_loss, parse_loss_spec
 
@@ -121,19 +114,11 @@ def build_panel_loss(arm: Arm, panel_dir: Path) -> torch.nn.Module:
     return build_loss(name, **options)
 
 
-def ensure_panel_losses(regimes: list[str], panel_dir: Path, progress: bool = True) -> None:
-    """Regenerate every panel loss the regimes need that ``panel_dir`` lacks (pretraining resumes)."""
-    from edloss.cli import main as edloss_main
-
-    needed = {arm.spec.split("{panel}/")[1].split("/")[0] for r in regimes for arm in PANEL[r] if "{panel}" in arm.spec}
-    for name in sorted(needed):
-        if (panel_dir / name / "loss" / "loss.json").exists():
-            continue
-        argv = ["pretrain", *shlex.split(PANEL_PRETRAIN[name]), "--threads", str(torch.get_num_threads()), "--out", str(panel_dir / name)]
-        if progress:
-            print(f"regenerating panel loss {name}: edloss {shlex.join(argv)}", file=sys.stderr)
-        if edloss_main(argv + ([] if progress else ["--quiet"])) != 0:
-            raise ValueError(f"could not regenerate panel loss {name}; run `edloss {shlex.join(argv)}` to see why")
+def available(arm: Arm, panel_dir: Path = PANEL_DIR) -> bool:
+    """Whether the arm's loss is at hand (a panel file may be missing from a partial checkout)."""
+    if "{panel}" not in arm.spec:
+        return True
+    return (Path(arm.spec.split(":", 1)[1].replace("{panel}", str(panel_dir))) / "loss.json").is_file()
 
 
 def ranking_fitness(module: torch.nn.Module, label_noise: float) -> float:
@@ -162,17 +147,27 @@ def _per_row_loss(module: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tens
     return torch.func.vmap(lambda z, y: module(z[None], y[None]))
 
 
-def score_regime(world: WorldConfig, regime: str, panel_dir: Path, repeats: int, with_ranking: bool, progress: bool) -> list[dict[str, Any]]:
+def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bool, progress: bool,
+                 done: dict[str, dict[str, Any]] | None = None, record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Every arm of the regime scored in the world (the regime's noise rate set in it): mean over
-    ``repeats`` draws of ``world.tasks`` tasks, the same draws for every arm."""
+    ``repeats`` draws of ``world.tasks`` tasks, the same draws for every arm. Arms in ``done``
+    (rows of an interrupted check of the same world) are kept; each new row goes to ``record``."""
     cfg = replace(world, label_noise=REGIMES[regime])
-    draws = []
-    for r in range(repeats):
-        tasks = sample_tasks(cfg, torch.Generator().manual_seed(PANEL_SEED + r))
-        draws.append((tasks, reference_results(tasks, cfg)))
+    done = done or {}
+    draws: list[tuple[Any, Any]] = []
     rows = []
     for arm in PANEL[regime]:
-        module = build_panel_loss(arm, panel_dir)
+        if not available(arm):
+            print(f"  {regime:10s} {arm.label:18s} skipped: {arm.spec} is missing (benchmarks/panel_losses.py writes it)", file=sys.stderr)
+            continue
+        if arm.label in done and ("ranking_fitness" in done[arm.label] or not with_ranking):
+            rows.append(done[arm.label])
+            continue
+        if not draws:  # the tasks and their CE students, made once the first arm needs them
+            for r in range(repeats):
+                tasks = sample_tasks(cfg, torch.Generator().manual_seed(PANEL_SEED + r))
+                draws.append((tasks, reference_results(tasks, cfg)))
+        module = build_panel_loss(arm)
         start = time.perf_counter()
         scores = [score_module(module, tasks, cfg, ref) for tasks, ref in draws]
         row = {"regime": regime, "label": arm.label, "spec": arm.spec, "cifar": arm.cifar, "cifar_std": arm.std, "cifar_seeds": arm.seeds,
@@ -183,6 +178,8 @@ def score_regime(world: WorldConfig, regime: str, panel_dir: Path, repeats: int,
             print(f"  {regime:10s} {arm.label:18s} world {100 * row['fitness']:+7.2f}  CIFAR {arm.cifar:6.2f}"
                   + (f"  ranking {row['ranking_fitness']:.4f}" if with_ranking else ""), file=sys.stderr)
         rows.append(row)
+        if record is not None:
+            record(row)
     return rows
 
 
@@ -230,12 +227,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def world_check(world: WorldConfig, regimes: list[str], panel_dir: Path, out: Path, repeats: int = 2, with_ranking: bool = True,
+def world_check(world: WorldConfig, regimes: list[str], out: Path, repeats: int = 2, with_ranking: bool = True,
                 progress: bool = True, command: str = "") -> dict[str, Any]:
     """Score the panel of every regime in the world; write ``world_check.json`` and ``world_check.png``."""
-    ensure_panel_losses(regimes, panel_dir, progress)
     start = time.perf_counter()
-    rows = [row for regime in regimes for row in score_regime(world, regime, panel_dir, repeats, with_ranking, progress)]
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "rows.jsonl"  # each finished arm, so an interrupted check resumes where it stopped
+    key = {"world": to_dict(world), "repeats": repeats, "panel_seed": PANEL_SEED}
+    earlier = [r for r in read_jsonl(partial, repair=True) if r.get("key") == key] if partial.exists() else []
+
+    def record(row: dict[str, Any]) -> None:
+        append_jsonl(partial, {**row, "key": key})
+
+    rows = []
+    for regime in regimes:
+        done = {r["label"]: {k: v for k, v in r.items() if k != "key"} for r in earlier if r["regime"] == regime}
+        rows += score_regime(world, regime, repeats, with_ranking, progress, done, record)
     result: dict[str, Any] = {"world": to_dict(world), "repeats": repeats, "panel_seed": PANEL_SEED, "rows": rows, "regimes": {},
                               "command": command, "versions": versions(), "wall_seconds": time.perf_counter() - start,
                               "halves": "arms sorted by CIFAR accuracy alternate: ranks 0, 2, 4, ... calibration; 1, 3, 5, ... held-out"}
@@ -244,7 +251,6 @@ def world_check(world: WorldConfig, regimes: list[str], panel_dir: Path, out: Pa
         result["regimes"][regime] = {"world": correlations(sub, "fitness")}
         if with_ranking:
             result["regimes"][regime]["ranking"] = correlations(sub, "ranking_fitness")
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "world_check.json", result)
     try:
         plot(rows, out / "world_check.png")
@@ -271,7 +277,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=list(REGIMES))
     p.add_argument("--repeats", type=int, default=2, help="draws of world.tasks tasks per regime (default 2)")
     p.add_argument("--no-ranking", action="store_true", help="skip the ranking objective's correlation")
-    p.add_argument("--panel-dir", default="runs/panel", help="where panel losses that no longer ship are regenerated")
     p.add_argument("--out", default="runs/world-check")
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
@@ -287,9 +292,6 @@ def world_from_args(args: argparse.Namespace) -> WorldConfig:
 
 def _main(args: argparse.Namespace) -> int:
     out = check_output_path(args.out)
-    panel_dir = Path(args.panel_dir)
-    if panel_dir.exists() and not panel_dir.is_dir():
-        raise ValueError(f"--panel-dir {panel_dir} is a file; give a folder for the regenerated panel losses")
     if args.repeats < 1 or args.repeats > 100:
         raise ValueError(f"--repeats must be in [1, 100], got {args.repeats}")
     if args.threads is not None:
@@ -298,7 +300,7 @@ def _main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     world = world_from_args(args)
     command = "edloss " + shlex.join(sys.argv[1:])
-    result = world_check(world, args.regimes, panel_dir, out, args.repeats, not args.no_ranking, not args.quiet, command)
+    result = world_check(world, args.regimes, out, args.repeats, not args.no_ranking, not args.quiet, command)
     print(format_result(result))
     print(f"wrote {out / 'world_check.json'} and world_check.png ({result['wall_seconds']:.0f} s)")
     return 0

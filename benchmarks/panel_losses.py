@@ -1,0 +1,64 @@
+"""Write the world-check panel's EDL losses that no longer ship into ``src/edloss/lab/panel/``.
+
+Each is the loss a recorded CIFAR arm trained with (``edloss.lab.world.PANEL``): a file the
+package shipped at the time, taken from git history, or for arms that never shipped (the Gaussian
+mutation arms) regenerated with the code of the commit the CIFAR grid ran with, by
+``runs/panel/regen_at_commits.sh`` (each commit validated by regenerating its shipped chaotic loss
+bit for bit). Every file is re-saved in today's checksummed format with its source in the
+provenance, so ``edloss world-check`` works from an installed wheel without git.
+
+    python benchmarks/panel_losses.py [--raw runs/panel/raw]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+from pathlib import Path
+
+from edloss.loss import EDLLoss
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "src" / "edloss" / "lab" / "panel"
+# name -> (git commit, shipped folder) for files taken from history
+FROM_GIT = {
+    "noise-kld-0.4": ("8297ee0", "noise-0.4", "the KL + disagreement noise loss shipped in sessions 3-4 (CIFAR arm edl-noise)"),
+    "v2-chaotic": ("25cc29c", "default", "the v2 default (CIFAR arm edl-onehot)"),
+    "v0-chaotic": ("c5e7629", "default", "the v0 default (CIFAR arm edl-chaotic)"),
+}
+# name -> (commit, description) for losses regenerated at a commit into --raw
+REGENERATED = {
+    "v3-gaussian": ("1079b30", "v3 objective, Gaussian mutation, seed 0 (CIFAR arm edl-kldcal-gaussian)"),
+    "v2-gaussian": ("25cc29c", "v2 objective, Gaussian mutation, seed 0 (CIFAR arm edl-gaussian-onehot)"),
+    "v0-gaussian": ("c5e7629", "v0 objective, Gaussian mutation, seed 0 (CIFAR arm edl-gaussian)"),
+}
+
+
+def resave(src: Path, name: str, source: str) -> None:
+    loss = EDLLoss.from_file(src, allow_unverified=True)
+    loss.metadata["panel_source"] = source
+    loss.save(OUT / name)
+    print(f"{name}: {source}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", default=str(ROOT / "runs" / "panel" / "raw"), help="where regen_at_commits.sh wrote its runs")
+    args = parser.parse_args()
+    for name, (commit, folder, what) in FROM_GIT.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            for f in ("loss.json", "loss.safetensors"):
+                blob = subprocess.check_output(["git", "show", f"{commit}:src/edloss/weights/{folder}/{f}"], cwd=ROOT)
+                (Path(tmp) / f).write_bytes(blob)
+            resave(Path(tmp), name, f"git {commit}:src/edloss/weights/{folder}: {what}")
+    for name, (commit, what) in REGENERATED.items():
+        src = Path(args.raw) / name / "loss"
+        if (src / "loss.json").exists():
+            resave(src, name, f"regenerated with the code of commit {commit}: {what}")
+        else:
+            print(f"{name}: missing in {args.raw}; run runs/panel/regen_at_commits.sh first")
+
+
+if __name__ == "__main__":
+    main()
