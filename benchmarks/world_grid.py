@@ -1,7 +1,7 @@
 """Which world predicts CIFAR? ``edloss world-check`` over a grid of world knobs, one world at a time.
 
-Each world's panel scores go to ``OUT/WORLD/world_check.json`` (skipped when present, so a stopped
-grid resumes), and a table of Spearman correlations per regime and half to ``OUT/grid.json`` and
+Each world's panel scores go to ``OUT/WORLD/world_check.json`` (every finished arm is kept in
+``OUT/WORLD/rows.jsonl``, so a stopped grid resumes and a panel arm added later costs only itself), and a table of Spearman correlations per regime and half to ``OUT/grid.json`` and
 stdout. Choose a world by its **calibration** half; its **held-out** half is the honest estimate.
 
     python benchmarks/world_grid.py --out runs/world-grid --threads 1 [--only NAME ...]
@@ -45,10 +45,9 @@ def main() -> None:
     table = {}
     for name in args.only or list(WORLDS):
         path = out / name / "world_check.json"
-        if not path.exists():
-            print(f"== {name}", flush=True)
-            world_check(WORLDS[name], list(REGIMES), out / name, args.repeats, with_ranking=name == "gaussian-default",
-                        command=f"benchmarks/world_grid.py --only {name}")
+        print(f"== {name}", flush=True)  # arms scored before are read back from the world's rows.jsonl
+        world_check(WORLDS[name], list(REGIMES), out / name, args.repeats, with_ranking=name == "gaussian-default",
+                    progress=False, command=f"benchmarks/world_grid.py --only {name}")
         result = json.loads(path.read_text())
         table[name] = {regime: {half: c["spearman"] for half, c in by["world"].items()} for regime, by in result["regimes"].items()}
         table[name]["seconds"] = result["wall_seconds"]
