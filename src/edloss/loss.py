@@ -69,6 +69,13 @@ class EDLLoss(nn.Module):
             over ``model.parameters()`` cannot change it (else a model learns to game its own
             loss). ``trainable=True`` opts in (and turns the fused path off).
         metadata: provenance saved with the checkpoint.
+        class_counts: per-class training counts (a sequence or a 1-D tensor, one entry per class):
+            the loss then knows the class prior pi and scores the *logit-adjusted* prediction
+            softmax(z + prior_strength * log pi) (Menon et al. 2021), so rare classes must win by a
+            margin during training while the model's own logits stay balanced for a balanced test.
+            With the network at cross-entropy this is exactly the logit-adjusted loss; equal counts
+            change nothing. ``None`` (the default) assumes balanced classes.
+        prior_strength: tau of the adjustment (1, the logit-adjusted loss's choice).
     """
 
     def __init__(
@@ -83,6 +90,8 @@ class EDLLoss(nn.Module):
         fused: bool = True,
         trainable: bool = False,
         metadata: dict[str, Any] | None = None,
+        class_counts: Any = None,
+        prior_strength: float = 1.0,
     ) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
@@ -103,6 +112,10 @@ class EDLLoss(nn.Module):
         self.net = net
         self.scale = float(scale)  # a Python float: part of the definition, immune to .half()
         self.register_buffer("weight", _check_weight(weight))
+        if isinstance(prior_strength, bool) or not isinstance(prior_strength, (int, float)) or not 0 <= prior_strength <= 10:
+            raise ValueError(f"prior_strength must be a number in [0, 10] (1: the logit-adjusted loss), got {prior_strength!r}")
+        self.prior_strength = float(prior_strength)
+        self.register_buffer("log_prior", log_prior(class_counts))
         # the definition (architecture, form, scale) in the state dict, so that load_state_dict
         # refuses another loss's weights instead of silently making a third function
         self.register_buffer("definition", definition_tensor(net.config, self.scale))
@@ -124,12 +137,15 @@ class EDLLoss(nn.Module):
         float64 logits) and returns the logits' dtype."""
         master = [p.detach().clone() for p in self.net.parameters()]
         weight = None if self.weight is None else self.weight.clone()  # class weights define the loss too
+        prior = None if self.log_prior is None else self.log_prior.clone()  # and so does the prior
         super()._apply(fn, recurse)
         for p, m in zip(self.net.parameters(), master):
             if p.dtype not in (torch.float32, torch.float64):
                 p.data = m.to(p.device)
         if self.weight is not None and self.weight.dtype not in (torch.float32, torch.float64):
             self.weight = weight.to(self.weight.device)
+        if self.log_prior is not None and self.log_prior.dtype not in (torch.float32, torch.float64):
+            self.log_prior = prior.to(self.log_prior.device)  # log-priors of 1e-5 classes would round in half precision
         return self
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -151,6 +167,9 @@ class EDLLoss(nn.Module):
         self._check_device(logits, target)
         if self.weight is not None and self.weight.shape[0] != logits.shape[1]:
             raise ValueError(f"weight has {self.weight.shape[0]} entries but the input has {logits.shape[1]} classes")
+        if self.log_prior is not None and self.log_prior.shape[0] != logits.shape[1]:
+            raise ValueError(f"class_counts has {self.log_prior.shape[0]} entries but the input has {logits.shape[1]} classes; "
+                             "give one training count per class")
         if soft and self.ignore_index is not None and self.ignore_index >= 0:  # CE's rule and message
             raise ValueError(f"ignore_index is not supported for floating point target (got ignore_index={self.ignore_index} "
                              "with probability targets); pass class indices, or ignore_index=None")
@@ -161,6 +180,8 @@ class EDLLoss(nn.Module):
         out_dtype = dtype if amp and torch.is_autocast_enabled(logits.device.type) else input.dtype
         with torch.autocast(device_type=logits.device.type, enabled=False) if amp else contextlib.nullcontext():
             x = logits if logits.dtype == dtype else logits.to(dtype)
+            if self.log_prior is not None and self.prior_strength:  # logit adjustment: the gradient w.r.t. z is unchanged in form
+                x = x + self.prior_strength * self.log_prior.to(device=x.device, dtype=dtype)
             if soft:
                 loss, denominator = self._soft_target_loss(x, target.to(dtype), checking)
             else:
@@ -543,6 +564,26 @@ def _as_rows(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
     if not soft and t.dtype != torch.long:
         t = t.long()
     return x, t, out_shape, soft
+
+
+def log_prior(class_counts: Any) -> torch.Tensor | None:
+    """log pi_c from per-class training counts, validated: one finite, positive, whole number per class."""
+    if class_counts is None:
+        return None
+    if isinstance(class_counts, (str, bytes)) or isinstance(class_counts, bool):
+        raise ValueError(f"class_counts must be a sequence or 1-D tensor of per-class training counts, got {class_counts!r}")
+    try:
+        counts = torch.as_tensor(class_counts, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"class_counts must be a sequence or 1-D tensor of per-class training counts, got {class_counts!r} ({err})") from None
+    if counts.dim() != 1 or counts.numel() < 2:
+        raise ValueError(f"class_counts must be 1-D with one count per class (at least 2), got shape {tuple(counts.shape)}")
+    bad = ~torch.isfinite(counts) | (counts <= 0) | (counts != counts.round())
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"class_counts must be whole numbers > 0 (a class with no training example has no prior); "
+                         f"entry {i} is {counts[i].item()!r}")
+    return (counts / counts.sum()).log().float()
 
 
 def _check_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
