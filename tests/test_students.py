@@ -148,3 +148,28 @@ def test_a_start_loss_with_another_network_is_refused(tmp_path):
     cfg = replace(students_config(), lossnet=LossNetConfig(hidden=(8,)))
     with pytest.raises(ValueError, match="another network"):
         pretrain(cfg, tmp_path, progress=False)
+
+
+def test_a_prior_aware_population_scores_the_logit_adjusted_prediction():
+    cfg = replace(TINY, imbalance=10.0, points_per_class=60, prior_aware=True)
+    tasks = tasks_of(cfg)
+    shipped = EDLLoss.pretrained()
+    theta = shipped.net.flat().detach()[None]
+    aware = evaluate_population(theta, shipped.net.config, tasks, cfg)
+    direct = score_module(EDLLoss.pretrained(class_counts=torch.bincount(tasks.y_clean[0]).tolist(), check_inputs=False), tasks, cfg)
+    assert abs(float(aware["accuracy"][0]) - direct["accuracy"]) < 0.02
+    blind = evaluate_population(theta, shipped.net.config, tasks, replace(cfg, prior_aware=False))
+    assert float(aware["accuracy"][0]) != float(blind["accuracy"][0])
+
+
+def test_pretrain_imbalance_makes_a_prior_aware_students_run(tmp_path, capsys):
+    world = tmp_path / "world.json"
+    world.write_text(json.dumps({"world": {"tasks": 2, "points_per_class": 40, "test_points_per_class": 10, "dim": 8, "depth": 1,
+                                           "width": 16, "steps": 10}}))
+    code = main(["pretrain", "--config", str(world), "--imbalance", "10", "--start", "default", "--generations", "1",
+                 "--population", "4", "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["objective"]["kind"] == "students" and saved["world"]["imbalance"] == 10 and saved["world"]["prior_aware"]
+    assert main(["pretrain", "--objective", "expectation", "--imbalance", "10", "--out", str(tmp_path / "no")]) == 2
+    assert "needs the students objective" in capsys.readouterr().err

@@ -453,6 +453,12 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     for key, value in (("kind", args.objective), ("severity", args.severity)):
         if value is not None:
             objective[key] = value
+    if args.imbalance is not None:  # long-tailed classes: only the students world has a prior to learn from
+        objective.setdefault("kind", "students")
+        if objective["kind"] != "students":
+            raise ValueError("--imbalance needs the students objective (the ranking objectives know no class prior); drop --objective")
+        world["imbalance"] = args.imbalance
+        world.setdefault("prior_aware", True)
     in_world = objective.get("kind") == "students"  # the regime lives in the world's tasks, not in the ranking
     if in_world:  # students train for seconds each: a smaller, shorter search fits the 15-minute budget
         es.setdefault("population", STUDENTS_POPULATION)
@@ -503,6 +509,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=("expectation", "per_sample", "students"),
                    help="students: fitness = accuracy of small networks trained by the loss on synthetic tasks, minus CE's "
                         "(the config's [world] section; --label-noise and --classes then set the world's regime)")
+    p.add_argument("--imbalance", type=float, metavar="RHO",
+                   help="pretrain a prior-aware loss for long-tailed classes: the students world's training labels follow the "
+                        "exponential profile with n_max / n_min = RHO (balanced test), and candidates see the prior as "
+                        "EDLLoss(class_counts=...) does (implies --objective students)")
     p.add_argument("--start", metavar="LOSS", help="draw the first population around this loss (a shipped name such as "
                    "default or noise-0.4-k10, or a loss folder); its network must match the run's")
     p.add_argument("--severity", help="expectation: kl_disagreement (default)|kl|tv; per_sample: one_minus_py|margin|rank")

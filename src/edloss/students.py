@@ -73,6 +73,7 @@ class WorldConfig:
     label_noise: float = 0.0  # rate of wrong training labels
     noise_kind: str = "symmetric"  # "symmetric": any other class; "pair": class c -> c + 1 mod K
     imbalance: float = 1.0  # n_max / n_min of the exponential profile; 1 = balanced
+    prior_aware: bool = False  # candidates are told the class prior: they score softmax(z + log pi), as EDLLoss(class_counts=...)
     nll_weight: float = 0.0  # fitness += nll_weight * (CE students' test NLL - this loss's)
     ece_weight: float = 0.0  # fitness += ece_weight * (CE students' ECE - this loss's)
 
@@ -134,6 +135,12 @@ class Tasks:
     @property
     def num_classes(self) -> int:
         return int(self.y_test.max()) + 1 if self.y_test.numel() else 0
+
+    @property
+    def log_prior(self) -> torch.Tensor:
+        """log pi_c of the training labels' classes (every task has the same counts)."""
+        counts = torch.bincount(self.y_clean[0], minlength=self.num_classes).float()
+        return (counts / counts.sum()).log()
 
     @property
     def count(self) -> int:
@@ -368,17 +375,19 @@ def score_module(module: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t
     return {name: float(value[0]) for name, value in score_against_reference(results, reference, cfg).items()}
 
 
-def population_group_loss(theta: torch.Tensor, net: LossNetConfig, batch_size: int) -> GroupLoss:
+def population_group_loss(theta: torch.Tensor, net: LossNetConfig, batch_size: int, log_prior: torch.Tensor | None = None) -> GroupLoss:
     """P loss networks (flat parameters theta (P, D)) as a GroupLoss, each anchored to CE's
     gradient at the uniform prediction as an exported ``EDLLoss`` is, so every candidate trains
-    with the learning rate a user would give it."""
+    with the learning rate a user would give it. With ``log_prior`` each scores the logit-adjusted
+    prediction softmax(z + log pi), as ``EDLLoss(class_counts=...)`` does."""
     from edloss.objective import anchor_gradient_norm, ce_anchor_norm, population_penalty
 
     penalty = population_penalty(theta, net)
     scale = ce_anchor_norm() / anchor_gradient_norm(penalty, theta.shape[0]).clamp_min(1e-12)
 
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        out = penalty(torch.log_softmax(logits, -1), labels[..., None]).squeeze(-1)  # (P, M)
+        z = logits if log_prior is None else logits + log_prior
+        out = penalty(torch.log_softmax(z, -1), labels[..., None]).squeeze(-1)  # (P, M)
         return scale * out.sum(-1) / batch_size
 
     return loss
@@ -388,7 +397,8 @@ def evaluate_population(theta: torch.Tensor, net: LossNetConfig, tasks: Tasks, c
                         reference: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """World metrics of every individual of ``theta`` (P, D): each trains one student per task."""
     reference = reference if reference is not None else reference_results(tasks, cfg)
-    results = train_students(tasks, population_group_loss(theta, net, cfg.batch_size), theta.shape[0], cfg)
+    log_prior = tasks.log_prior if cfg.prior_aware else None
+    results = train_students(tasks, population_group_loss(theta, net, cfg.batch_size, log_prior), theta.shape[0], cfg)
     return score_against_reference(results, reference, cfg)
 
 
