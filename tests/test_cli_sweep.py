@@ -22,6 +22,7 @@ TRAIN_BASE = ["--epochs", "1", "--train-subset", "64", "--val-size", "32", "--ba
 RECIPE = {  # the flags train and compare share (add_recipe_args)
     "--dataset": ["cifar1000"], "--data-dir": ["{missing}"], "--val-size": ["-1", "x"],
     "--train-subset": ["1", "0"], "--label-noise": ["1", "-0.1", "nan"], "--noise-seed": ["-1"],
+    "--imbalance": ["0.5", "0", "nan", "inf", "x", "1e9"],
     "--epochs": ["0", str(10**20)], "--batch-size": ["1", "0"], "--lr": ["0", "nan", "inf", "-1"],
     "--momentum": ["1", "-0.1"], "--weight-decay": ["-1", "inf"], "--schedule": ["linear"],
     "--warmup-epochs": ["-1", "5", "nan"], "--eval-batch-size": ["0"], "--device": ["tpu", "cuda:99"],

@@ -35,12 +35,15 @@ def test_lr_schedules() -> None:
     assert warm[0] == pytest.approx(0.1) and warm[9] == 1 and warm[10] == 1
     one = [lr_factor(s, 100, "onecycle", 25) for s in range(100)]
     assert max(one) == 1 and one.index(1.0) == 24 and 0 < one[-1] < 0.05
+    step = [lr_factor(s, 200, "step", 5) for s in range(200)]  # the CIFAR-LT recipe: x0.01 at 160 and 180 of 200
+    assert step[0] == pytest.approx(0.2) and step[4] == step[159] == 1
+    assert step[160] == step[179] == pytest.approx(0.01) and step[180] == step[199] == pytest.approx(1e-4)
 
 
 def test_config_validation(tiny_config: TrainConfig, tmp_path: Path) -> None:
     """Every recipe field is checked before any work, naming the option and its valid range."""
     for bad, match in [(dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"),
-                       (dict(schedule="step"), "cosine"), (dict(model="vgg"), "resnet20"),
+                       (dict(schedule="linear"), "cosine"), (dict(model="vgg"), "resnet20"),
                        (dict(loss="hinge"), "focal"), (dict(train_subset=1), "subset"),
                        (dict(epochs="3"), "--epochs must be an integer >= 1, got '3'"),
                        (dict(epochs=True), "--epochs must be an integer"),

@@ -8,7 +8,9 @@ after every run, so a grid that is still going already has a table:
 - ``summary.md``: loss, seeds, mean ± std test and validation accuracy, Δ vs cross-entropy,
   mean wall time;
 - ``summary.json``: the same plus every run;
-- ``val_accuracy.png``: validation accuracy per epoch, mean over seeds with a ±std band.
+- ``val_accuracy.png``: validation accuracy per epoch, mean over seeds with a ±std band;
+- with ``--imbalance``: a long-tail table (balanced test accuracy, many/medium/few-shot, and
+  CE with post-hoc logit adjustment as a reference line) and ``per_class_accuracy.png``.
 
 Losses are arms ``LABEL=SPEC`` (``edl-chaotic=edl:runs/chaotic/loss``) or bare specs (``ce``,
 ``focal:gamma=3``), whose label is derived from the spec. ``{seed}`` in a spec is replaced by each
@@ -38,7 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edloss.lab.data import check_present
+from edloss.lab.data import check_imbalance_feasible, check_present
 from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec, spec_definition
 from edloss.lab.models import model_names
 from edloss.files import RunLock, atomic_write_text, check_output_path, prepare_output_folder, read_jsonl, save_figure
@@ -203,6 +205,9 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
         run.config.validate()
     check_output_path(out_dir)
     check_present(recipe.dataset, recipe.data_dir, recipe.download)
+    if recipe.imbalance is not None:  # a long tail so steep that a class keeps no image: refused before the grid
+        check_imbalance_feasible(recipe.dataset, recipe.data_dir, recipe.val_size, recipe.train_subset,
+                                 recipe.balanced_subset, recipe.reserve, recipe.imbalance)
     if ray is None:
         resolve_device(recipe.device)  # a device this machine lacks (on Ray: the workers' machines decide)
     else:
@@ -351,7 +356,8 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                              "val_acc": result.get("final_val_acc"),
                              "test_nll": result.get("test_nll"), "test_ece": result.get("test_ece"),
                              "wall_seconds": result.get("wall_seconds"),
-                             "train_acc": _last_train_acc(run_dir) if status == "finished" else None})
+                             "train_acc": _last_train_acc(run_dir) if status == "finished" else None,
+                             **{k: result.get(k) for k in LONG_TAIL_KEYS if result.get(k) is not None}})
                 if status == "failed":
                     runs[-1]["error"] = failures[str(run_dir)]
                 if status == "finished":
@@ -367,7 +373,7 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                    "val_mean": _mean_std(val)[0], "val_std": _mean_std(val)[1],
                    "best_val_test_mean": _mean_std(early)[0], "best_val_test_std": _mean_std(early)[1],
                    "train_mean": _mean_std(fit)[0], "train_std": _mean_std(fit)[1],
-                   **_calibration_columns(done),
+                   **_calibration_columns(done), **_long_tail_columns(done),
                    "wall_mean": _mean_std([r["wall_seconds"] for r in done])[0]}
             if reference is None and _is_ce(arm.spec):
                 reference = row
@@ -425,6 +431,104 @@ def _paired_delta(runs: list[dict[str, Any]], model: str, label: str, ce_label: 
     mean, std = _mean_std(diffs)
     return {"delta_vs_ce": mean, "delta_vs_ce_std": std, "delta_pairs": len(diffs),
             "delta_wins": sum(d > 0 for d in diffs), "is_reference": label == ce_label}
+
+
+LONG_TAIL_KEYS = ("class_counts", "test_class_acc", "test_shot_acc", "shot_groups", "test_acc_posthoc_la",
+                  "test_shot_acc_posthoc_la", "test_class_acc_posthoc_la")
+
+
+def _long_tail_columns(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean (± std) many/medium/few-shot test accuracy in percent, and the same model's after post-hoc
+    logit adjustment, over an arm's finished long-tail runs (nothing for balanced runs)."""
+    out: dict[str, Any] = {}
+    for prefix, key, overall in (("", "test_shot_acc", None), ("posthoc_", "test_shot_acc_posthoc_la", "test_acc_posthoc_la")):
+        shots = [r[key] for r in done if r.get(key)]
+        if not shots:
+            continue
+        for group in ("many", "medium", "few"):
+            values = [100 * s[group] for s in shots if s.get(group) is not None]
+            out[f"{prefix}{group}_mean"], out[f"{prefix}{group}_std"] = _mean_std(values)
+        if overall:
+            values = [100 * r[overall] for r in done if r.get(overall) is not None]
+            out[f"{prefix}test_mean"], out[f"{prefix}test_std"] = _mean_std(values)
+    return out
+
+
+def long_tail_table(summary: dict[str, Any], model: str) -> list[str]:
+    """The long-tail table of one model (balanced test accuracy and many/medium/few-shot, CE after
+    post-hoc logit adjustment as a reference line), or nothing for a balanced grid."""
+    rows = [r for r in summary["rows"] if r["model"] == model and r.get("many_mean") is not None]
+    if not rows:
+        return []
+    run = next(r for r in summary["runs"] if r["model"] == model and r.get("shot_groups"))
+    groups, counts = run["shot_groups"], run.get("class_counts") or []
+    sizes = ", ".join(f"{g} {len(groups[g])}" for g in ("many", "medium", "few"))
+    lines = [f"Long tail ({model}, imbalance {summary['recipe'].get('imbalance'):g}, {sum(counts)} training images, "
+             f"per class {counts}): test accuracy in percent on the balanced test set, overall and per group of classes, "
+             f"each group the mean of its classes' accuracies. Split: {groups['rule']} (classes: {sizes}). "
+             "\"+ post-hoc LA\": the same CE models, predicting argmax(z − log π) (Menon et al. 2021, τ = 1): a reference "
+             "line, not a loss.", "",
+             "| loss | seeds | test acc (balanced) | many | medium | few |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['label']} | {row['n']} | {_pm(row['test_mean'], row['test_std'])} | "
+                     f"{_pm(row['many_mean'], row['many_std'])} | {_pm(row['medium_mean'], row['medium_std'])} | "
+                     f"{_pm(row['few_mean'], row['few_std'])} |")
+    for row in rows:
+        if _is_ce(row["spec"]) and row.get("posthoc_test_mean") is not None:
+            lines.append(f"| {row['label']} + post-hoc LA (reference) | {row['n']} | "
+                         f"{_pm(row['posthoc_test_mean'], row['posthoc_test_std'])} | "
+                         f"{_pm(row['posthoc_many_mean'], row['posthoc_many_std'])} | "
+                         f"{_pm(row['posthoc_medium_mean'], row['posthoc_medium_std'])} | "
+                         f"{_pm(row['posthoc_few_mean'], row['posthoc_few_std'])} |")
+    return lines + [""]
+
+
+def plot_per_class(summary: dict[str, Any], path: Path) -> Path | None:
+    """Test accuracy per class (mean over finished seeds) for every arm, classes sorted by training
+    count (most first), the counts as grey bars on a log axis; CE after post-hoc logit adjustment
+    dotted. None when no run recorded per-class accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = [m for m in summary["models"] if any(r["model"] == m and r.get("test_class_acc") for r in summary["runs"])]
+    if not models:
+        return None
+    arms = summary["arms"]
+    palette = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20").colors
+    fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models) + 2.5, 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        runs = [r for r in summary["runs"] if r["model"] == model and r.get("test_class_acc")]
+        counts = next((r["class_counts"] for r in runs if r.get("class_counts")), None) or [1] * len(runs[0]["test_class_acc"])
+        order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+        x = np.arange(len(order))
+        bars = ax.twinx()
+        bars.bar(x, [counts[c] for c in order], color="0.85", width=0.9, zorder=0)
+        bars.set(yscale="log", ylabel="training images (log)")
+        ax.set_zorder(bars.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        for i, arm in enumerate(arms):
+            mine = [r for r in runs if r["label"] == arm["label"]]
+            if not mine:
+                continue
+            acc = np.array([[100 * (r["test_class_acc"][c] or 0) for c in order] for r in mine]).mean(0)
+            style = {"color": "black", "linestyle": "--"} if _is_ce(arm["spec"]) else {"color": palette[i % len(palette)]}
+            ax.plot(x, acc, marker="o" if len(x) <= 20 else None, markersize=3, label=f"{arm['label']} (n={len(mine)})", **style)
+            adjusted = [r["test_class_acc_posthoc_la"] for r in mine if r.get("test_class_acc_posthoc_la")]
+            if _is_ce(arm["spec"]) and adjusted:
+                acc = np.array([[100 * (a[c] or 0) for c in order] for a in adjusted]).mean(0)
+                ax.plot(x, acc, color="black", linestyle=":", label=f"{arm['label']} + post-hoc LA")
+        ax.set(title=f"{model}: test accuracy per class (mean over seeds)", xlabel="class, most training images first",
+               ylabel="test accuracy (%)", ylim=(0, 100))
+        if len(order) <= 20:
+            ax.set_xticks(x, [str(c) for c in order])
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.12, 1.0), fontsize="small")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    return path
 
 
 def _calibration_columns(done: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -489,6 +593,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"(momentum {r['momentum']}{', Nesterov' if r['nesterov'] else ''}), weight decay "
         f"{r['weight_decay']}, {r['schedule']} schedule, augmentation {'on' if r['augment'] else 'off'}; "
         f"training images: {subset}; validation: last {r['val_size']} training images. "
+        + (f"Long-tailed training set: imbalance {r['imbalance']:g} (class c keeps its first "
+           f"floor(n_max {r['imbalance']:g}^(-c/(K-1))) images; validation and test balanced). "
+           if r.get("imbalance") is not None else "")
         + (f"Symmetric label noise {r['label_noise']} on the training labels (noise seed {r.get('noise_seed', 0)}; "
            "validation and test clean). " if r.get("label_noise") else "")
         + f"Seeds: {', '.join(map(str, summary['seeds']))}.", "",
@@ -523,6 +630,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                          f"{format_p(row, 'poly1')} | {_num(row.get('nll_mean'), 3)} | "
                          f"{_pm(row.get('ece_mean'), row.get('ece_std'))} | {wall} |")
         lines += ["", *_per_seed_table(summary, model), ""]
+        lines += long_tail_table(summary, model)
         lines += versus_table(summary, model)
     return "\n".join(lines)
 
@@ -605,6 +713,8 @@ def write_summary(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: li
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if plot:
         plot_val_accuracy(summary, out_dir, out_dir / "val_accuracy.png")
+        if recipe.imbalance is not None:
+            plot_per_class(summary, out_dir / "per_class_accuracy.png")
     return summary
 
 

@@ -8,6 +8,15 @@ data order and augmentation are reproducible and their state can be checkpointed
 
 Splits: the validation set is a fixed slice of the training set (default: its last 5,000
 images) and is what every tuning choice looks at; the test set is only for reported numbers.
+
+Long tail (``imbalance``): the training part is cut in this order, each step on what the last
+one left: (1) the reserve, then validation, off the end (both stay as they are: balanced);
+(2) ``train_subset`` (with ``balanced``: the first N/K images of each class); (3) the
+exponential profile of Cao et al. (2019): class c keeps its first
+floor(n_max * RHO^(-c/(K-1))) images, n_max being the smallest class count of the pool step 2
+left (with ``val_size=0`` and no subset: 5,000 for CIFAR-10 and 500 for CIFAR-100, the
+literature's CIFAR-10-LT / CIFAR-100-LT: 12,406 and 10,847 images at RHO = 100); (4) label
+noise, if any, on the long-tailed labels (``flip_labels``, in the trainer).
 """
 
 from __future__ import annotations
@@ -360,6 +369,66 @@ class Splits:
     std: torch.Tensor
     num_classes: int
     classes: list[str]
+    imbalance: float | None = None  # the long-tail factor RHO the training part was cut to (None: not cut)
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Training images per class (the labels as loaded, before any label noise)."""
+        return torch.bincount(self.train_y, minlength=self.num_classes).tolist()
+
+
+def check_imbalance(rho: Any) -> float:
+    """``rho`` as a float >= 1, or ValueError: a long-tail factor is n_max / n_min."""
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not np.isfinite(rho) or rho < 1:
+        raise ValueError(f"--imbalance must be a finite number >= 1 (n_max / n_min of the long-tailed training "
+                         f"set; 1 = balanced), got {rho!r}")
+    return float(rho)
+
+
+def long_tail_counts(n_max: int, num_classes: int, rho: float) -> list[int]:
+    """The exponential profile of Cao et al. (2019): class c keeps int(n_max * (1/RHO)^(c/(K-1)))
+    images, computed exactly as their code does (so n_max 5,000, K 10, RHO 100 gives the
+    literature's 12,406 CIFAR-10-LT images). A class left with none: ValueError."""
+    rho = check_imbalance(rho)
+    counts = [int(n_max * (1.0 / rho) ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+    if min(counts) < 1:
+        empty = counts.index(0)
+        raise ValueError(f"--imbalance {rho:g} is too steep: the pool has n_max = {n_max} images per class, so "
+                         f"class {empty} would keep int({n_max} / {rho:g}^({empty}/{num_classes - 1})) = 0 images; "
+                         f"use --imbalance <= {n_max} (or more training images)")
+    return counts
+
+
+def long_tail_indices(labels: torch.Tensor, num_classes: int, rho: float) -> tuple[torch.Tensor, list[int]]:
+    """Indices (in original order) keeping the first ``long_tail_counts`` images of each class,
+    with n_max the smallest class count in ``labels``; returns (indices, counts)."""
+    available = torch.bincount(labels, minlength=num_classes)
+    n_max = int(available.min())
+    if n_max < 1:
+        short = int((available == 0).nonzero()[0])
+        raise ValueError(f"--imbalance needs every class in the training pool, but class {short} has no image "
+                         "there (use more images: a larger --train-subset, or --balanced-subset)")
+    quota = torch.tensor(long_tail_counts(n_max, num_classes, rho))
+    onehot = torch.nn.functional.one_hot(labels, num_classes)
+    rank = (onehot.cumsum(0) * onehot).sum(1) - 1
+    keep = rank < quota[labels]
+    return keep.nonzero().squeeze(1), quota.tolist()
+
+
+def training_indices(labels: torch.Tensor, num_classes: int, train_subset: int | None = None,
+                     balanced: bool = False, imbalance: float | None = None) -> torch.Tensor:
+    """The training images kept from the training part (``labels``): the subset, then the long
+    tail (see the module docstring for the order)."""
+    idx = torch.arange(labels.numel())
+    if train_subset is not None:
+        idx = subset_indices(labels, train_subset, num_classes, balanced)
+    if imbalance is not None:
+        if train_subset is not None and not balanced:
+            raise ValueError("--imbalance with --train-subset needs --balanced-subset: the long-tail profile "
+                             "starts from a balanced pool of N/K images per class")
+        kept, _ = long_tail_indices(labels[idx], num_classes, imbalance)
+        idx = idx[kept]
+    return idx
 
 
 def subset_indices(labels: torch.Tensor, n: int, num_classes: int, balanced: bool) -> torch.Tensor:
@@ -401,14 +470,15 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_splits(arrays: CifarArrays, val_size: int = 5000, train_subset: int | None = None,
-                balanced: bool = False, reserve: int = 0) -> Splits:
+                balanced: bool = False, reserve: int = 0, imbalance: float | None = None) -> Splits:
     """Cut validation off the end of the training set, then optionally subset the rest.
 
     ``reserve`` sets the last images of the training set aside first, never read: the proxy
     trainings of ``edloss adapt`` reserve the reporting validation split, so what is later
     measured on it was not selected on it. Normalisation uses the mean/std of the whole
     training part (all non-validation, non-reserved images), so runs with different subset
-    sizes see identically normalised pixels.
+    sizes see identically normalised pixels. ``imbalance`` cuts the training images (after the
+    subset) to the long-tail profile of factor RHO; validation and test are left balanced.
     """
     n = arrays.train_x.shape[0]
     if not 0 <= reserve < n:
@@ -420,19 +490,34 @@ def make_splits(arrays: CifarArrays, val_size: int = 5000, train_subset: int | N
     cut = n - val_size
     train_x, train_y = arrays.train_x[:cut], arrays.train_y[:cut]
     mean, std = channel_stats(train_x)
-    if train_subset is not None:
-        idx = subset_indices(train_y, train_subset, len(arrays.classes), balanced)
+    if train_subset is not None or imbalance is not None:
+        idx = training_indices(train_y, len(arrays.classes), train_subset, balanced, imbalance)
         train_x, train_y = train_x[idx], train_y[idx]
     return Splits(train_x, train_y, arrays.train_x[cut:n], arrays.train_y[cut:n],
-                  arrays.test_x, arrays.test_y, mean, std, len(arrays.classes), arrays.classes)
+                  arrays.test_x, arrays.test_y, mean, std, len(arrays.classes), arrays.classes,
+                  imbalance=None if imbalance is None else float(imbalance))
 
 
 def load_splits(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
                 val_size: int = 5000, train_subset: int | None = None, balanced: bool = False,
-                download: bool = False, reserve: int = 0) -> Splits:
+                download: bool = False, reserve: int = 0, imbalance: float | None = None) -> Splits:
     """``load_cifar`` + ``make_splits`` in one call."""
     arrays = load_cifar(dataset, data_dir, download)
-    return make_splits(arrays, val_size, train_subset, balanced, reserve)
+    return make_splits(arrays, val_size, train_subset, balanced, reserve, imbalance)
+
+
+def check_imbalance_feasible(dataset: str, data_dir: str | os.PathLike | None, val_size: int,
+                             train_subset: int | None, balanced: bool, reserve: int, imbalance: float) -> list[int]:
+    """The long-tailed class counts a run would train on, from the labels alone (no images
+    normalised): a profile so steep a class keeps no image is refused here, before a run folder
+    is made. Data still to be downloaded is checked when the run loads it; returns [] then."""
+    if find_batches(get_spec(dataset), resolve_data_dir(data_dir)) is None:
+        return []
+    arrays = load_cifar(dataset, data_dir)
+    n = arrays.train_y.numel() - reserve
+    labels = arrays.train_y[: max(0, n - val_size)]
+    idx = training_indices(labels, len(arrays.classes), train_subset, balanced, imbalance)
+    return torch.bincount(labels[idx], minlength=len(arrays.classes)).tolist()
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -87,6 +87,31 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class CosineLinear(nn.Module):
+    """A cosine classifier of scale s: z_c = s * <x / |x|, w_c / |w_c|>, no bias (the
+    ``NormedLinear`` head of Cao et al.'s LDAM code, with their scale folded in so the logits a
+    loss and the evaluation see are the ones trained on). Weights drawn as theirs:
+    uniform(-1, 1), each class vector renormalised."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, scale={self.scale}"
+
+
+def use_cosine_head(model: nn.Module, scale: float) -> nn.Module:
+    """Replace a CIFAR ResNet's linear classifier by a ``CosineLinear`` of the same shape (in place)."""
+    fc = model.fc
+    model.fc = CosineLinear(fc.in_features, fc.out_features, scale).to(fc.weight.device)
+    return model
+
+
 def model_names() -> list[str]:
     return list(ARCHITECTURES)
 

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from edloss.lab.compare import format_delta, format_p, versus_table
+from edloss.lab.compare import format_delta, format_p, long_tail_table, plot_per_class, versus_table
 from edloss.files import atomic_write_bytes, prepare_output_folder, read_jsonl, save_figure
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -604,11 +604,14 @@ def _compare_markdown(src: Source, out: Path, prefix: str, synthetic: dict[str, 
                      f"{format_p(row, 'ce')} | {format_p(row, 'poly1')} | {nll} | {ece} |{cell}")
     lines.append("")
     for model in s.get("models", []):
+        lines += long_tail_table(s, model)
         lines += versus_table(s, model)
     if has_synth:
         lines += agreement(s.get("rows", []), synthetic) + [""]
     lines += _image(plot_accuracy(s, out / f"{prefix}accuracy.png"), out, "test accuracy per loss")
     lines += _image(plot_reliability(src.path, s, out / f"{prefix}reliability.png"), out, "reliability diagram")
+    if s.get("recipe", {}).get("imbalance") is not None:
+        lines += _image(plot_per_class(s, out / f"{prefix}per_class_accuracy.png"), out, "test accuracy per class")
     return lines
 
 

@@ -12,7 +12,9 @@ A run folder holds:
 - ``result.json``: written atomically at the end: config, versions, seed, wall time over all
   resumed segments, final validation and test accuracy, and the test accuracy of the weights
   of the best validation epoch (early stopping's answer; label noise shows as the gap between
-  the two). The test set is evaluated only here;
+  the two); the training images per class (``class_counts``) and the test accuracy per class;
+  with ``--imbalance``, many/medium/few-shot test accuracy and the test accuracy of the same
+  model after post-hoc logit adjustment (tau = 1). The test set is evaluated only here;
   or, for a run whose loss or weights became NaN/Inf, status "diverged" and what to do;
 - ``.lock``: held for the whole run, so a second ``edloss train`` into the folder is refused.
 """
@@ -39,16 +41,20 @@ from edloss.configs import versions
 from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
                           check_output_path, prepare_output_folder, read_jsonl)
 from edloss.files import writing as _writing
-from edloss.lab.data import BatchLoader, Splits, check_present, flip_labels, get_spec, load_splits, resolve_data_dir
+from edloss.lab.data import (BatchLoader, Splits, check_imbalance, check_imbalance_feasible, check_present, flip_labels,
+                             get_spec, load_splits, long_tail_counts, resolve_data_dir)
+from edloss.lab.longtail import shot_accuracy, shot_groups
 from edloss.lab.losses import (LOSSES, build_loss_from_spec, definition_sha256, parse_loss_arm, parse_loss_spec,
                                spec_definition)
-from edloss.lab.models import build_model, model_names
+from edloss.lab.models import build_model, model_names, use_cosine_head
 
 CHECKPOINT = "checkpoint.pt"
 EPOCHS = "epochs.jsonl"
 RESULT = "result.json"
 CHECKPOINT_FORMAT = "edloss-train-checkpoint"
-SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("cosine", "onecycle", "step")
+STEP_MILESTONES = (0.8, 0.9)  # "step": lr x STEP_DECAY at 80% and again at 90% of training (160/180 of 200)
+STEP_DECAY = 0.01
 # config fields that may change between a run and its resumption without changing its numbers
 RESUME_IGNORED = frozenset({"data_dir", "download", "compile", "device"})
 MAX_EPOCHS = 100_000  # years of CPU for ResNet-20 on CIFAR: a larger count is a typo (10**20 would run forever)
@@ -70,7 +76,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4  # on every parameter, as in the CIFAR ResNet recipes
-    schedule: str = "cosine"  # "cosine" (decay to 0) or "onecycle" (linear up, linear down)
+    schedule: str = "cosine"  # "cosine" (decay to 0), "onecycle" (linear up, linear down), "step" (x0.01 at 80%, 90%)
     warmup_epochs: float | None = None  # None: 0 for cosine, 25% of training for onecycle
     val_size: int = 5000  # the last val_size training images; 0 disables validation
     train_subset: int | None = None  # train on the first N of the training part only
@@ -86,6 +92,7 @@ class TrainConfig:
     noise_seed: int = 0  # which labels flip: shared by every loss of a comparison
     reserve: int = 0  # the last N training images set aside before validation is cut (edloss adapt's proxies)
     evaluate_test: bool = True  # False: no test evaluation at all (proxy trainings select on validation only)
+    imbalance: float | None = None  # long tail: class c keeps floor(n_max RHO^(-c/(K-1))) training images
 
     def validate(self) -> None:
         """Raise ValueError naming the bad option and its valid range, before any work is done:
@@ -106,6 +113,14 @@ class TrainConfig:
             raise ValueError(f"--train-subset must be an integer >= 2 (images), got {self.train_subset!r}")
         if self.balanced_subset and self.train_subset is None:
             raise ValueError("--balanced-subset needs --train-subset N (it picks N/K images per class)")
+        if self.imbalance is not None:
+            check_imbalance(self.imbalance)
+            if self.train_subset is not None:
+                if not self.balanced_subset:
+                    raise ValueError("--imbalance with --train-subset needs --balanced-subset: the long-tail profile "
+                                     "starts from a balanced pool of N/K images per class")
+                k = get_spec(self.dataset).num_classes
+                long_tail_counts(self.train_subset // k, k, self.imbalance)  # too steep for the pool: fails now
         _check_real("--lr", self.lr, _is_real(self.lr) and self.lr > 0, "a finite number > 0")
         _check_real("--momentum", self.momentum, _is_real(self.momentum) and 0 <= self.momentum < 1,
                     "in [0, 1)")
@@ -189,6 +204,8 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
         return (step + 1) / warmup
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    if schedule == "step":
+        return STEP_DECAY ** sum(step >= round(m * total) for m in STEP_MILESTONES)
     return (total - step) / max(1, total - warmup)  # onecycle: linear down to ~0
 
 
@@ -270,14 +287,18 @@ ECE_BINS = 15  # equal-width confidence bins, top-label ECE (Guo et al., 2017)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True, calibration: bool = False) -> tuple[float, float] | tuple[float, float, dict[str, Any]]:
+def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True, calibration: bool = False,
+             adjust: torch.Tensor | None = None) -> tuple[float, float] | tuple[float, float, dict[str, Any]]:
     """Mean cross-entropy (the NLL) and accuracy over a loader (whatever loss the model trained
-    with); with ``calibration``, also the top-label expected calibration error and the
-    reliability bins (count, mean confidence, accuracy per equal-width confidence bin)."""
+    with); with ``calibration``, also the top-label expected calibration error, the
+    reliability bins (count, mean confidence, accuracy per equal-width confidence bin) and the
+    accuracy per class (``class_acc``); with ``adjust`` (K,) too, the accuracy per class of the
+    predictions argmax(logits - adjust) (``class_acc_adjusted``: post-hoc logit adjustment)."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
     correct = torch.zeros((), dtype=torch.int64, device=loader.device)
     bins = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=loader.device)  # count, confidence, correct
+    per_class: torch.Tensor | None = None  # (3, K): images, hits, hits after adjustment
     count = 0
     for x, y in loader:
         with _autocast(loader.device, amp):
@@ -292,6 +313,11 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True, calibratio
             index = (confidence * ECE_BINS).long().clamp_max(ECE_BINS - 1)
             for row, value in enumerate((torch.ones_like(confidence), confidence, hit.double())):
                 bins[row].index_add_(0, index, value)
+            if per_class is None:
+                per_class = torch.zeros(3, logits.shape[1], dtype=torch.float64, device=loader.device)
+            adjusted = hit if adjust is None else (logits - adjust.to(logits.device)).argmax(1) == y
+            for row, value in enumerate((torch.ones_like(confidence), hit.double(), adjusted.double())):
+                per_class[row].index_add_(0, y, value)
     nll, accuracy = (loss_sum / count).item(), (correct.double() / count).item()
     if not calibration:
         return nll, accuracy
@@ -299,7 +325,13 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True, calibratio
     ece = sum(abs(h - c) for h, c in zip(hits, conf)) / count
     reliability = {"count": n, "confidence": [c / k if k else None for c, k in zip(conf, n)],
                    "accuracy": [h / k if k else None for h, k in zip(hits, n)]}
-    return nll, accuracy, {"ece": ece, "bins": ECE_BINS, "reliability": reliability}
+    out = {"ece": ece, "bins": ECE_BINS, "reliability": reliability}
+    if per_class is not None:
+        images, right, right_adjusted = per_class.tolist()
+        out["class_acc"] = [h / k if k else None for h, k in zip(right, images)]
+        if adjust is not None:
+            out["class_acc_adjusted"] = [h / k if k else None for h, k in zip(right_adjusted, images)]
+    return nll, accuracy, out
 
 
 def _train_epoch(model: nn.Module, loss_fn: nn.Module, loader: BatchLoader,
@@ -375,6 +407,8 @@ class _Run:
     flipped: torch.Tensor | None = None  # training indices whose label --label-noise changed
     loss_definition: str | None = None  # definition_sha256 of a learned loss (None: a formula)
     best_state: dict[str, torch.Tensor] | None = None  # weights after the best validation epoch so far
+    class_counts: list[int] | None = None  # training images per class (true labels)
+    label_counts: list[int] | None = None  # training labels per class as trained on (after noise): what losses are told
 
 
 def _build(config: TrainConfig) -> _Run:
@@ -382,14 +416,20 @@ def _build(config: TrainConfig) -> _Run:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = load_splits(config.dataset, config.data_dir, config.val_size, config.train_subset,
-                       config.balanced_subset, config.download, config.reserve)
+                       config.balanced_subset, config.download, config.reserve, config.imbalance)
+    class_counts = data.class_counts
     flipped = None
     if config.label_noise > 0:  # training labels only: validation and test stay clean
         data.train_y, flipped = flip_labels(data.train_y, data.num_classes, config.label_noise, config.noise_seed)
+    label_counts = torch.bincount(data.train_y, minlength=data.num_classes).tolist()
     torch.manual_seed(config.seed)  # the model is built first, so every loss gets the same init
     model = build_model(config.model, data.num_classes, channels_last=config.channels_last)
-    model.to(device)
     loss_fn = build_loss_from_spec(config.loss)
+    if hasattr(loss_fn, "set_class_counts"):  # the long-tail losses: told the training labels' counts
+        loss_fn.set_class_counts(label_counts)
+    if getattr(loss_fn, "cosine_head_scale", None):  # LDAM: the cosine classifier its scale s is meant for
+        use_cosine_head(model, loss_fn.cosine_head_scale)
+    model.to(device)
     loss_definition = definition_sha256(loss_fn)
     loss_fn = loss_fn.to(device)
     data_gen = torch.Generator(device=device)
@@ -418,7 +458,7 @@ def _build(config: TrainConfig) -> _Run:
     val_loader = loader(data.val_x, data.val_y, False) if config.val_size else None
     return _Run(config, device, data, model, forward, loss_fn, optimizer, scheduler, data_gen,
                 train_loader, val_loader, loader(data.test_x, data.test_y, False), flipped,
-                loss_definition=loss_definition)
+                loss_definition=loss_definition, class_counts=class_counts, label_counts=label_counts)
 
 
 def _checkpoint(run: _Run, epoch: int, history: list[dict], clock: _Clock) -> dict[str, Any]:
@@ -515,13 +555,26 @@ def _result(run: _Run, status: str, history: list[dict], clock: _Clock,
         "loss": repr(run.loss_fn), DEFINITION_KEY: run.loss_definition, "epochs_completed": len(history),
         "data_path": _portable(resolve_data_dir(run.config.data_dir)),
         "num_train": int(run.data.train_x.shape[0]), "num_val": int(run.data.val_x.shape[0]),
-        "num_test": int(run.data.test_x.shape[0]),
+        "num_test": int(run.data.test_x.shape[0]), "class_counts": run.class_counts,
         "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
         "final_val_acc": last.get("val_acc"),
         "best_val_acc": best.get("val_acc"), "best_val_epoch": best.get("epoch"),
         "wall_seconds": clock.wall(), "train_seconds": clock.train, "segments": clock.segments,
         **extra,
     }
+
+
+def _long_tail(run: _Run, calibration: dict[str, Any]) -> dict[str, Any]:
+    """Many/medium/few-shot test accuracy (and after post-hoc logit adjustment) of a long-tail run."""
+    if run.config.imbalance is None or "class_acc" not in calibration:
+        return {}
+    groups = shot_groups(run.class_counts)
+    adjusted = calibration.get("class_acc_adjusted")
+    balanced = [a for a in adjusted if a is not None] if adjusted else []
+    return {"test_shot_acc": shot_accuracy(calibration["class_acc"], groups), "shot_groups": groups,
+            "test_class_acc_posthoc_la": adjusted,
+            "test_acc_posthoc_la": sum(balanced) / len(balanced) if balanced else None,
+            "test_shot_acc_posthoc_la": shot_accuracy(adjusted, groups) if adjusted else None}
 
 
 def _best_epoch(history: list[dict]) -> dict | None:
@@ -581,6 +634,9 @@ def train(config: TrainConfig, out_dir: Path, progress: bool = True, *, resume: 
     resolve_device(config.device)  # a device this machine lacks is refused before the folder is touched
     check_output_path(out_dir, "--out")
     check_present(config.dataset, config.data_dir, config.download)  # so is missing data
+    if config.imbalance is not None:  # and a long tail so steep that a class keeps no image
+        check_imbalance_feasible(config.dataset, config.data_dir, config.val_size, config.train_subset,
+                                 config.balanced_subset, config.reserve, config.imbalance)
     out_dir = prepare_output_folder(out_dir, "--out")
     with RunLock(out_dir, "edloss train"):
         return _train_locked(config, out_dir, progress, resume, stop_after)
@@ -638,6 +694,8 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
         t0 = time.perf_counter()
         bar = tqdm(total=len(run.train_loader), desc=f"epoch {epoch}/{config.epochs}",
                    unit="batch", leave=False, disable=not progress, file=sys.stderr)
+        if hasattr(run.loss_fn, "set_epoch"):  # e.g. LDAM-DRW's deferred re-weighting (0-based epoch)
+            run.loss_fn.set_epoch(epoch - 1, config.epochs)
         try:
             train_loss, train_acc, lr = _train_epoch(
                 run.forward, run.loss_fn, run.train_loader, run.optimizer, run.scheduler,
@@ -677,7 +735,12 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
             atomic_write_json(result_path, result)
         return result
     t0 = time.perf_counter()
-    test_loss, test_acc, calibration = evaluate(run.forward, run.test_loader, config.amp, calibration=True)
+    adjust = None
+    if config.imbalance is not None:  # post-hoc logit adjustment (tau = 1) of the same model, for reference
+        counts = torch.tensor(run.label_counts, dtype=torch.float64)
+        adjust = (counts / counts.sum()).log().float()
+    test_loss, test_acc, calibration = evaluate(run.forward, run.test_loader, config.amp, calibration=True,
+                                                adjust=adjust)
     if not math.isfinite(test_loss):
         raise diverged(config.epochs, f"the test loss is {test_loss} after the last epoch",
                        config.epochs)
@@ -685,7 +748,7 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
     clock.train += time.perf_counter() - t0
     result = _result(run, "finished", history, clock, test_loss=test_loss, test_acc=test_acc,
                      test_nll=test_loss, test_ece=calibration["ece"], test_reliability=calibration["reliability"],
-                     **best_val)
+                     test_class_acc=calibration.get("class_acc"), **_long_tail(run, calibration), **best_val)
     with _writing(result_path):
         atomic_write_json(result_path, result)
     _log(progress, f"done: val acc {history[-1]['val_acc']}  test acc {test_acc:.4f}  "
@@ -716,6 +779,11 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--label-noise", type=float, default=d.label_noise, metavar="ETA",
                    help="flip exactly floor(ETA n_c) training labels of each class c to a uniformly drawn other "
                         "class (symmetric noise; validation and test stay clean; default %(default)s)")
+    g.add_argument("--imbalance", type=float, default=None, metavar="RHO",
+                   help="long-tailed training set (Cao et al. 2019): class c keeps its first "
+                        "floor(n_max RHO^(-c/(K-1))) training images, n_max the smallest class count left after "
+                        "--val-size (and --train-subset N with --balanced-subset: N/K); validation and test stay "
+                        "balanced; label noise, if any, is applied after. RHO >= 1 (100: CIFAR-10-LT / CIFAR-100-LT)")
     g.add_argument("--noise-seed", type=int, default=d.noise_seed, metavar="S",
                    help="which labels flip (shared by every loss of a comparison; default %(default)s)")
     g = parser.add_argument_group("recipe")
@@ -727,7 +795,8 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
                    help="plain instead of Nesterov momentum")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
     g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
-                   help="per-step lr schedule (default %(default)s)")
+                   help="per-step lr schedule: cosine, onecycle, or step (x0.01 at 80%% and again at 90%% of "
+                        "training, the CIFAR-LT recipe's 160/180 of 200) (default %(default)s)")
     g.add_argument("--warmup-epochs", type=float, default=None,
                    help="linear warmup length (default: 0 for cosine, 25%% of training for onecycle)")
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
