@@ -44,3 +44,33 @@ def test_gpu_script_runs_end_to_end_on_cpu(tmp_path):
     assert sorted((r["loss"], r["status"]) for r in results["runs"]) == [("ce", "finished"), ("edl", "finished")]
     assert all(0 <= r["test_acc"] <= 1 and r["test_ece"] is not None for r in results["runs"])
     assert "| resnet20 | edl | 0 | finished |" in (out / "table.md").read_text()
+
+
+def test_gpu_script_long_tail_recipe_on_cpu(tmp_path):
+    """--long-tail: the literature's recipe (here --tiny: 30 images cut to a tail), with the published
+    numbers printed beside ours."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_cifar
+    finally:
+        sys.path.pop(0)
+    cmd = gpu_cifar.train_command("resnet32", "ldam_drw", 0, tmp_path, tmp_path / "run", "cuda", False,
+                                  {"dataset": "cifar10", "imbalance": 100})
+    text = " ".join(cmd)
+    for part in ("--model resnet32", "--epochs 200", "--batch-size 128", "--lr 0.1", "--schedule step",
+                 "--warmup-epochs 5", "--weight-decay 0.0002", "--no-nesterov", "--val-size 0", "--imbalance 100",
+                 "--dataset cifar10"):
+        assert part in text, part
+    data = tiny_npz(tmp_path / "tiny.npz")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_cifar.py"), "--tiny", "--device", "cpu", "--data", str(data),
+           "--out", str(out), "--long-tail", "--models", "resnet8", "--losses", "ce", "logit_adjusted", "--seeds", "0",
+           "--parallel", "2", "--budget", "600"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert sorted((r["loss"], r["status"]) for r in results["runs"]) == [("ce", "finished"), ("logit_adjusted", "finished")]
+    assert all(r["class_counts"] == [3, 2, 2, 2, 2, 2, 1, 1, 1, 1] for r in results["runs"])
+    table = (out / "table.md").read_text()
+    assert "CIFAR-10-LT at imbalance 2" in table and "70.4 / 38.3" in table and "77.9 / 44.1" in table
+    assert "thirds of the 10 classes" in table
