@@ -299,3 +299,17 @@ def test_full_training_part_too_steep_is_caught_from_the_labels(tiny_cifar, tmp_
     with pytest.raises(ValueError, match=f"n_max = {n_max}"):
         train(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_real_cifar10_lt_is_the_literature_training_set() -> None:
+    """The real CIFAR-10 without a validation split: n_max 5,000, the 12,406 images of CIFAR-10-LT at 100;
+    with the default 5,000 validation images, n_max is the smallest class count left."""
+    from _cifar_fixtures import shared_data_dir
+
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("real CIFAR-10 not found in ../shared/data or $EDLOSS_DATA")
+    counts = D.check_imbalance_feasible("cifar10", root, 0, None, False, 0, 100)
+    assert counts == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    left = torch.bincount(D.load_cifar("cifar10", root).train_y[:45000], minlength=10)
+    assert D.check_imbalance_feasible("cifar10", root, 5000, None, False, 0, 100) == D.long_tail_counts(int(left.min()), 10, 100)
