@@ -46,8 +46,8 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--severity": ["bogus"], "--classes": ["1", "5,2", "x"], "--features": ["bogus"],
         "--label-noise": ["1.5", "-1", "nan"], "--threads": ["0"], "--ray-actors": ["0", "2"],
         "--ray": ["not-an-address"], "--start": ["{missing}", "bogus", "v3"],
-    }),
         "--imbalance": ["0.5", "nan", "1e9"],
+    }),
     "world-check": (["--out", "{out}", "--regimes", "clean", "--repeats", "1", "--no-ranking", "--quiet", "--threads", "1"], {
         "--world": ["{missing}", "{file}", "{folder}"], "--family": ["bogus"], "--regimes": ["bogus"],
         "--repeats": ["0", "1000"], "--out": ["{file}", "{file}/under"], "--threads": ["0"],

@@ -29,6 +29,7 @@ import shlex
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,9 @@ def start_parameters(cfg: PretrainConfig) -> torch.Tensor:
     """Flat parameters of ``cfg.start`` (a shipped name or a loss folder), which must have this run's network."""
     if not is_shipped(cfg.start) and not (Path(cfg.start) / CONFIG_FILE).is_file():
         raise ValueError(f"start loss {cfg.start!r} is neither a shipped loss ({', '.join(shipped_names())}) nor a loss folder with {CONFIG_FILE}")
-    loss = EDLLoss.pretrained(cfg.start) if is_shipped(cfg.start) else EDLLoss.from_file(cfg.start)
+    with warnings.catch_warnings():  # only its parameters are used: a load-time advisory (v3's) is not this run's news
+        warnings.simplefilter("ignore")
+        loss = EDLLoss.pretrained(cfg.start) if is_shipped(cfg.start) else EDLLoss.from_file(cfg.start)
     if to_dict(loss.net.config) != to_dict(cfg.lossnet):
         raise ValueError(f"start loss {cfg.start!r} has another network ({to_dict(loss.net.config)}) than this run's lossnet "
                          f"({to_dict(cfg.lossnet)}); set the lossnet section to match it")
