@@ -57,3 +57,15 @@ def test_counts_of_the_wrong_length_for_the_logits_are_refused():
 def test_prior_strength_out_of_range_is_refused(tau):
     with pytest.raises(ValueError, match="prior_strength"):
         EDLLoss.pretrained(class_counts=COUNTS, prior_strength=tau)
+
+
+def test_the_labs_prior_aware_edl_is_told_the_counts_by_the_trainer():
+    from edloss.lab.losses import build_loss_from_spec
+
+    loss = build_loss_from_spec("edl:prior_aware=true")
+    z, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    with pytest.raises(ValueError, match="set_class_counts"):
+        loss(z, y)
+    loss.set_class_counts(torch.tensor(COUNTS))
+    torch.testing.assert_close(loss(z, y), EDLLoss.pretrained(class_counts=COUNTS)(z, y))
+    assert not hasattr(build_loss_from_spec("edl"), "set_class_counts")  # the plain arm stays prior-blind

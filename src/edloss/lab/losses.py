@@ -363,16 +363,39 @@ def posthoc_adjusted(logits: torch.Tensor, counts: Any, tau: float = 1.0) -> tor
     return logits.float() - tau * (counts / counts.sum()).log().float()
 
 
-def _edl(checkpoint: str | None = None, **options: Any) -> nn.Module:
+def _edl(checkpoint: str | None = None, prior_aware: bool = False, **options: Any) -> nn.Module:
     """The EDL loss: the shipped pretrained weights, or a checkpoint written by pretraining.
 
+    ``prior_aware=true`` (``edl:prior_aware=true``) makes it the prior-aware loss
+    ``EDLLoss(class_counts=...)`` with the counts the trainer reports (``PriorAwareEDL``).
     Further options (e.g. ``check_inputs=false``) go to the ``EDLLoss`` constructor.
     """
     from edloss.loss import EDLLoss  # imported here so the baselines never depend on it
 
-    if checkpoint is None:
-        return EDLLoss.pretrained(**options)
-    return EDLLoss.from_file(checkpoint, **options)
+    if not isinstance(prior_aware, bool):
+        raise ValueError(f"edl prior_aware must be true or false, got {prior_aware!r}")
+    loss = EDLLoss.pretrained(**options) if checkpoint is None else EDLLoss.from_file(checkpoint, **options)
+    return PriorAwareEDL(loss) if prior_aware else loss
+
+
+class PriorAwareEDL(nn.Module):
+    """An ``EDLLoss`` told the class prior by the trainer (``set_class_counts``): it then scores the
+    logit-adjusted prediction softmax(z + log pi), as ``EDLLoss(class_counts=counts)`` does."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def set_class_counts(self, counts: Any) -> None:
+        from edloss.loss import log_prior
+
+        self.loss.log_prior = log_prior(torch.as_tensor(counts).tolist())
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.loss.log_prior is None:
+            raise ValueError("the prior-aware EDL loss needs the class counts of the training set: call "
+                             "loss.set_class_counts(counts) first (edloss train does)")
+        return self.loss(logits, target)
 
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {
@@ -462,7 +485,7 @@ def _is_edl_path(rest: str) -> bool:
     match = re.match(r"^\s*([A-Za-z_]+)\s*=", rest)
     if match is None:
         return True
-    options = {"checkpoint"}
+    options = {"checkpoint", "prior_aware"}
     for method in (EDLLoss.__init__, EDLLoss.pretrained, EDLLoss.from_file):
         options |= {p.name for p in inspect.signature(method).parameters.values()
                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
