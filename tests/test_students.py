@@ -173,3 +173,20 @@ def test_pretrain_imbalance_makes_a_prior_aware_students_run(tmp_path, capsys):
     assert saved["objective"]["kind"] == "students" and saved["world"]["imbalance"] == 10 and saved["world"]["prior_aware"]
     assert main(["pretrain", "--objective", "expectation", "--imbalance", "10", "--out", str(tmp_path / "no")]) == 2
     assert "needs the students objective" in capsys.readouterr().err
+
+
+def test_an_ablation_in_the_students_world_reports_world_fitness(tmp_path):
+    config = tmp_path / "abl.json"
+    config.write_text(json.dumps({"start": "noise-0.4-k10", "lossnet": {"form": "bounded"}, "objective": {"kind": "students"},
+                                  "world": {"tasks": 2, "points_per_class": 20, "test_points_per_class": 10, "dim": 8, "depth": 1,
+                                            "width": 16, "steps": 10, "label_noise": 0.4}}))
+    out = tmp_path / "ablation"
+    assert main(["ablate", "--config", str(config), "--seeds", "0", "--arms", "chaotic", "cmaes", "--sigmas", "0.1", "--cmaes-sigmas", "0.1",
+                 "--generations", "2", "--population", "4", "--levels", "0.1", "--train-levels", "0.1", "--heldout-every", "1",
+                 "--threads", "1", "--out", str(out), "--quiet"]) == 0
+    for arm in ("chaotic", "cmaes"):
+        run = next(out.glob(f"{arm}/*/seed0"))
+        summary = json.loads((run / "summary.json").read_text())
+        ablation = json.loads((out / "ablation.json").read_text())
+        finals = [r["final"] for g in ablation["groups"] for r in g.get("runs", []) if r["dir"].endswith(str(run.relative_to(out)))]
+        assert finals and finals[0]["fitness"] == summary["world_heldout"]["fitness"] and "accuracy_delta" in finals[0]

@@ -90,6 +90,7 @@ DEFAULT_CMAES_SIGMAS = (0.1,)
 DEFAULT_GENERATIONS = 100
 DEFAULT_HELDOUT_EVERY = 5
 METRICS = ("fitness", "value", "value_hard", "calibration", "gradient", "kendall_tau")
+WORLD_METRICS = ("accuracy_delta", "nll_delta", "ece_delta", "diverged")  # a students-world ablation's, beside fitness
 ABLATION_FILE = "ablation.json"
 FORMAT_NAME = "edloss-ablation"
 FORMAT_VERSION = 1
@@ -328,7 +329,13 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     else:
         _, summary = pretrain(cfg, out, payload["command"], progress=False)
     return {**{k: payload[k] for k in ("arm", "sigma", "seed", "out_dir")},
-            "heldout_fitness": summary["heldout"]["fitness"], "seconds": time.perf_counter() - start}
+            "heldout_fitness": heldout_of(summary)["fitness"], "seconds": time.perf_counter() - start}
+
+
+def heldout_of(summary: dict[str, Any]) -> dict[str, Any]:
+    """The held-out metrics the run was selected on: the students world's where it evolved there,
+    else the ranking objective's (a students run records the ranking's beside, for reference)."""
+    return summary.get("world_heldout") or summary["heldout"]
 
 
 def _init_worker(threads: int, parent: int | None = None) -> None:
@@ -532,7 +539,8 @@ def read_run(run_dir: Path, cfg: AblationConfig, generations: int) -> dict[str, 
     if status != "finished":
         return run
     summary = json.loads((run_dir / "summary.json").read_text())
-    run["final"] = {m: summary["heldout"].get(m) for m in METRICS}
+    final = heldout_of(summary)
+    run["final"] = {m: final.get(m) for m in METRICS + tuple(m for m in WORLD_METRICS if m in final)}
     run["wall_seconds"] = summary.get("wall_seconds")
     run["heldout_auc"] = sum(v for _, v in held) / len(held) if held else None
     run["heldout_max"] = max((v for _, v in held), default=None)
