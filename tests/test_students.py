@@ -190,3 +190,28 @@ def test_an_ablation_in_the_students_world_reports_world_fitness(tmp_path):
         ablation = json.loads((out / "ablation.json").read_text())
         finals = [r["final"] for g in ablation["groups"] for r in g.get("runs", []) if r["dir"].endswith(str(run.relative_to(out)))]
         assert finals and finals[0]["fitness"] == summary["world_heldout"]["fitness"] and "accuracy_delta" in finals[0]
+
+
+def test_world_check_scores_the_panel_and_resumes_from_its_rows(tmp_path):
+    from edloss.lab.world import PANEL, available, halves, world_check
+
+    world = replace(TINY, tasks=2)
+    result = world_check(world, ["noise-0.6"], tmp_path, repeats=1, with_ranking=False, progress=False)
+    labels = [r["label"] for r in result["rows"]]
+    assert labels == [a.label for a in PANEL["noise-0.6"] if available(a)]
+    by = result["regimes"]["noise-0.6"]["world"]
+    calibration, heldout = halves(PANEL["noise-0.6"])
+    assert by["calibration"]["arms"] == [a.label for a in PANEL["noise-0.6"] if a in calibration]
+    assert set(by["heldout"]["arms"]) == {a.label for a in heldout} and -1 <= by["all"]["spearman"] <= 1
+    ce = next(r for r in result["rows"] if r["label"] == "ce")
+    assert ce["fitness"] == pytest.approx(0, abs=1e-9)  # CE against CE's own students
+    again = world_check(world, ["noise-0.6"], tmp_path, repeats=1, with_ranking=False, progress=False)
+    assert [r["fitness"] for r in again["rows"]] == [r["fitness"] for r in result["rows"]]
+    assert (tmp_path / "world_check.png").is_file()
+
+
+def test_every_panel_loss_ships_with_the_lab():
+    from edloss.lab.world import PANEL, available
+
+    missing = [a.label for arms in PANEL.values() for a in arms if not available(a)]
+    assert not missing
