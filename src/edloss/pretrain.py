@@ -159,11 +159,6 @@ def sample_generation(cfg: PretrainConfig, generation: int) -> Any:
     return sample_batches(cfg.objective, gen)
 
 
-def students_evaluator(world: WorldConfig) -> Evaluator:
-    """The students world as an Evaluator: every individual trains one student per task."""
-    return lambda theta, net, tasks, objective: students.evaluate_population(theta, net, tasks, world)
-
-
 def saved_config(saved: dict[str, Any]) -> dict[str, Any]:
     """A config.json/checkpoint config as today's ``to_dict`` writes it: fields added since it was
     saved take their defaults (each added with the default that keeps the older numbers), so an
@@ -219,7 +214,7 @@ class Run(LockedRun):
         try:
             if cfg.students and evaluator is not None:
                 raise ValueError("the students objective runs in this process; --ray is for the ranking objectives")
-            self.evaluator = students_evaluator(cfg.world) if cfg.students else (evaluator or evaluate_population)  # where, not what
+            self.evaluator = evaluator or evaluate_population  # where, not what: the numbers are the same
             self.heldout = heldout_set(cfg)
             if fresh:
                 discard_previous_run(self.out)
@@ -270,7 +265,7 @@ class Run(LockedRun):
         start = time.perf_counter()
         batches = sample_generation(cfg, t)
         theta = evolve.ask(self.state)
-        metrics = self.evaluator(theta, cfg.lossnet, batches, cfg.objective)
+        metrics = evaluate_generation(cfg, theta, batches, self.evaluator)
         row = generation_row(cfg, t, evolve.sigma_at(cfg.es, t), batches, theta, metrics, self.heldout)
         self.state = evolve.tell(self.state, metrics["fitness"], cfg.es)
         row["reseeds"] = self.state.reseeds
@@ -289,10 +284,14 @@ class Run(LockedRun):
         return loss, summary
 
 
-def evaluate_generation(cfg: PretrainConfig, theta: torch.Tensor, data: Any) -> dict[str, torch.Tensor]:
-    """Per-individual metrics of a generation's population on its fresh data (ranking batches or tasks)."""
+def evaluate_generation(cfg: PretrainConfig, theta: torch.Tensor, data: Any, evaluator: Evaluator | None = None) -> dict[str, torch.Tensor]:
+    """Per-individual metrics of a generation's population on its fresh data: every individual
+    trains one student per task (students objective), else the ranking objective, scored by
+    ``evaluator`` where one is given (in chunks, or on Ray) or in one ``evaluate`` call."""
     if cfg.students:
         return students.evaluate_population(theta, cfg.lossnet, data, cfg.world)
+    if evaluator is not None:
+        return evaluator(theta, cfg.lossnet, data, cfg.objective)
     return evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], data, cfg.objective)
 
 

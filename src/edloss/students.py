@@ -24,7 +24,7 @@ labels stay clean), and class imbalance (the exponential profile of Cao et al. 2
 the balanced accuracy).
 
 Every student of a generation trains at once: the P x T students are stacked along a batch
-dimension and every layer is one batched matmul (``baddbmm``) or one grouped convolution, and
+dimension and every layer is one batched matmul (``baddbmm``; convolutions over unfolded patches), and
 the loss network of every individual is evaluated in the same population pass as in pretraining.
 A student whose weights or loss stop being finite is frozen and scored 0 (worse than chance);
 the fraction of such students is reported, and a run never stops for it.
@@ -278,10 +278,10 @@ def train_students(tasks: Tasks, loss: GroupLoss, groups: int, cfg: WorldConfig)
     params = [_expand(p, groups).clone().requires_grad_(True) for p in tasks.init]
     velocity = [torch.zeros_like(p) for p in params]
     diverged = torch.zeros(groups * t, dtype=torch.bool)
-    x_all = tasks.x
+    x_all, rows = tasks.x, torch.arange(t)[:, None]
     for step in range(tasks.order.shape[0]):
         idx = tasks.order[step]  # (T, B)
-        xb = torch.stack([x_all[i, idx[i]] for i in range(t)]) if x_all.dim() > 3 else x_all.gather(1, idx[..., None].expand(-1, -1, x_all.shape[-1]))
+        xb = x_all[rows, idx]  # (T, B, ...): each task's minibatch
         yb = tasks.y.gather(1, idx)
         with torch.enable_grad():
             logits = _forward(params, _expand(xb, groups), tasks.family)

@@ -45,7 +45,7 @@ class Arm:
     """One loss with its recorded CIFAR-10 result (ResNet-20, the regime's recipe)."""
 
     label: str
-    spec: str  # a registry spec; "{panel}" stands for --panel-dir
+    spec: str  # a registry spec; "{panel}" stands for the lab's panel folder (PANEL_DIR)
     cifar: float  # mean last-epoch test accuracy (%)
     std: float
     seeds: int
