@@ -32,6 +32,13 @@ FROM_GIT = {
 # regen_at_commits.sh). 25cc29c and c5e7629 do not reproduce the v2 / v0 files they shipped, so
 # their Gaussian arms (CIFAR edl-gaussian-onehot, edl-gaussian) cannot be remade as trained and
 # are left out of the panel rather than stood in for by another loss.
+# name -> (folder, description) for losses evolved in the students world: the search's own picks,
+# recorded with the run (docs/figures/students/evolution); a world must rank them where CIFAR does
+FROM_DOCS = {
+    "students-clean": ("docs/figures/students/evolution/clean-chaotic/loss", "evolved in the gaussian-default clean world, 60 generations (CIFAR arm edl-students-clean)"),
+    "students-noise-0.4": ("docs/figures/students/evolution/noise-0.4-chaotic/loss", "evolved in the gaussian-small-data world at eta 0.4, 60 generations (CIFAR arm edl-students-noise)"),
+    "students-noise-0.4-long": ("docs/figures/students/evolution/noise-0.4-long-chaotic/loss", "evolved in the gaussian-long world at eta 0.4, 40 generations (CIFAR arm edl-students-noise-long)"),
+}
 REGENERATED = {
     "v3-gaussian": ("1079b30", "v3 objective, Gaussian mutation, seed 0 (CIFAR arm edl-kldcal-gaussian)"),
 }
@@ -54,6 +61,8 @@ def main() -> None:
                 blob = subprocess.check_output(["git", "show", f"{commit}:src/edloss/weights/{folder}/{f}"], cwd=ROOT)
                 (Path(tmp) / f).write_bytes(blob)
             resave(Path(tmp), name, f"git {commit}:src/edloss/weights/{folder}: {what}")
+    for name, (folder, what) in FROM_DOCS.items():
+        resave(ROOT / folder, name, f"{folder}: {what}")
     for name, (commit, what) in REGENERATED.items():
         src = Path(args.raw) / name / "loss"
         if (src / "loss.json").exists():

@@ -18,19 +18,10 @@ import torch
 
 from edloss.files import atomic_write_json
 from edloss.lab.world import REGIMES, world_check
-from edloss.students import WorldConfig
+from edloss.students import PRESETS, WorldConfig
 
 BASE = WorldConfig()
-WORLDS: dict[str, WorldConfig] = {
-    "gaussian-default": BASE,  # underfits, as ResNet-20 does in 8 epochs
-    "gaussian-long": replace(BASE, steps=400),  # fits further: memorisation under noise shows
-    "gaussian-small-data": replace(BASE, points_per_class=100, steps=300),  # memorises its 1,000 points
-    "gaussian-wide": replace(BASE, width=128),
-    "gaussian-hard": replace(BASE, separation=0.5, steps=300),
-    "gaussian-lr0.1": replace(BASE, lr=0.1),
-    "images-default": replace(BASE, family="images"),
-    "images-long": replace(BASE, family="images", steps=400),
-}
+WORLDS: dict[str, WorldConfig] = {name: replace(BASE, **knobs) for name, knobs in PRESETS.items()}  # edloss.students.PRESETS
 
 
 def main() -> None:

@@ -143,7 +143,7 @@ def heldout_set(cfg: PretrainConfig) -> Any:
     """The run's fixed held-out set (selection of the exported loss, progress curves): synthetic
     ranking batches, or for the students objective held-out tasks with their CE students."""
     if cfg.students:
-        return students.heldout_tasks(cfg.world, cfg.heldout_seed)
+        return students.heldout_worlds(cfg.world, cfg.heldout_seed)
     return ranking_heldout(cfg)
 
 
@@ -155,7 +155,7 @@ def sample_generation(cfg: PretrainConfig, generation: int) -> Any:
     """A generation's fresh data, from a generator seeded by (seed, generation): ranking batches or tasks."""
     gen = torch.Generator().manual_seed(batch_seed(cfg.es.seed, generation))
     if cfg.students:
-        return students.sample_tasks(cfg.world, gen)
+        return students.sample_worlds(cfg.world, gen)
     return sample_batches(cfg.objective, gen)
 
 
@@ -289,7 +289,7 @@ def evaluate_generation(cfg: PretrainConfig, theta: torch.Tensor, data: Any, eva
     trains one student per task (students objective), else the ranking objective, scored by
     ``evaluator`` where one is given (in chunks, or on Ray) or in one ``evaluate`` call."""
     if cfg.students:
-        return students.evaluate_population(theta, cfg.lossnet, data, cfg.world)
+        return students.evaluate_worlds(theta, cfg.lossnet, data, cfg.world)
     if evaluator is not None:
         return evaluator(theta, cfg.lossnet, data, cfg.objective)
     return evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], data, cfg.objective)
@@ -298,12 +298,19 @@ def evaluate_generation(cfg: PretrainConfig, theta: torch.Tensor, data: Any, eva
 def export_candidates(cfg: PretrainConfig, candidates: torch.Tensor, heldout: Any, out: Path, command: str, wall_seconds: float,
                       summary_extra: dict[str, Any] | None = None, **kwargs: Any) -> tuple[EDLLoss, dict[str, Any], int]:
     """``export_best`` for any objective: under the students objective the candidate with the best
-    held-out world fitness is chosen first (its ranking metrics are recorded beside)."""
+    held-out world fitness (``world.select``'s worlds, else the search's) is chosen first, the start
+    loss among them, and its ranking metrics are recorded beside."""
     if not cfg.students:
         return export_best(cfg, candidates, heldout, out, command, wall_seconds, summary_extra=summary_extra, **kwargs)
-    world = students.evaluate_heldout(candidates, cfg.lossnet, heldout, cfg.world)
+    if cfg.start:  # the start competes too: a search that found nothing better on the selection worlds exports its start
+        candidates = torch.cat([candidates, start_parameters(cfg)[None]])
+    world = students.evaluate_heldout_worlds(candidates, cfg.lossnet, heldout)
     best = int(torch.argmax(world["fitness"]))
-    summary_extra = {**(summary_extra or {}), "world_heldout": {name: float(value[best]) for name, value in world.items()}}
+    chosen = {"world_heldout": {name: float(value[best]) for name, value in world.items()}}
+    if cfg.start:
+        chosen["world_heldout_start"] = {name: float(value[-1]) for name, value in world.items()}
+        chosen["exported_start"] = best == candidates.shape[0] - 1
+    summary_extra = {**(summary_extra or {}), **chosen}
     loss, summary, _ = export_best(cfg, candidates[best : best + 1], ranking_heldout(cfg), out, command, wall_seconds,
                                    summary_extra=summary_extra, **kwargs)
     return loss, summary, best
@@ -313,13 +320,13 @@ def export_candidates(cfg: PretrainConfig, candidates: torch.Tensor, heldout: An
 def generation_row(cfg: PretrainConfig, t: int, sigma: float, batches: list, theta: torch.Tensor, metrics: dict[str, torch.Tensor], heldout: list) -> dict[str, Any]:
     """One metrics row: fitness on this generation's batch, and every ``heldout_every``
     generations the held-out metrics of the generation's best individual."""
-    classes = [batches.num_classes] if isinstance(batches, students.Tasks) else [b.num_classes for b in batches]
+    classes = [b.num_classes for b in batches]  # ranking batches, or one Tasks per world
     row: dict[str, Any] = {"generation": t, "sigma": sigma, "classes": classes}
     row.update(summarise(metrics))
     if t % cfg.heldout_every == 0 or t == cfg.es.generations - 1:
         best = theta[int(torch.argmax(metrics["fitness"]))][None]
         if cfg.students:
-            scores = students.evaluate_heldout(best, cfg.lossnet, heldout, cfg.world)
+            scores = students.evaluate_heldout_worlds(best, cfg.lossnet, heldout)
         else:
             scores = evaluate(population_penalty(best, cfg.lossnet), 1, heldout, cfg.objective, all_metrics=True)
         row.update(summarise(scores, "heldout_"))
@@ -572,6 +579,11 @@ def _main(args: argparse.Namespace) -> int:
             print(f"held-out students world ({students.HELDOUT_TASKS} tasks): accuracy {100 * w['accuracy']:.2f}% vs CE's students "
                   f"{100 * w['reference_accuracy']:.2f}% ({100 * w['accuracy_delta']:+.2f} points), NLL {w['nll']:.3f}, ECE {100 * w['ece']:.1f}%, "
                   f"diverged {100 * w['diverged']:.0f}%")
+            if "world_heldout_start" in summary:
+                start_fit = summary["world_heldout_start"]["fitness"]
+                print(f"the start loss scores {100 * start_fit:+.2f} points there: "
+                      + ("nothing the search found beat it, so the start is exported" if summary["exported_start"]
+                         else f"the exported loss beats it by {100 * (w['fitness'] - start_fit):+.2f}"))
         print(format_shape_table(summary["shape"]))
     return 0
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,20 @@ ECE_BINS = 15
 # group is one loss (an individual of the population, or a reference loss) and its M = T * B rows
 # are B minibatch rows of each of its T students.
 GroupLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# Named worlds (knobs changed from WorldConfig's defaults), the grid ``benchmarks/world_grid.py``
+# checked against CIFAR; ``world.mix`` averages several, so a loss must help in all of them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gaussian-default": {"family": "gaussian"},  # underfits, as ResNet-20 does in 8 epochs
+    "gaussian-long": {"family": "gaussian", "steps": 400},  # fits further: memorisation under noise shows
+    "gaussian-small-data": {"family": "gaussian", "points_per_class": 100, "steps": 300},  # memorises its 1,000 points
+    "gaussian-wide": {"family": "gaussian", "width": 128},
+    "gaussian-hard": {"family": "gaussian", "separation": 0.5, "steps": 300},
+    "gaussian-lr0.1": {"family": "gaussian", "lr": 0.1},
+    "images-default": {"family": "images"},
+    "images-long": {"family": "images", "steps": 400},
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,8 @@ class WorldConfig:
     prior_aware: bool = False  # candidates are told the class prior: they score softmax(z + log pi), as EDLLoss(class_counts=...)
     nll_weight: float = 0.0  # fitness += nll_weight * (CE students' test NLL - this loss's)
     ece_weight: float = 0.0  # fitness += ece_weight * (CE students' ECE - this loss's)
+    mix: tuple[str, ...] = ()  # PRESETS applied on top of these knobs; the fitness is their mean. () = this world alone
+    select: tuple[str, ...] = ()  # PRESETS held out from the search: the held-out set that picks the exported loss. () = the mix
 
     def __post_init__(self) -> None:
         """Each knob is checked here, naming it and its valid range, before any student trains."""
@@ -109,6 +126,12 @@ class WorldConfig:
         if self.label_noise >= 1 - 1 / lo and self.noise_kind == "symmetric":
             raise ValueError(f"world.label_noise {self.label_noise} leaves no information at K = {lo}; raise world.classes' lower end "
                              f"above {math.floor(1 / (1 - self.label_noise))}")
+        for name in self.mix + self.select:
+            if name not in PRESETS:
+                raise ValueError(f"world.mix / world.select: unknown world {name!r}; presets: {', '.join(PRESETS)}")
+            replace(self, mix=(), select=(), **PRESETS[name])  # each world of the mixture is checked too
+        if len(set(self.mix)) != len(self.mix) or len(set(self.select)) != len(self.select):
+            raise ValueError(f"world.mix / world.select name a world twice: {self.mix}, {self.select}")
         if min(self.class_counts(hi)) < 1:
             raise ValueError(f"world.imbalance {self.imbalance} leaves a class with no training point at "
                              f"points_per_class {self.points_per_class}; lower the imbalance or raise points_per_class")
@@ -423,3 +446,43 @@ def heldout_tasks(cfg: WorldConfig, seed: int) -> Heldout:
 def evaluate_heldout(theta: torch.Tensor, net: LossNetConfig, heldout: Heldout, cfg: WorldConfig) -> dict[str, torch.Tensor]:
     """World metrics of each individual of ``theta`` on the held-out tasks."""
     return evaluate_population(theta, net, heldout.tasks, replace(cfg, tasks=HELDOUT_TASKS), heldout.reference)
+
+
+# ---------------------------------------------------------------------- mixtures of worlds
+def variants(cfg: WorldConfig, names: tuple[str, ...] | None = None) -> list[tuple[str, WorldConfig]]:
+    """The worlds a config stands for, named: each preset of ``names`` (default ``cfg.mix``)
+    applied on top of ``cfg``'s knobs, or ``cfg`` alone when there are none."""
+    names = cfg.mix if names is None else names
+    if not names:
+        return [("world", replace(cfg, mix=(), select=()))]
+    return [(name, replace(cfg, mix=(), select=(), **PRESETS[name])) for name in names]
+
+
+def sample_worlds(cfg: WorldConfig, gen: torch.Generator) -> list[Tasks]:
+    """A generation's tasks in every world of the mixture, drawn in turn from one generator (for a
+    single world exactly ``sample_tasks``)."""
+    return [sample_tasks(world, gen) for _, world in variants(cfg)]
+
+
+def mean_metrics(per_world: list[tuple[str, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Each metric averaged over the worlds; with several, each world's fitness beside (``fitness@NAME``)."""
+    if len(per_world) == 1:
+        return per_world[0][1]
+    out = {key: torch.stack([m[key] for _, m in per_world]).mean(0) for key in per_world[0][1]}
+    out.update({f"fitness@{name}": m["fitness"] for name, m in per_world})
+    return out
+
+
+def evaluate_worlds(theta: torch.Tensor, net: LossNetConfig, tasks: list[Tasks], cfg: WorldConfig) -> dict[str, torch.Tensor]:
+    """``evaluate_population`` in every world of the mixture; the fitness is the mean over worlds."""
+    return mean_metrics([(name, evaluate_population(theta, net, t, world)) for (name, world), t in zip(variants(cfg), tasks)])
+
+
+def heldout_worlds(cfg: WorldConfig, seed: int) -> list[tuple[str, WorldConfig, Heldout]]:
+    """Held-out tasks in every selection world (``cfg.select``, else the mixture's), seeded apart."""
+    return [(name, world, heldout_tasks(world, seed + i)) for i, (name, world) in enumerate(variants(cfg, cfg.select or cfg.mix))]
+
+
+def evaluate_heldout_worlds(theta: torch.Tensor, net: LossNetConfig, heldout: list[tuple[str, WorldConfig, Heldout]]) -> dict[str, torch.Tensor]:
+    """World metrics of each individual on the held-out tasks of every selection world, averaged."""
+    return mean_metrics([(name, evaluate_heldout(theta, net, h, world)) for name, world, h in heldout])

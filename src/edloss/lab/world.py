@@ -34,7 +34,7 @@ import torch
 
 from edloss.configs import from_dict, load_file, to_dict, versions
 from edloss.files import append_jsonl, atomic_write_json, check_output_path, read_jsonl
-from edloss.students import WorldConfig, reference_results, sample_tasks, score_module
+from edloss.students import WorldConfig, reference_results, sample_tasks, score_module, variants
 
 REGIMES = {"clean": 0.0, "noise-0.4": 0.4, "noise-0.6": 0.6}
 PANEL_SEED = 20261205  # the tasks the panel is scored on: the same for every loss and every world
@@ -56,6 +56,7 @@ CLEAN = "cifar10-resnet20 (8k images, 8 epochs)"
 V4GRID = "cifar10-resnet20-v4-grid (same recipe, 10 seeds)"
 N04 = "noise-cifar10-eta0.4 (3k images, 15 epochs, no augmentation)"
 N06 = "noise-cifar10-eta0.6 (same recipe)"
+EVOLVED = "students/cifar (the regime's recipe, seeds 0-2): losses the search found in a world"
 PANEL: dict[str, list[Arm]] = {
     "clean": [
         Arm("ce", "ce", 59.62, 1.67, 10, V4GRID),
@@ -68,6 +69,7 @@ PANEL: dict[str, list[Arm]] = {
         Arm("edl-v2", "edl:{panel}/v2-chaotic", 56.88, 2.06, 3, CLEAN),
         Arm("edl-v0", "edl:{panel}/v0-chaotic", 52.06, 4.91, 3, CLEAN),
         # the v2 / v0 Gaussian arms (42.95, 54.95) are left out: their commits do not remake the files they trained with
+        Arm("edl-students-clean", "edl:{panel}/students-clean", 60.11, 0.14, 3, EVOLVED),
     ],
     "noise-0.4": [
         Arm("ce", "ce", 31.86, 1.50, 3, N04),
@@ -81,6 +83,8 @@ PANEL: dict[str, list[Arm]] = {
         Arm("edl-noise-kld", "edl:{panel}/noise-kld-0.4", 34.05, 2.36, 3, N04),
         Arm("edl-noise-tv-k10", "edl:noise_rate=0.4,num_classes=10", 39.92, 1.73, 3, N04),
         Arm("edl-noise-tv", "edl:noise_rate=0.4", 34.04, 2.36, 2, N04),
+        Arm("edl-students-noise", "edl:{panel}/students-noise-0.4", 34.82, 1.11, 3, EVOLVED),
+        Arm("edl-students-noise-long", "edl:{panel}/students-noise-0.4-long", 37.53, 3.30, 3, EVOLVED),
     ],
     "noise-0.6": [
         Arm("ce", "ce", 23.00, 3.53, 3, N06),
@@ -149,7 +153,8 @@ def _per_row_loss(module: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tens
 def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bool, progress: bool,
                  done: dict[str, dict[str, Any]] | None = None, record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Every arm of the regime scored in the world (the regime's noise rate set in it): mean over
-    ``repeats`` draws of ``world.tasks`` tasks, the same draws for every arm. Arms in ``done``
+    ``repeats`` draws of ``world.tasks`` tasks, the same draws for every arm (a mixture: over every
+    world of ``world.mix``, each drawn as it is alone, so its score is the mean of theirs). Arms in ``done``
     (rows of an interrupted check of the same world) are kept; each new row goes to ``record``."""
     cfg = replace(world, label_noise=REGIMES[regime])
     done = done or {}
@@ -162,15 +167,20 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
         if arm.label in done and ("ranking_fitness" in done[arm.label] or not with_ranking):
             rows.append(done[arm.label])
             continue
-        if not draws:  # the tasks and their CE students, made once the first arm needs them
-            for r in range(repeats):
-                tasks = sample_tasks(cfg, torch.Generator().manual_seed(PANEL_SEED + r))
-                draws.append((tasks, reference_results(tasks, cfg)))
+        if not draws:  # the tasks and their CE students in every world of the mixture, made once the first arm needs them
+            for name, world in variants(cfg):
+                for r in range(repeats):
+                    tasks = sample_tasks(world, torch.Generator().manual_seed(PANEL_SEED + r))
+                    draws.append((name, world, tasks, reference_results(tasks, world)))
         module = build_panel_loss(arm)
         start = time.perf_counter()
-        scores = [score_module(module, tasks, cfg, ref) for tasks, ref in draws]
+        scores = [score_module(module, tasks, world, ref) for _, world, tasks, ref in draws]
         row = {"regime": regime, "label": arm.label, "spec": arm.spec, "cifar": arm.cifar, "cifar_std": arm.std, "cifar_seeds": arm.seeds,
                **{k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}, "seconds": time.perf_counter() - start}
+        if cfg.mix:  # each world's score beside the mixture's (every world has the same number of draws)
+            for name in cfg.mix:
+                mine = [s["fitness"] for (n, *_), s in zip(draws, scores) if n == name]
+                row[f"fitness@{name}"] = sum(mine) / len(mine)
         if with_ranking:
             row["ranking_fitness"] = ranking_fitness(module, REGIMES[regime])
         if progress:
