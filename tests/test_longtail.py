@@ -313,3 +313,14 @@ def test_real_cifar10_lt_is_the_literature_training_set() -> None:
     assert counts == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     left = torch.bincount(D.load_cifar("cifar10", root).train_y[:45000], minlength=10)
     assert D.check_imbalance_feasible("cifar10", root, 5000, None, False, 0, 100) == D.long_tail_counts(int(left.min()), 10, 100)
+
+
+def test_inspect_sets_the_long_tail_losses_beside_a_loss_at_balanced_counts(capsys):
+    """A shape has no training set: the long-tail losses are told balanced counts, where logit
+    adjustment is CE (same values), instead of failing for want of counts."""
+    from edloss.cli import main
+
+    assert main(["inspect", "default", "--beside", "logit_adjusted", "ldam_drw", "--classes", "10"]) == 0
+    table = capsys.readouterr().out.split("loss value by p_y at K = 10:")[1]
+    row = next(line.split() for line in table.splitlines() if line.strip().startswith("0.5 "))
+    assert abs(float(row[2]) - 0.6931) < 1e-3  # logit-adjusted CE at p_y = 0.5 with balanced counts: -log 0.5

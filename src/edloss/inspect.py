@@ -50,11 +50,13 @@ def describe(loss: EDLLoss, k: int = 10) -> str:
     return "\n".join(lines)
 
 
-def reference_losses(specs: list[str]) -> dict[str, LossFn]:
+def reference_losses(specs: list[str], classes: int = 10) -> dict[str, LossFn]:
     """Lab losses by spec (``gce``, ``sce``, ``forward:0.4``, ``label=spec``), as per-row loss functions.
 
     The registry's losses return the batch mean, so each row is evaluated on its own: the value
-    is then that row's loss and the gradient that row's gradient."""
+    is then that row's loss and the gradient that row's gradient. Long-tail losses, which read the
+    training set's class counts, are told balanced counts at K = ``classes`` (a shape has no
+    training set): logit adjustment, balanced softmax and CB-CE are then CE, LDAM keeps its margin."""
     from edloss.lab.compare import parse_arms  # the lab extra: only when references are asked for
 
     def per_row(fn: LossFn) -> LossFn:
@@ -66,7 +68,13 @@ def reference_losses(specs: list[str]) -> dict[str, LossFn]:
 
     from edloss.lab.losses import build_loss_from_spec
 
-    return {arm.label: per_row(build_loss_from_spec(arm.spec)) for arm in parse_arms(specs)}
+    def build(spec: str) -> LossFn:
+        loss = build_loss_from_spec(spec)
+        if hasattr(loss, "set_class_counts"):
+            loss.set_class_counts([1000] * classes)
+        return loss
+
+    return {arm.label: per_row(build(arm.spec)) for arm in parse_arms(specs)}
 
 
 def compare_shapes(name: str, loss: EDLLoss, references: dict[str, LossFn], k: int) -> str:
@@ -123,7 +131,7 @@ def _main(args: argparse.Namespace) -> int:
         loss = EDLLoss.pretrained(str(args.checkpoint))  # an unknown one is refused listing the shipped names
     else:
         loss = EDLLoss.from_file(resolve_checkpoint(args.checkpoint))
-    references = reference_losses(args.beside) if args.beside else {}
+    references = reference_losses(args.beside, args.classes) if args.beside else {}
     print(describe(loss, args.classes))
     name = Path(args.checkpoint).name or "EDL"
     if references:
