@@ -34,7 +34,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.autograd import forward_ad
 
-from edloss.fused import fused_reduced_loss, fused_row_losses
+from edloss.fused_op import fused_losses
 from edloss.files import atomic_write_bytes, atomic_write_json
 from edloss.lossnet import LossNet, LossNetConfig, base_penalty
 
@@ -185,14 +185,18 @@ class EDLLoss(nn.Module):
             if soft:
                 loss, denominator = self._soft_target_loss(x, target.to(dtype), checking)
             else:
-                ignored = self._check_class_indices(x, target) if checking else None
-                if ignored == 0 and self.weight is None and self.label_smoothing == 0 and self.reduction != "none" and self._fused_ok(x):
+                fusable = self.weight is None and self.label_smoothing == 0 and self.reduction != "none" and self._fused_ok(x)
+                # on the fused path the logits' finiteness is judged on the reduced loss instead: one host sync fewer
+                ignored = self._check_class_indices(x, target, finite=not fusable) if checking else None
+                if fusable and ignored == 0:
                     # the common case: one fused call returns the reduced loss
                     factor = 1.0 / x.shape[0] if self.reduction == "mean" else 1.0
-                    reduced = fused_reduced_loss(x, target, self.net, self.scale * factor)
-                    if not bool(torch.isfinite(reduced)):  # a -inf target logit: name the rows, as every path does
+                    reduced = fused_losses(x, target, self.net, self.scale * factor, reduce=True)[0]
+                    if checking and not bool(torch.isfinite(reduced)):  # NaN / Inf logits or a -inf target logit: name the rows
                         _check_finite(x, torch.log_softmax(x.detach(), 1).gather(1, target[:, None]).squeeze(1))
                     return reduced.to(out_dtype)
+                if checking and fusable:  # the check deferred above, for the general path
+                    _check_logits_finite(x)
                 loss, denominator = self._class_index_loss(x, target, checking)
         if self.reduction == "none":
             loss = loss.reshape(out_shape)
@@ -201,10 +205,12 @@ class EDLLoss(nn.Module):
         return loss if loss.dtype == out_dtype else loss.to(out_dtype)
 
     def _fused_ok(self, x: torch.Tensor) -> bool:
-        """The closed-form path, unless a tracer or forward-mode AD needs plain ops (``_values_readable``):
-        its ``autograd.Function`` has no forward derivative and no functorch rules."""
-        return (self.fused and not self.trainable and self.net.has_closed_form_gradient and _values_readable(x)
-                and getattr(forward_ad, "_current_level", -1) < 0)
+        """The closed-form path (eager, or the ``edloss::fused_loss`` node under ``torch.compile``),
+        unless ``torch.func`` transforms, the meta device or forward-mode AD need plain ops: the
+        operator has no forward derivative and no functorch rules."""
+        if not (self.fused and not self.trainable and self.net.has_closed_form_gradient):
+            return False
+        return torch.compiler.is_compiling() or (_values_readable(x) and getattr(forward_ad, "_current_level", -1) < 0)
 
     def _check_device(self, x: torch.Tensor, target: torch.Tensor) -> None:
         """The target, the network and the class weights on the logits' device (else a raw
@@ -217,8 +223,8 @@ class EDLLoss(nn.Module):
             raise ValueError(f"the logits are on {x.device} but the loss is on {where}: move it with "
                              f"criterion.to({str(x.device)!r}) (or model.to(...) if the model holds it)")
 
-    def _check_class_indices(self, x: torch.Tensor, target: torch.Tensor) -> int:
-        """Labels in range (or ignored) and finite logits, in one host sync; returns how many targets are ignored."""
+    def _check_class_indices(self, x: torch.Tensor, target: torch.Tensor, finite: bool = True) -> int:
+        """Labels in range (or ignored) and (``finite``) finite logits; returns how many targets are ignored."""
         k = x.shape[1]
         lo, hi = torch.aminmax(target)
         parts = [lo, hi, (target == self.ignore_index).sum() if self.ignore_index is not None else torch.zeros_like(lo)]
@@ -228,17 +234,20 @@ class EDLLoss(nn.Module):
             lo, hi = (int(kept.min()), int(kept.max())) if kept.numel() else (0, 0)
         if lo < 0 or hi >= k:
             raise ValueError(f"target labels must lie in [0, {k}) (or equal ignore_index={self.ignore_index}), found values in [{lo}, {hi}]")
-        if not bool(torch.isfinite(x.detach().sum())):  # cheap; on overflow the exact test decides
-            _check_finite(x, torch.logsumexp(x.detach(), dim=1))
+        if finite:
+            _check_logits_finite(x)
         if not self._warned_probabilities:
             self._warned_probabilities = True
             _warn_if_probabilities(x)
         return int(ignored)
 
-    def _row_losses(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-row penalty l(p, y) (times scale), through the fused closed form when allowed."""
+    def _row_losses(self, x: torch.Tensor, target: torch.Tensor, given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-row penalty l(p, y) (times scale), through the fused closed form when allowed. Under
+        ``torch.compile`` with ``check_inputs`` the operator checks the ``given`` targets (ignored
+        ones included) and the logits when the graph runs: at trace time there are no values."""
         if self._fused_ok(x):
-            return fused_row_losses(x, target, self.net, self.scale)
+            check = given if given is not None and self.check_inputs and torch.compiler.is_compiling() else None
+            return fused_losses(x, target, self.net, self.scale, reduce=False, check_target=check, ignore_index=self.ignore_index)
         logp = torch.log_softmax(x, dim=1)
         return self.net(logp, target) * self.scale, logp.gather(1, target[:, None]).squeeze(1)
 
@@ -246,7 +255,7 @@ class EDLLoss(nn.Module):
         k = x.shape[1]
         valid = None if self.ignore_index is None else target != self.ignore_index
         safe = target if valid is None else torch.where(valid, target, torch.zeros((), dtype=target.dtype, device=target.device))
-        loss, logp_y = self._row_losses(x, safe)
+        loss, logp_y = self._row_losses(x, safe, target)
         if checking:  # a -inf target logit (a masked target) gives an infinite loss: say so
             _check_finite(x, logp_y if valid is None else torch.where(valid, logp_y, 0.0))
         row_weight = None if self.weight is None else self.weight.to(x.dtype)[safe]
@@ -619,6 +628,12 @@ def _check_finite(x: torch.Tensor, per_row: torch.Tensor) -> None:
         f"logits contain NaN or Inf (rows {rows}...), or a target's logit is -Inf; the model diverged or "
         "its inputs are bad - lower the learning rate or check the data"
     )
+
+
+def _check_logits_finite(x: torch.Tensor) -> None:
+    """NaN or +-Inf logits (-Inf in a wrong class allowed, as a mask), rows named; one host sync."""
+    if not bool(torch.isfinite(x.detach().sum())):  # cheap; on overflow the exact test decides
+        _check_finite(x, torch.logsumexp(x.detach(), dim=1))
 
 
 def _check_probabilities(probs: torch.Tensor) -> None:
