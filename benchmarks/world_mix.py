@@ -29,7 +29,7 @@ from edloss.files import atomic_write_json
 PRE_REGISTERED = {
     "all worlds": None,  # filled with every world of the grid
     "gaussian worlds": ["gaussian-default", "gaussian-long", "gaussian-small-data", "gaussian-wide", "gaussian-hard", "gaussian-lr0.1"],
-    "search mix (default + long + wide)": ["gaussian-default", "gaussian-long", "gaussian-wide"],
+    "search mix (default + long + lr0.1 + wide)": ["gaussian-default", "gaussian-long", "gaussian-lr0.1", "gaussian-wide"],
     "selection (images-default + images-long)": ["images-default", "images-long"],
 }
 HALVES = ("calibration", "heldout", "all")
@@ -84,7 +84,7 @@ def main() -> None:
 
     ranked = sorted(table, key=calibration_key)
     tied = [n for n in ranked if calibration_key(n)[0] == calibration_key(ranked[0])[0]]
-    pre = {label: "+".join(worlds or names) for label, worlds in PRE_REGISTERED.items()}
+    pre = {label: "+".join(n for n in names if n in (worlds or names)) for label, worlds in PRE_REGISTERED.items()}
 
     def cells(c: dict) -> str:
         return " | ".join(" / ".join(f"{c[r][h][0]:+.2f}" for h in HALVES) for r in regimes)
@@ -96,11 +96,17 @@ def main() -> None:
     for name in names:
         print(f"| {name} alone | {cells(table[name])} |")
     print(f"| calibration rule's pick: {ranked[0]} | {cells(table[ranked[0]])} |")
+    per_regime = {}  # the rule for one world per regime, as the world grid's table is read
+    for r in regimes:
+        pick = max(names, key=lambda n: (table[n][r]["calibration"][0], table[n][r]["calibration"][1]))
+        per_regime[r] = {"world": pick, "calibration": table[pick][r]["calibration"][0], "heldout": table[pick][r]["heldout"][0]}
+    print("one world per regime by the rule: " + "; ".join(f"{r} {v['world']} (calibration {v['calibration']:+.2f}, held-out {v['heldout']:+.2f})"
+                                                         for r, v in per_regime.items()))
     mean_tied = {r: float(np.mean([table[n][r]["heldout"][0] for n in tied])) for r in regimes}
     print(f"\n{len(tied)} of {len(table)} mixtures tie at the best mean calibration Spearman; their mean held-out Spearman: "
           + ", ".join(f"{r} {v:+.2f}" for r, v in mean_tied.items()))
     atomic_write_json(Path(args.out), {"pre_registered": {label: table[name] for label, name in pre.items()},
-                                       "single": {n: table[n] for n in names}, "rule_pick": {"mixture": ranked[0], **table[ranked[0]]},
+                                       "single": {n: table[n] for n in names}, "rule_pick": {"mixture": ranked[0], **table[ranked[0]]}, "rule_pick_per_regime": per_regime,
                                        "tied_at_best_calibration": len(tied), "tied_mean_heldout": mean_tied,
                                        "mixtures": len(table), "grid": args.grid, "value": "(Spearman, Pearson) per regime and half"})
 
