@@ -20,7 +20,6 @@ compiled at import.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -40,17 +39,18 @@ _use_compiled = os.environ.get("EDLOSS_COMPILED_KERNEL", "") == "1"
 
 
 # ---------------------------------------------------------------------- the network as tensors
-@torch.compiler.assume_constant_result  # under compile: called once, its string a constant of the graph
 def spec_of(config: LossNetConfig) -> str:
-    """The architecture as the operator's string argument (hashable, stable, readable in a graph)."""
-    return json.dumps({"features": list(config.features), "hidden": list(config.hidden), "activation": config.activation,
-                       "form": config.form, "noise_rate": config.noise_rate}, sort_keys=True, separators=(",", ":"))
+    """The architecture as the operator's string argument: "features|hidden|activation|form|noise rate".
+    Plain string operations, so a tracer folds it to a constant (``json`` would break the graph)."""
+    hidden = ",".join([str(h) for h in config.hidden])
+    return "|".join([",".join(config.features), hidden, config.activation, config.form, repr(float(config.noise_rate))])
 
 
 @lru_cache(maxsize=64)
 def config_of(spec: str) -> LossNetConfig:
-    fields = json.loads(spec)
-    return LossNetConfig(**{**fields, "features": tuple(fields["features"]), "hidden": tuple(fields["hidden"])})
+    features, hidden, activation, form, rate = spec.split("|")
+    return LossNetConfig(features=tuple(features.split(",")), hidden=tuple(int(h) for h in hidden.split(",") if h),
+                         activation=activation, form=form, noise_rate=float(rate))
 
 
 def plan_shapes(config: LossNetConfig) -> tuple[tuple[int, ...], ...]:
@@ -165,6 +165,10 @@ def fused_loss(x: Tensor, target: Tensor, plan: Tensor, scale: float, spec: str,
     if check_target is not None:
         check_at_run_time(x, check_target, ignore_index)
     loss, grad, logp_y = run_kernel(x, target, plan, None, scale, spec, with_grad)
+    if check_target is not None:  # a -inf target logit: an infinite loss, named as in eager
+        from edloss.loss import _check_finite
+
+        _check_finite(x, logp_y if ignore_index is None else torch.where(check_target != ignore_index, logp_y, 0.0))
     return (loss.sum() if reduce else loss), (grad if with_grad else x.new_empty(0)), logp_y
 
 
