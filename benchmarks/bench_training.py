@@ -9,18 +9,25 @@ load hits all of them alike; the median round is reported):
 - a full training step (forward, backward, SGD) with each pipeline, NCHW and channels-last;
 - EDL's cost over cross-entropy: the same step with ``EDLLoss`` instead of CE (ratio of step
   times), and the loss forward+backward alone relative to a CE step (the precise estimate;
-  step-time ratios on a shared CPU carry a few percent of noise).
+  step-time ratios on a shared CPU carry a few percent of noise);
+- EDL's cost per training step on three models (issue 22): a ResNet-20 step (batch 128, K = 10),
+  a character transformer (K = 128, 32 x 64 characters) and an MLP (K = 100, batch 256), each
+  with CE, EDL and EDL with the inductor-compiled kernel (``fused_op.use_compiled_kernel``),
+  interleaved round by round.
 
-    .venv/bin/python benchmarks/bench_training.py                # ~1-3 min on 2 cores
+    .venv/bin/python benchmarks/bench_training.py                # ~2-4 min on 2 cores
     .venv/bin/python benchmarks/bench_training.py --steps 20 --rounds 5 --threads 2
+    .venv/bin/python benchmarks/bench_training.py --overhead-only  # only the per-step table
 
-Writes benchmarks/results/bench_training.json and prints a table.
+Writes benchmarks/results/bench_training.json (the per-step table also to
+bench_training_overhead.json) and prints tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -150,11 +157,11 @@ def time_pipeline(source: Iterator, batches: int) -> float:
     return (time.perf_counter() - t0) / batches
 
 
-def time_loss(loss_fn: nn.Module, batch: int, repeats: int) -> float:
-    """Median seconds for the loss's forward + backward on (batch, 10) logits."""
+def time_loss(loss_fn: nn.Module, batch: int, repeats: int, k: int = 10) -> float:
+    """Median seconds for the loss's forward + backward on (batch, k) logits."""
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(batch, 10, generator=g).requires_grad_(True)
-    y = torch.randint(0, 10, (batch,), generator=g)
+    z = torch.randn(batch, k, generator=g).requires_grad_(True)
+    y = torch.randint(0, k, (batch,), generator=g)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -162,6 +169,134 @@ def time_loss(loss_fn: nn.Module, batch: int, repeats: int) -> float:
         times.append(time.perf_counter() - t0)
         z.grad = None
     return statistics.median(times)
+
+
+# ----------------------------------------------------------------------------- EDL's cost per training step
+
+
+class CharTransformer(nn.Module):
+    """A small character-level transformer (next-byte prediction over K = 128 classes)."""
+
+    def __init__(self, vocab: int = 128, width: int = 128, layers: int = 2, heads: int = 4, context: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.zeros(context, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, vocab)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(context), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) + self.position[: x.shape[1]]
+        return self.head(self.body(h, mask=self.mask[: x.shape[1], : x.shape[1]], is_causal=True))
+
+
+def text_batches(batch: int = 32, context: int = 64, count: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Windows of this repository's README as bytes (ASCII, clamped below 128): real characters."""
+    data = torch.tensor(list((ROOT / "README.md").read_bytes()), dtype=torch.long).clamp_max(127)
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        start = torch.randint(0, len(data) - context - 1, (batch,), generator=g)
+        windows = torch.stack([data[s : s + context + 1] for s in start.tolist()])
+        batches.append((windows[:, :-1], windows[:, 1:]))
+    return batches
+
+
+def overhead_workloads() -> dict[str, tuple[Callable[[], nn.Module], list, int]]:
+    """name -> (model factory, a few (input, target) batches, classes K)."""
+    g = torch.Generator().manual_seed(0)
+    images = [(torch.randn(128, 3, 32, 32, generator=g), torch.randint(0, 10, (128,), generator=g)) for _ in range(4)]
+    centers = torch.randn(100, 64, generator=g) * 2
+    mlp = []
+    for _ in range(8):
+        y = torch.randint(0, 100, (256,), generator=g)
+        mlp.append((centers[y] + torch.randn(256, 64, generator=g), y))
+    return {
+        "ResNet-20 step, batch 128, K = 10": (lambda: build_model("resnet20", 10), images, 10),
+        "character transformer, 32 x 64 chars, K = 128": (CharTransformer, text_batches(), 128),
+        "MLP 64-256-100, batch 256, K = 100": (lambda: nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 100)), mlp, 100),
+    }
+
+
+class WithKernel(nn.Module):
+    """EDL with the inductor-compiled kernel switched on for its calls."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from edloss import fused_op
+
+        fused_op.use_compiled_kernel(True)
+        try:
+            return self.loss(logits, target)
+        finally:
+            fused_op.use_compiled_kernel(False)
+
+
+class Trainer:
+    """One model + SGD + loss over a cycle of fixed batches; logits flattened to (rows, K)."""
+
+    def __init__(self, make: Callable[[], nn.Module], batches: list, k: int, loss_fn: nn.Module) -> None:
+        torch.manual_seed(0)
+        self.model, self.batches, self.k, self.loss_fn, self.i = make(), batches, k, loss_fn, 0
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+
+    def step(self) -> None:
+        x, y = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        loss = self.loss_fn(self.model(x).reshape(-1, self.k), y.reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def time(self, steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return (time.perf_counter() - t0) / steps
+
+
+def overhead_table(rounds: int, steps: int, warmup: int) -> list[dict]:
+    """Per model: seconds per training step with CE, EDL and EDL+kernel (median of interleaved
+    rounds), their ratios, and the loss's forward + backward alone as a share of a CE step."""
+    from edloss import EDLLoss
+
+    rows = []
+    for name, (make, batches, k) in overhead_workloads().items():
+        losses = {"CE": nn.CrossEntropyLoss(), "EDL": EDLLoss.pretrained(), "EDL+kernel": WithKernel(EDLLoss.pretrained())}
+        trainers = {loss: Trainer(make, batches, k, fn) for loss, fn in losses.items()}
+        for trainer in trainers.values():
+            for _ in range(warmup):
+                trainer.step()  # EDL+kernel: the kernel compiles here
+        per_round = max(steps, math.ceil(0.25 / trainers["CE"].time(2)))  # >= 0.25 s a round: cheap steps are noisy
+        times: dict[str, list[float]] = {loss: [] for loss in trainers}
+        for _ in range(rounds):
+            for loss, trainer in trainers.items():
+                times[loss].append(trainer.time(per_round))
+        med = {loss: statistics.median(v) for loss, v in times.items()}
+        rows_k = batches[0][1].numel()
+        alone = {loss: time_loss(fn, rows_k, 50, k) for loss, fn in losses.items()}
+        rows.append({
+            "workload": name, "loss rows": rows_k, "steps_per_round": per_round,
+            **{f"{loss} ms/step": 1e3 * t for loss, t in med.items()},
+            "EDL / CE": med["EDL"] / med["CE"], "EDL+kernel / CE": med["EDL+kernel"] / med["CE"],
+            "EDL loss alone, % of a CE step": 100 * (alone["EDL"] - alone["CE"]) / med["CE"],
+            "EDL+kernel loss alone, % of a CE step": 100 * (alone["EDL+kernel"] - alone["CE"]) / med["CE"],
+            "rounds_seconds_per_step": times,
+        })
+        print(f"{name}: CE {1e3 * med['CE']:.1f} ms, EDL x{med['EDL'] / med['CE']:.3f}, "
+              f"EDL+kernel x{med['EDL+kernel'] / med['CE']:.3f}", file=sys.stderr)
+    return rows
+
+
+def print_overhead(rows: list[dict]) -> None:
+    print(f"\n{'EDL cost per training step':<48}{'CE ms':>8}{'EDL/CE':>8}{'+kernel/CE':>11}{'loss alone':>12}{'+kernel':>9}")
+    for r in rows:
+        print(f"{r['workload']:<48}{r['CE ms/step']:>8.1f}{r['EDL / CE']:>8.3f}{r['EDL+kernel / CE']:>11.3f}"
+              f"{r['EDL loss alone, % of a CE step']:>11.1f}%{r['EDL+kernel loss alone, % of a CE step']:>8.1f}%")
 
 
 # ----------------------------------------------------------------------------- main
@@ -182,9 +317,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=10_000, help="images held in memory")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--overhead-only", action="store_true", help="only the per-step EDL cost table on three models")
+    ap.add_argument("--skip-overhead", action="store_true", help="skip the per-step EDL cost table")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    overhead_rows = [] if args.skip_overhead else overhead_table(args.rounds, args.steps, args.warmup + 1)
+    if overhead_rows:
+        out = args.out.with_name(args.out.stem + "_overhead.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"benchmark": "bench_training --overhead-only", "edl_step_overhead": overhead_rows,
+                                   "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                   "note": "measured beside another job on a 2-core machine"}, indent=2) + "\n")
+        print_overhead(overhead_rows)
+    if args.overhead_only:
+        return 0
 
     images, labels, source = load_images(args.data_dir, args.images)
     b = args.batch_size
@@ -243,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "threads": torch.get_num_threads(), "python": platform.python_version(),
                     "torch": torch.__version__},
-        "pipeline_only": pipeline, "training_step": training, "edl_overhead": overhead,
+        "pipeline_only": pipeline, "training_step": training, "edl_overhead": overhead, "edl_step_overhead": overhead_rows,
         "wall_seconds": time.perf_counter() - t_start,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
