@@ -13,7 +13,9 @@ cut-off still leaves data) and ``table.md`` into ``--out``:
    as the standard pickle layout into a temporary folder) or a folder holding
    ``cifar-10-batches-py``; 45,000 train / 5,000 validation (the last training images) / 10,000 test;
 2. speed: ``EDLLoss`` forward+backward against ``F.cross_entropy`` at 512 x 10 and 4096 x 1000,
-   and one ResNet-18 training step with each (CUDA events);
+   and one ResNet-18 training step with each (CUDA events); then the compiled rows (issue 22): each
+   loss under ``torch.compile`` (EDL as one ``edloss::fused_loss`` node) and EDL with the
+   inductor-compiled (Triton) kernel, at 512 x 10 and 4096 x 1000 (a failure is recorded, not fatal);
 3. training: ``edloss train`` runs, several at once on the one GPU (``--parallel``), bf16 autocast
    and channels-last, the recipe below, identical for every loss; whatever has not finished when
    the budget runs out is stopped and reported as such.
@@ -184,7 +186,38 @@ def cuda_speed(device: str) -> dict:
     ce_step, edl_step = timed(lambda: step(F.cross_entropy), 30), timed(lambda: step(edl), 30)
     out["resnet18_step_us"] = {"ce": ce_step, "edl": edl_step, "edl_over_ce": edl_step / ce_step}
     out["device_name"] = torch.cuda.get_device_name()
+    try:
+        out["compiled_us"] = compiled_speed(edl, device, timed)
+    except Exception as err:  # noqa: BLE001 - no Triton, an inductor failure: the eager rows stand
+        out["compiled_error"] = f"{type(err).__name__}: {err}"[:500]
     return out
+
+
+def compiled_speed(edl, device: str, timed) -> list[dict]:
+    """fwd+bwd per call: CE and EDL under torch.compile, and EDL eager with its Triton kernel."""
+    import torch
+    import torch.nn.functional as F
+
+    from edloss import fused_op
+
+    def with_kernel(x, y):
+        fused_op.use_compiled_kernel(True)
+        try:
+            return edl(x, y)
+        finally:
+            fused_op.use_compiled_kernel(False)
+
+    losses = {"ce_compiled": torch.compile(F.cross_entropy), "edl_compiled": torch.compile(edl), "edl_kernel": with_kernel}
+    rows = []
+    for n, k in ((512, 10), (4096, 1000)):
+        x = torch.randn(n, k, device=device, requires_grad=True)
+        y = torch.randint(0, k, (n,), device=device)
+        row = {"shape": f"{n} x {k}", **{name: timed(lambda fn=fn: fn(x, y).backward()) for name, fn in losses.items()}}
+        row["edl_compiled_over_ce_compiled"] = row["edl_compiled"] / row["ce_compiled"]
+        rows.append(row)
+    if fused_op.KERNEL_FALLBACKS:
+        rows.append({"kernel_fallbacks": dict(fused_op.KERNEL_FALLBACKS)})
+    return rows
 
 
 # ---------------------------------------------------------------------- training
@@ -231,6 +264,14 @@ def render(results: dict) -> str:
         lines += [f"| {r['shape']} | {r['ce']:.0f} | {r['edl']:.0f} | {r['edl_over_ce']:.2f} |" for r in speed["loss_call_us"]]
         s = speed["resnet18_step_us"]
         lines.append(f"| ResNet-18 training step, batch 512 | {s['ce']:.0f} | {s['edl']:.0f} | {s['edl_over_ce']:.2f} |")
+        rows = [r for r in speed.get("compiled_us", []) if "shape" in r]
+        if rows:
+            lines += ["", "| compiled fwd+bwd | CE compiled (µs) | EDL compiled (µs) | EDL / CE, compiled | EDL + Triton kernel, eager (µs) |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {r['shape']} | {r['ce_compiled']:.0f} | {r['edl_compiled']:.0f} | {r['edl_compiled_over_ce_compiled']:.2f} "
+                      f"| {r['edl_kernel']:.0f} |" for r in rows]
+        if speed.get("compiled_error"):
+            lines.append(f"\ncompiled rows failed: {speed['compiled_error']}")
     return "\n".join(lines)
 
 
