@@ -77,7 +77,7 @@ def breakdown(loss: EDLLoss, n: int = 512, k: int = 10) -> list[dict]:
     packed = fused_op.pack(plan)
     unchecked = EDLLoss(loss.net, scale=loss.scale, check_inputs=False, reduction="sum")
     fused_op.use_compiled_kernel(True)
-    compiled = fused_op._compiled(spec, True)
+    compiled = fused_op._compiled(spec, True, k)
     fused_op.use_compiled_kernel(False)
 
     def backward(fn):

@@ -168,6 +168,15 @@ def test_a_kernel_that_cannot_compile_falls_back_to_eager_and_says_why(monkeypat
     check_against_reference(EDLLoss.pretrained(), "mean", {}, (16, 10), {})  # not retried: still exact
 
 
+def test_compiled_kernel_serves_few_classes_only():
+    """At K = 1000 the eager kernel was measured faster: the compiled one is not even built."""
+    fused_op.use_compiled_kernel(True)
+    spec = fused_op.spec_of(LossNetConfig())
+    assert fused_op._compiled(spec, True, fused_op.KERNEL_MAX_CLASSES + 1) is None and not fused_op._compiled_kernels
+    check_against_reference(EDLLoss.pretrained(), "large-K", {}, (16, 1000), {})
+    assert not fused_op._compiled_kernels
+
+
 def test_use_compiled_kernel_takes_a_bool():
     with pytest.raises(TypeError, match="True or False"):
         fused_op.use_compiled_kernel("yes")

@@ -13,9 +13,11 @@ most of a 512 x 10 cross-entropy call. A test checks that both give the same num
 
 The kernel is ``fused.closed_form_math``, eager by default. ``use_compiled_kernel(True)`` (or
 ``EDLLOSS_COMPILED_KERNEL=1`` in the environment) runs it compiled by inductor (C++ on CPU, Triton
-on CUDA), compiled lazily on first use per architecture; where compiling fails (no C++ compiler,
-no Triton) the eager kernel is used and the reason recorded in ``KERNEL_FALLBACKS``. Nothing is
-compiled at import.
+on CUDA) for up to ``KERNEL_MAX_CLASSES`` classes, compiled lazily on first use per architecture
+(seconds; a second batch size recompiles once, for any size); where compiling fails (no C++
+compiler, no Triton) the eager kernel is used and the reason recorded in ``KERNEL_FALLBACKS``.
+It is opt-in because that first-call compile would land on every short script and test run.
+Nothing is compiled at import.
 """
 
 from __future__ import annotations
@@ -105,20 +107,22 @@ def use_compiled_kernel(enabled: bool = True) -> None:
     _use_compiled = enabled
 
 
-SUMS_MAX_WIDTH = 32  # wider layers keep their matmuls: a broadcast product grows as width squared
+# Measured (benchmarks/bench_loss.py, one CPU thread): the compiled kernel takes ~0.5x the eager
+# one's time at 512 x 10 and ~0.8x at 4096 x 10, but 1.1-2.6x at K = 1000, where aten's softmax and
+# max over long rows beat inductor's loops. So it serves few classes only.
+KERNEL_MAX_CLASSES = 64
 
 
-def _compiled(spec: str, with_grad: bool) -> Callable[..., Any] | None:
-    """The inductor-compiled kernel for one architecture, or None (not asked for, or it failed)."""
-    if not _use_compiled or spec in KERNEL_FALLBACKS:
+def _compiled(spec: str, with_grad: bool, classes: int) -> Callable[..., Any] | None:
+    """The inductor-compiled kernel for one architecture, or None (not asked for, too many classes, or it failed)."""
+    if not _use_compiled or classes > KERNEL_MAX_CLASSES or spec in KERNEL_FALLBACKS:
         return None
     key = (spec, with_grad)
     if key not in _compiled_kernels:
         config = config_of(spec)
-        sums = max(config.hidden, default=1) <= SUMS_MAX_WIDTH
 
         def kernel(x: Tensor, target: Tensor, packed: Tensor, scale: float) -> tuple[Any, ...]:
-            return closed_form_math(x, target, unpack(packed, config), scale, config, with_grad, sums)
+            return closed_form_math(x, target, unpack(packed, config), scale, config, with_grad)
 
         _compiled_kernels[key] = torch.compile(kernel, fullgraph=True, dynamic=None)
     return _compiled_kernels[key]
@@ -128,7 +132,7 @@ def run_kernel(x: Tensor, target: Tensor, packed: Tensor, parts: list[Tensor] | 
                with_grad: bool) -> tuple[Any, ...]:
     """``closed_form_math``, compiled where asked for and possible, else eager (on ``parts``, the
     packed plan's views, where the caller has them cached)."""
-    compiled = _compiled(spec, with_grad)
+    compiled = _compiled(spec, with_grad, x.shape[1])
     if compiled is not None:
         try:
             return compiled(x, target, packed, scale)
