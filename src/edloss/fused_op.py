@@ -4,7 +4,7 @@
 ``torch.compile``, ``torch.export`` and CUDA graphs see one node whose backward is the closed form
 (a multiply by the saved gradient) instead of tracing ~100 autograd ops. The network enters as a
 tensor: its folded weights packed in one flat vector (a custom op takes no ``nn.Module``), with the
-architecture (a JSON string), the scale and the reduction as non-tensor arguments.
+architecture (a short string), the scale and the reduction as non-tensor arguments.
 
 Eager calls run the same kernel and the same backward formula through ``_EagerFusedLoss``, an
 ``autograd.Function``, instead of through the dispatcher: dispatching a Python custom op (its
@@ -166,10 +166,11 @@ def fused_loss(x: Tensor, target: Tensor, plan: Tensor, scale: float, spec: str,
     """(loss per row (M,) or its sum (), d loss / d x (M, C) (empty without ``with_grad``), log p_y (M,)).
 
     ``check_target``: the targets as given (ignored ones included), validated here at run time."""
-    if check_target is not None:
+    checking = check_target is not None and not (x.is_cuda and torch.cuda.is_current_stream_capturing())  # no syncs in a CUDA graph
+    if checking:
         check_at_run_time(x, check_target, ignore_index)
     loss, grad, logp_y = run_kernel(x, target, plan, None, scale, spec, with_grad)
-    if check_target is not None:  # a -inf target logit: an infinite loss, named as in eager
+    if checking:  # a -inf target logit: an infinite loss, named as in eager
         from edloss.loss import _check_finite
 
         _check_finite(x, logp_y if ignore_index is None else torch.where(check_target != ignore_index, logp_y, 0.0))
@@ -179,12 +180,12 @@ def fused_loss(x: Tensor, target: Tensor, plan: Tensor, scale: float, spec: str,
 @fused_loss.register_fake
 def _(x: Tensor, target: Tensor, plan: Tensor, scale: float, spec: str, reduce: bool, with_grad: bool,
       check_target: Tensor | None, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
-    rows = x.new_empty(x.shape[0])
-    return (x.new_empty(()) if reduce else rows), (torch.empty_like(x) if with_grad else x.new_empty(0)), x.new_empty(x.shape[0])
+    loss = x.new_empty(()) if reduce else x.new_empty(x.shape[0])
+    return loss, (torch.empty_like(x) if with_grad else x.new_empty(0)), x.new_empty(x.shape[0])
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
-    x, target, plan, scale, spec, reduce, with_grad, _, _ = inputs
+    x, target, plan, scale, spec, reduce, *_ = inputs
     ctx.save_for_backward(output[1], x, target, plan)
     ctx.scale, ctx.spec, ctx.reduce = scale, spec, reduce
     ctx.mark_non_differentiable(output[1], output[2])

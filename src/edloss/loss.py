@@ -57,14 +57,16 @@ class EDLLoss(nn.Module):
             uniform prediction equals cross-entropy's, which lets CE's learning rates carry over.
         weight, ignore_index, reduction, label_smoothing: as in ``nn.CrossEntropyLoss``
             (``ignore_index=None`` ignores nothing).
-        check_inputs: validate label range and finiteness (one host sync per call). Skipped
-            under ``torch.compile``; shapes and dtypes are always checked.
-        fused: in eager mode, compute the logit gradient in closed form during the forward pass
-            (measured several times faster than autograd for this many tiny ops). Under
-            ``create_graph=True`` (second-order gradients) its backward differentiates the autograd
-            path instead; ``torch.compile``, ``torch.func`` transforms, forward-mode AD and the meta
-            device always use the plain autograd path (and, where values cannot be read, skip the
-            input checks, as under compile).
+        check_inputs: validate label range and finiteness (a host sync or two per call). Under
+            ``torch.compile`` the fused operator checks class-index targets when the graph runs
+            (soft targets and the unfused path go unchecked there); shapes and dtypes are always checked.
+        fused: compute the logit gradient in closed form during the forward pass (measured several
+            times faster than autograd for this many tiny ops): the ``edloss::fused_loss``
+            operator (``fused_op``), one node under ``torch.compile`` and ``torch.export``. Under
+            ``create_graph=True`` (second-order gradients) its backward differentiates the same
+            function through autograd; ``torch.func`` transforms, forward-mode AD and the meta
+            device use the plain autograd path (and, where values cannot be read, skip the input
+            checks).
         trainable: a pretrained loss is frozen: its network gets no gradient and an optimizer
             over ``model.parameters()`` cannot change it (else a model learns to game its own
             loss). ``trainable=True`` opts in (and turns the fused path off).
@@ -524,9 +526,9 @@ def definition_tensor(cfg: LossNetConfig, scale: float) -> torch.Tensor:
 
 def _values_readable(x: torch.Tensor) -> bool:
     """False where a tensor's values cannot be read: ``torch.compile`` tracing, ``torch.func``
-    transforms (grad, vmap, jacrev, ...) and the meta device. There, as under compile, the input
-    checks (a host sync) are skipped and the plain autograd path replaces the fused one (an
-    ``autograd.Function`` these transforms cannot trace)."""
+    transforms (grad, vmap, jacrev, ...) and the meta device. There the input checks (a host sync)
+    are skipped (under compile the fused operator runs them), and outside compile the plain
+    autograd path replaces the fused one (an operator these transforms have no rules for)."""
     return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or x.device.type == "meta")
 
 
