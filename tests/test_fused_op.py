@@ -25,16 +25,15 @@ GRTOL = 1e-4  # gradients: float32 rounding through the closed form
 
 @pytest.fixture(autouse=True)
 def fresh_state():
-    """Each test starts with the eager kernel, no compiled kernels and no dynamo cache (after 8
-    recompiles of one forward dynamo would silently fall back to eager and test nothing)."""
+    """Each test starts with the eager kernel in eager mode, no recorded fallback and no dynamo
+    cache (after 8 recompiles of one forward dynamo would silently fall back to eager and test
+    nothing). Compiled kernels are kept: they are exact, and compiling each again costs seconds."""
     torch._dynamo.reset()
     fused_op.use_compiled_kernel(False)
     fused_op.KERNEL_FALLBACKS.clear()
-    fused_op._compiled_kernels.clear()
     yield
     fused_op.use_compiled_kernel(False)
     fused_op.KERNEL_FALLBACKS.clear()
-    fused_op._compiled_kernels.clear()
     torch._dynamo.reset()
 
 
@@ -148,10 +147,10 @@ def test_compiled_kernel_matches_autograd_for_every_form(form):
     assert (fused_op.spec_of(cfg), True) in fused_op._compiled_kernels
 
 
-def test_compiled_kernel_inside_torch_compile():
-    fused_op.use_compiled_kernel(True)
+def test_torch_compile_compiles_the_operators_kernel_too(monkeypatch):
+    monkeypatch.setattr(fused_op, "_compiled_kernels", {})
     check_against_reference(torch.compile(EDLLoss.pretrained(reduction="none")), "none", {"reduction": "none"}, (32, 10), {})
-    assert fused_op.KERNEL_FALLBACKS == {}
+    assert fused_op.KERNEL_FALLBACKS == {} and fused_op._compiled_kernels, "the kernel inside the node was compiled"
 
 
 def test_a_kernel_that_cannot_compile_falls_back_to_eager_and_says_why(monkeypatch):
@@ -161,6 +160,7 @@ def test_a_kernel_that_cannot_compile_falls_back_to_eager_and_says_why(monkeypat
         return fails
 
     monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(fused_op, "_compiled_kernels", {})
     fused_op.use_compiled_kernel(True)
     check_against_reference(EDLLoss.pretrained(), "mean", {}, (16, 10), {})
     spec = fused_op.spec_of(EDLLoss.pretrained().net.config)
@@ -168,12 +168,14 @@ def test_a_kernel_that_cannot_compile_falls_back_to_eager_and_says_why(monkeypat
     check_against_reference(EDLLoss.pretrained(), "mean", {}, (16, 10), {})  # not retried: still exact
 
 
-def test_compiled_kernel_serves_few_classes_only():
+def test_compiled_kernel_serves_few_classes_only(monkeypatch):
     """At K = 1000 the eager kernel was measured faster: the compiled one is not even built."""
+    monkeypatch.setattr(fused_op, "_compiled_kernels", {})
     fused_op.use_compiled_kernel(True)
     spec = fused_op.spec_of(LossNetConfig())
     assert fused_op._compiled(spec, True, fused_op.KERNEL_MAX_CLASSES + 1) is None and not fused_op._compiled_kernels
     check_against_reference(EDLLoss.pretrained(), "large-K", {}, (16, 1000), {})
+    check_against_reference(torch.compile(EDLLoss.pretrained(), backend="aot_eager"), "large-K", {}, (16, 1000), {})
     assert not fused_op._compiled_kernels
 
 
@@ -242,6 +244,9 @@ def test_export_sees_one_operator_node():
     modules = [exported.graph_module, *exported.graph_module.modules()]
     calls = [n for m in modules if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes if "edloss.fused_loss" in str(n.target)]
     assert len(calls) == 1
+    node = calls[0]  # compile_kernel: the 10th argument, left out where it is its default (False)
+    compile_kernel = node.args[9] if len(node.args) > 9 else node.kwargs.get("compile_kernel", False)
+    assert compile_kernel is False, "an exported program runs the eager kernel: no compiling where it is deployed"
     torch.testing.assert_close(exported.module()(x, y), model(x, y))
 
 

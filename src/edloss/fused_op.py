@@ -113,9 +113,10 @@ def use_compiled_kernel(enabled: bool = True) -> None:
 KERNEL_MAX_CLASSES = 128
 
 
-def _compiled(spec: str, with_grad: bool, classes: int) -> Callable[..., Any] | None:
-    """The inductor-compiled kernel for one architecture, or None (not asked for, too many classes, or it failed)."""
-    if not _use_compiled or classes > KERNEL_MAX_CLASSES or spec in KERNEL_FALLBACKS:
+def _compiled(spec: str, with_grad: bool, classes: int, asked: bool = False) -> Callable[..., Any] | None:
+    """The inductor-compiled kernel for one architecture, or None (not asked for, too many classes,
+    or it failed). ``asked``: by the caller (a torch.compile'd graph), beside ``use_compiled_kernel``."""
+    if not (_use_compiled or asked) or classes > KERNEL_MAX_CLASSES or spec in KERNEL_FALLBACKS:
         return None
     key = (spec, with_grad)
     if key not in _compiled_kernels:
@@ -129,10 +130,10 @@ def _compiled(spec: str, with_grad: bool, classes: int) -> Callable[..., Any] | 
 
 
 def run_kernel(x: Tensor, target: Tensor, packed: Tensor, parts: list[Tensor] | None, scale: float, spec: str,
-               with_grad: bool) -> tuple[Any, ...]:
+               with_grad: bool, compile_kernel: bool = False) -> tuple[Any, ...]:
     """``closed_form_math``, compiled where asked for and possible, else eager (on ``parts``, the
     packed plan's views, where the caller has them cached)."""
-    compiled = _compiled(spec, with_grad, x.shape[1])
+    compiled = _compiled(spec, with_grad, x.shape[1], compile_kernel)
     if compiled is not None:
         try:
             return compiled(x, target, packed, scale)
@@ -162,14 +163,15 @@ def check_at_run_time(x: Tensor, target: Tensor, ignore_index: int | None) -> No
 # ---------------------------------------------------------------------- the operator
 @torch.library.custom_op(OP, mutates_args=())
 def fused_loss(x: Tensor, target: Tensor, plan: Tensor, scale: float, spec: str, reduce: bool, with_grad: bool,
-               check_target: Tensor | None, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
+               check_target: Tensor | None, ignore_index: int | None, compile_kernel: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(loss per row (M,) or its sum (), d loss / d x (M, C) (empty without ``with_grad``), log p_y (M,)).
 
-    ``check_target``: the targets as given (ignored ones included), validated here at run time."""
+    ``check_target``: the targets as given (ignored ones included), validated here at run time.
+    ``compile_kernel``: run the inductor-compiled kernel (where it serves: ``KERNEL_MAX_CLASSES``)."""
     checking = check_target is not None and not (x.is_cuda and torch.cuda.is_current_stream_capturing())  # no syncs in a CUDA graph
     if checking:
         check_at_run_time(x, check_target, ignore_index)
-    loss, grad, logp_y = run_kernel(x, target, plan, None, scale, spec, with_grad)
+    loss, grad, logp_y = run_kernel(x, target, plan, None, scale, spec, with_grad, compile_kernel)
     if checking:  # a -inf target logit: an infinite loss, named as in eager
         from edloss.loss import _check_finite
 
@@ -179,7 +181,7 @@ def fused_loss(x: Tensor, target: Tensor, plan: Tensor, scale: float, spec: str,
 
 @fused_loss.register_fake
 def _(x: Tensor, target: Tensor, plan: Tensor, scale: float, spec: str, reduce: bool, with_grad: bool,
-      check_target: Tensor | None, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
+      check_target: Tensor | None, ignore_index: int | None, compile_kernel: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     loss = x.new_empty(()) if reduce else x.new_empty(x.shape[0])
     return loss, (torch.empty_like(x) if with_grad else x.new_empty(0)), x.new_empty(x.shape[0])
 
@@ -203,7 +205,7 @@ def backward_formula(grad: Tensor, x: Tensor, target: Tensor, plan: Tensor, scal
 
 def _backward(ctx: Any, grad_loss: Tensor, _grad: Tensor, _logp_y: Tensor) -> tuple[Tensor | None, ...]:
     grad, x, target, plan = ctx.saved_tensors
-    return backward_formula(grad, x, target, plan, ctx.scale, ctx.spec, ctx.reduce, grad_loss), None, None, None, None, None, None, None, None
+    return backward_formula(grad, x, target, plan, ctx.scale, ctx.spec, ctx.reduce, grad_loss), *([None] * 9)
 
 
 fused_loss.register_autograd(_backward, setup_context=_setup_context)
@@ -242,11 +244,13 @@ def fused_losses(x: Tensor, target: Tensor, net: LossNet, scale: float, reduce: 
     """(sum over rows of scale * l(p, y), or the rows (M,)) with the closed-form gradient attached, and log p_y (M,).
 
     Under ``torch.compile`` this is one ``edloss::fused_loss`` node (``check_target`` is then
-    validated inside it, at run time); in eager the same kernel runs directly."""
+    validated inside it, at run time) whose kernel is compiled too (who compiles expects seconds
+    of compiling; not under ``torch.export``, whose program may run anywhere); in eager the same
+    kernel runs directly."""
     if torch.compiler.is_compiling():  # traced ops fold the network: no cache can be read here
         plan = pack(fold(net.effective(x.dtype), net.config))
         loss, _, logp_y = torch.ops.edloss.fused_loss(x, target, plan, scale, spec_of(net.config), reduce, x.requires_grad,
-                                                      check_target, ignore_index)
+                                                      check_target, ignore_index, not torch.compiler.is_exporting())
         return loss, logp_y
     spec, packed = _spec_cached(net), packed_plan(net, x.dtype, x.device)
     parts = plan_for(net, x.dtype, x.device)
