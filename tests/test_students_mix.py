@@ -23,6 +23,7 @@ CHEAP_MIX = ("gaussian-default", "gaussian-lr0.1")  # presets that leave TINY's 
     ({"mix": ("gaussian-nope",)}, "unknown world 'gaussian-nope'"),
     ({"select": ("images-short",)}, "unknown world 'images-short'"),
     ({"mix": ("gaussian-long", "gaussian-long")}, "twice"),
+    ({"combine": "median"}, "combine"),
 ])
 def test_a_mixture_naming_an_unknown_or_repeated_world_is_refused(knobs, message):
     with pytest.raises(ValueError, match=message):
@@ -110,3 +111,14 @@ def test_world_check_of_a_mixture_is_the_mean_of_its_worlds(tmp_path):
         singles = [p["rows"][i]["fitness"] for p in parts]
         assert row["fitness"] == pytest.approx(sum(singles) / 2, abs=1e-12)
         assert row["fitness@gaussian-default"] == pytest.approx(singles[0], abs=1e-12)
+
+
+def test_a_min_mixture_scores_each_individual_by_its_worst_world():
+    cfg = replace(TINY, mix=CHEAP_MIX, combine="min")
+    tasks = sample_worlds(cfg, torch.Generator().manual_seed(1))
+    shipped = EDLLoss.pretrained()
+    theta = torch.stack([shipped.net.flat().detach(), shipped.net.flat().detach() * 1.1])
+    worst = evaluate_worlds(theta, shipped.net.config, tasks, cfg)
+    mean = evaluate_worlds(theta, shipped.net.config, tasks, replace(cfg, combine="mean"))
+    per_world = torch.stack([worst[f"fitness@{name}"] for name in CHEAP_MIX])
+    assert torch.equal(worst["fitness"], per_world.min(0).values) and torch.equal(worst["accuracy"], mean["accuracy"])

@@ -304,7 +304,7 @@ def export_candidates(cfg: PretrainConfig, candidates: torch.Tensor, heldout: An
         return export_best(cfg, candidates, heldout, out, command, wall_seconds, summary_extra=summary_extra, **kwargs)
     if cfg.start:  # the start competes too: a search that found nothing better on the selection worlds exports its start
         candidates = torch.cat([candidates, start_parameters(cfg)[None]])
-    world = students.evaluate_heldout_worlds(candidates, cfg.lossnet, heldout)
+    world = students.evaluate_heldout_worlds(candidates, cfg.lossnet, heldout, cfg.world.combine)
     best = int(torch.argmax(world["fitness"]))
     chosen = {"world_heldout": {name: float(value[best]) for name, value in world.items()}}
     if cfg.start:
@@ -326,7 +326,7 @@ def generation_row(cfg: PretrainConfig, t: int, sigma: float, batches: list, the
     if t % cfg.heldout_every == 0 or t == cfg.es.generations - 1:
         best = theta[int(torch.argmax(metrics["fitness"]))][None]
         if cfg.students:
-            scores = students.evaluate_heldout_worlds(best, cfg.lossnet, heldout)
+            scores = students.evaluate_heldout_worlds(best, cfg.lossnet, heldout, cfg.world.combine)
         else:
             scores = evaluate(population_penalty(best, cfg.lossnet), 1, heldout, cfg.objective, all_metrics=True)
         row.update(summarise(scores, "heldout_"))

@@ -45,6 +45,7 @@ from edloss.lossnet import LossNetConfig
 
 FAMILIES = ("gaussian", "images")
 NOISE_KINDS = ("symmetric", "pair")
+COMBINE = ("mean", "min")
 IMAGE_SIZE = 12
 ECE_BINS = 15
 
@@ -93,12 +94,15 @@ class WorldConfig:
     ece_weight: float = 0.0  # fitness += ece_weight * (CE students' ECE - this loss's)
     mix: tuple[str, ...] = ()  # PRESETS applied on top of these knobs; the fitness is their mean. () = this world alone
     select: tuple[str, ...] = ()  # PRESETS held out from the search: the held-out set that picks the exported loss. () = the mix
+    combine: str = "mean"  # a mixture's fitness: "mean" over its worlds, or "min": the worst world's (a loss must help in every one)
 
     def __post_init__(self) -> None:
         """Each knob is checked here, naming it and its valid range, before any student trains."""
         check_fields(self)
         if self.family not in FAMILIES:
             raise ValueError(f"world.family must be one of {FAMILIES}, got {self.family!r}")
+        if self.combine not in COMBINE:
+            raise ValueError(f"world.combine must be one of {COMBINE}, got {self.combine!r}")
         if self.noise_kind not in NOISE_KINDS:
             raise ValueError(f"world.noise_kind must be one of {NOISE_KINDS}, got {self.noise_kind!r}")
         lo, hi = self.classes
@@ -464,18 +468,21 @@ def sample_worlds(cfg: WorldConfig, gen: torch.Generator) -> list[Tasks]:
     return [sample_tasks(world, gen) for _, world in variants(cfg)]
 
 
-def mean_metrics(per_world: list[tuple[str, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
-    """Each metric averaged over the worlds; with several, each world's fitness beside (``fitness@NAME``)."""
+def mean_metrics(per_world: list[tuple[str, dict[str, torch.Tensor]]], combine: str = "mean") -> dict[str, torch.Tensor]:
+    """Each metric averaged over the worlds, the fitness combined as ``combine`` says ("min": each
+    individual's worst world); with several worlds, each one's fitness beside (``fitness@NAME``)."""
     if len(per_world) == 1:
         return per_world[0][1]
     out = {key: torch.stack([m[key] for _, m in per_world]).mean(0) for key in per_world[0][1]}
+    if combine == "min":
+        out["fitness"] = torch.stack([m["fitness"] for _, m in per_world]).min(0).values
     out.update({f"fitness@{name}": m["fitness"] for name, m in per_world})
     return out
 
 
 def evaluate_worlds(theta: torch.Tensor, net: LossNetConfig, tasks: list[Tasks], cfg: WorldConfig) -> dict[str, torch.Tensor]:
     """``evaluate_population`` in every world of the mixture; the fitness is the mean over worlds."""
-    return mean_metrics([(name, evaluate_population(theta, net, t, world)) for (name, world), t in zip(variants(cfg), tasks)])
+    return mean_metrics([(name, evaluate_population(theta, net, t, world)) for (name, world), t in zip(variants(cfg), tasks)], cfg.combine)
 
 
 def heldout_worlds(cfg: WorldConfig, seed: int) -> list[tuple[str, WorldConfig, Heldout]]:
@@ -483,6 +490,7 @@ def heldout_worlds(cfg: WorldConfig, seed: int) -> list[tuple[str, WorldConfig, 
     return [(name, world, heldout_tasks(world, seed + i)) for i, (name, world) in enumerate(variants(cfg, cfg.select or cfg.mix))]
 
 
-def evaluate_heldout_worlds(theta: torch.Tensor, net: LossNetConfig, heldout: list[tuple[str, WorldConfig, Heldout]]) -> dict[str, torch.Tensor]:
-    """World metrics of each individual on the held-out tasks of every selection world, averaged."""
-    return mean_metrics([(name, evaluate_heldout(theta, net, h, world)) for name, world, h in heldout])
+def evaluate_heldout_worlds(theta: torch.Tensor, net: LossNetConfig, heldout: list[tuple[str, WorldConfig, Heldout]],
+                            combine: str = "mean") -> dict[str, torch.Tensor]:
+    """World metrics of each individual on the held-out tasks of every selection world, combined as the search's."""
+    return mean_metrics([(name, evaluate_heldout(theta, net, h, world)) for name, world, h in heldout], combine)
