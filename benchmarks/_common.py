@@ -56,3 +56,20 @@ def write_results(name: str, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+class WithKernel:
+    """A loss whose fused calls run EDL's inductor-compiled kernel (compiled on the first call per shape
+    family). A plain callable, so ``torch.compile`` compiles the loss inside and the switch stays outside."""
+
+    def __init__(self, loss: Callable) -> None:
+        self.loss = loss
+
+    def __call__(self, logits, target):
+        from edloss import fused_op
+
+        fused_op.use_compiled_kernel(True)
+        try:
+            return self.loss(logits, target)
+        finally:
+            fused_op.use_compiled_kernel(False)

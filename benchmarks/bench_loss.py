@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import best_time, print_table, write_results  # noqa: E402
+from _common import WithKernel, best_time, print_table, write_results  # noqa: E402
 
 from edloss import EDLLoss, fused_op  # noqa: E402
 from edloss.fused import closed_form_math, plan_for  # noqa: E402
@@ -52,21 +52,6 @@ def fwd_bwd(loss_fn, n: int, k: int, seed: int = 0):
         loss_fn(logits, target).backward()
 
     return step
-
-
-class WithKernel:
-    """A loss whose fused calls run the inductor-compiled kernel (compiled on the first call per shape
-    family). A plain callable, so ``torch.compile`` compiles the loss inside and the switch stays outside."""
-
-    def __init__(self, loss) -> None:
-        self.loss = loss
-
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        fused_op.use_compiled_kernel(True)
-        try:
-            return self.loss(logits, target)
-        finally:
-            fused_op.use_compiled_kernel(False)
 
 
 def breakdown(loss: EDLLoss, n: int = 512, k: int = 10) -> list[dict]:

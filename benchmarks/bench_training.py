@@ -26,6 +26,7 @@ bench_training_overhead.json) and prints tables.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -44,7 +45,7 @@ from edloss.lab.data import BatchLoader, channel_stats, load_batch
 from edloss.lab.models import build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import repo_relative  # noqa: E402
+from _common import WithKernel, repo_relative  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "bench_training.json"
@@ -135,9 +136,11 @@ class StepBench:
                                    weight_decay=5e-4)
         self.source, self.loss_fn = source, loss_fn
 
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model(x), y)
+
     def step(self) -> None:
-        x, y = next(self.source)
-        loss = self.loss_fn(self.model(x), y)
+        loss = self.loss(*next(self.source))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -219,44 +222,16 @@ def overhead_workloads() -> dict[str, tuple[Callable[[], nn.Module], list, int]]
     }
 
 
-class WithKernel(nn.Module):
-    """EDL with the inductor-compiled kernel switched on for its calls."""
-
-    def __init__(self, loss: nn.Module) -> None:
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from edloss import fused_op
-
-        fused_op.use_compiled_kernel(True)
-        try:
-            return self.loss(logits, target)
-        finally:
-            fused_op.use_compiled_kernel(False)
-
-
-class Trainer:
+class Trainer(StepBench):
     """One model + SGD + loss over a cycle of fixed batches; logits flattened to (rows, K)."""
 
-    def __init__(self, make: Callable[[], nn.Module], batches: list, k: int, loss_fn: nn.Module) -> None:
+    def __init__(self, make: Callable[[], nn.Module], batches: list, k: int, loss_fn: Callable) -> None:
         torch.manual_seed(0)
-        self.model, self.batches, self.k, self.loss_fn, self.i = make(), batches, k, loss_fn, 0
+        self.model, self.source, self.k, self.loss_fn = make(), itertools.cycle(batches), k, loss_fn
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
 
-    def step(self) -> None:
-        x, y = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        loss = self.loss_fn(self.model(x).reshape(-1, self.k), y.reshape(-1))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-
-    def time(self, steps: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            self.step()
-        return (time.perf_counter() - t0) / steps
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model(x).reshape(-1, self.k), y.reshape(-1))
 
 
 def overhead_table(rounds: int, steps: int, warmup: int) -> list[dict]:
