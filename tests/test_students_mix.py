@@ -122,3 +122,12 @@ def test_a_min_mixture_scores_each_individual_by_its_worst_world():
     mean = evaluate_worlds(theta, shipped.net.config, tasks, replace(cfg, combine="mean"))
     per_world = torch.stack([worst[f"fitness@{name}"] for name in CHEAP_MIX])
     assert torch.equal(worst["fitness"], per_world.min(0).values) and torch.equal(worst["accuracy"], mean["accuracy"])
+
+
+def test_world_check_of_a_min_mixture_scores_each_arm_by_its_worst_world(tmp_path):
+    from edloss.lab.world import world_check
+
+    cfg = replace(TINY, mix=CHEAP_MIX, combine="min")
+    result = world_check(cfg, ["noise-0.6"], tmp_path, repeats=1, with_ranking=False, progress=False)
+    for row in result["rows"]:
+        assert row["fitness"] == min(row[f"fitness@{name}"] for name in CHEAP_MIX)

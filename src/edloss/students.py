@@ -56,7 +56,7 @@ GroupLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # Named worlds (knobs changed from WorldConfig's defaults), the grid ``benchmarks/world_grid.py``
-# checked against CIFAR; ``world.mix`` averages several, so a loss must help in all of them.
+# checked against CIFAR; ``world.mix`` scores a loss in several (their mean, or the worst with ``combine = "min"``).
 PRESETS: dict[str, dict[str, Any]] = {
     "gaussian-default": {"family": "gaussian"},  # underfits, as ResNet-20 does in 8 epochs
     "gaussian-long": {"family": "gaussian", "steps": 400},  # fits further: memorisation under noise shows
@@ -468,7 +468,7 @@ def sample_worlds(cfg: WorldConfig, gen: torch.Generator) -> list[Tasks]:
     return [sample_tasks(world, gen) for _, world in variants(cfg)]
 
 
-def mean_metrics(per_world: list[tuple[str, dict[str, torch.Tensor]]], combine: str = "mean") -> dict[str, torch.Tensor]:
+def combine_metrics(per_world: list[tuple[str, dict[str, torch.Tensor]]], combine: str = "mean") -> dict[str, torch.Tensor]:
     """Each metric averaged over the worlds, the fitness combined as ``combine`` says ("min": each
     individual's worst world); with several worlds, each one's fitness beside (``fitness@NAME``)."""
     if len(per_world) == 1:
@@ -481,8 +481,8 @@ def mean_metrics(per_world: list[tuple[str, dict[str, torch.Tensor]]], combine: 
 
 
 def evaluate_worlds(theta: torch.Tensor, net: LossNetConfig, tasks: list[Tasks], cfg: WorldConfig) -> dict[str, torch.Tensor]:
-    """``evaluate_population`` in every world of the mixture; the fitness is the mean over worlds."""
-    return mean_metrics([(name, evaluate_population(theta, net, t, world)) for (name, world), t in zip(variants(cfg), tasks)], cfg.combine)
+    """``evaluate_population`` in every world of the mixture, combined as ``cfg.combine`` says."""
+    return combine_metrics([(name, evaluate_population(theta, net, t, world)) for (name, world), t in zip(variants(cfg), tasks)], cfg.combine)
 
 
 def heldout_worlds(cfg: WorldConfig, seed: int) -> list[tuple[str, WorldConfig, Heldout]]:
@@ -493,4 +493,4 @@ def heldout_worlds(cfg: WorldConfig, seed: int) -> list[tuple[str, WorldConfig, 
 def evaluate_heldout_worlds(theta: torch.Tensor, net: LossNetConfig, heldout: list[tuple[str, WorldConfig, Heldout]],
                             combine: str = "mean") -> dict[str, torch.Tensor]:
     """World metrics of each individual on the held-out tasks of every selection world, combined as the search's."""
-    return mean_metrics([(name, evaluate_heldout(theta, net, h, world)) for name, world, h in heldout], combine)
+    return combine_metrics([(name, evaluate_heldout(theta, net, h, world)) for name, world, h in heldout], combine)

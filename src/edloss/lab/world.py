@@ -34,7 +34,7 @@ import torch
 
 from edloss.configs import from_dict, load_file, to_dict, versions
 from edloss.files import append_jsonl, atomic_write_json, check_output_path, read_jsonl
-from edloss.students import WorldConfig, reference_results, sample_tasks, score_module, variants
+from edloss.students import WorldConfig, combine_metrics, reference_results, sample_tasks, score_module, variants
 
 REGIMES = {"clean": 0.0, "noise-0.4": 0.4, "noise-0.6": 0.6}
 PANEL_SEED = 20261205  # the tasks the panel is scored on: the same for every loss and every world
@@ -154,7 +154,7 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
                  done: dict[str, dict[str, Any]] | None = None, record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Every arm of the regime scored in the world (the regime's noise rate set in it): mean over
     ``repeats`` draws of ``world.tasks`` tasks, the same draws for every arm (a mixture: over every
-    world of ``world.mix``, each drawn as it is alone, so its score is the mean of theirs). Arms in ``done``
+    world of ``world.mix``, each drawn as it is alone, and combined as the search combines them). Arms in ``done``
     (rows of an interrupted check of the same world) are kept; each new row goes to ``record``."""
     cfg = replace(world, label_noise=REGIMES[regime])
     done = done or {}
@@ -176,11 +176,7 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
         start = time.perf_counter()
         scores = [score_module(module, tasks, world, ref) for _, world, tasks, ref in draws]
         row = {"regime": regime, "label": arm.label, "spec": arm.spec, "cifar": arm.cifar, "cifar_std": arm.std, "cifar_seeds": arm.seeds,
-               **{k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}, "seconds": time.perf_counter() - start}
-        if cfg.mix:  # each world's score beside the mixture's (every world has the same number of draws)
-            for name in cfg.mix:
-                mine = [s["fitness"] for (n, *_), s in zip(draws, scores) if n == name]
-                row[f"fitness@{name}"] = sum(mine) / len(mine)
+               **combined_scores(cfg, draws, scores), "seconds": time.perf_counter() - start}
         if with_ranking:
             row["ranking_fitness"] = ranking_fitness(module, REGIMES[regime])
         if progress:
@@ -190,6 +186,16 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
         if record is not None:
             record(row)
     return rows
+
+
+def combined_scores(cfg: WorldConfig, draws: list[tuple[Any, ...]], scores: list[dict[str, float]]) -> dict[str, float]:
+    """Each world's scores averaged over its draws, then combined as the search combines them
+    (``students.combine_metrics``: the mean over worlds, or the worst with ``combine = "min"``)."""
+    per_world = []
+    for name, _ in variants(cfg):
+        mine = [s for (n, *_), s in zip(draws, scores) if n == name]
+        per_world.append((name, {k: torch.tensor([sum(s[k] for s in mine) / len(mine)], dtype=torch.float64) for k in mine[0]}))
+    return {k: float(v[0]) for k, v in combine_metrics(per_world, cfg.combine).items()}
 
 
 def correlations(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
