@@ -210,6 +210,21 @@ def test_world_check_scores_the_panel_and_resumes_from_its_rows(tmp_path):
     assert (tmp_path / "world_check.png").is_file()
 
 
+def test_world_check_long_tail_tells_the_prior_losses_the_world_counts(tmp_path):
+    """In the long-tail regime the world is imbalanced and the losses that read class counts hear the
+    tasks' counts: balanced softmax and logit adjustment (tau = 1) are one function and score alike,
+    both differ from CE, and CE scores 0 against its own students."""
+    from edloss.lab.world import REGIMES, world_check
+
+    world = replace(TINY, tasks=2, points_per_class=120)
+    result = world_check(world, ["longtail-100"], tmp_path, repeats=1, with_ranking=False, progress=False)
+    assert result["world"]["imbalance"] == 1.0 and REGIMES["longtail-100"]["imbalance"] == 100  # the regime sets it, not the user's world
+    by = {r["label"]: r["fitness"] for r in result["rows"]}
+    assert by["ce"] == pytest.approx(0, abs=1e-9)
+    assert by["balanced_softmax"] == pytest.approx(by["logit_adjusted"], abs=1e-6)
+    assert by["logit_adjusted"] != pytest.approx(0, abs=1e-4)
+
+
 def test_every_panel_loss_ships_with_the_lab():
     from edloss.lab.world import PANEL, available
 

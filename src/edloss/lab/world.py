@@ -36,13 +36,18 @@ from edloss.configs import from_dict, load_file, to_dict, versions
 from edloss.files import append_jsonl, atomic_write_json, check_output_path, read_jsonl
 from edloss.students import WorldConfig, combine_metrics, reference_results, sample_tasks, score_module, variants
 
-REGIMES = {"clean": 0.0, "noise-0.4": 0.4, "noise-0.6": 0.6}
+REGIMES: dict[str, dict[str, Any]] = {  # each regime's knobs, set in the world before its panel is scored
+    "clean": {"label_noise": 0.0},
+    "noise-0.4": {"label_noise": 0.4},
+    "noise-0.6": {"label_noise": 0.6},
+    "longtail-100": {"label_noise": 0.0, "imbalance": 100.0},  # exponential profile, balanced test: balanced accuracy
+}
 PANEL_SEED = 20261205  # the tasks the panel is scored on: the same for every loss and every world
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One loss with its recorded CIFAR-10 result (ResNet-20, the regime's recipe)."""
+    """One loss with its recorded CIFAR-10 result (the regime's recipe: ResNet-20; ResNet-32 for the long tail)."""
 
     label: str
     spec: str  # a registry spec; "{panel}" stands for the lab's panel folder (PANEL_DIR)
@@ -56,6 +61,7 @@ CLEAN = "cifar10-resnet20 (8k images, 8 epochs)"
 V4GRID = "cifar10-resnet20-v4-grid (same recipe, 10 seeds)"
 N04 = "noise-cifar10-eta0.4 (3k images, 15 epochs, no augmentation)"
 N06 = "noise-cifar10-eta0.6 (same recipe)"
+LT100 = "longtail/cifar10-rho100 (CIFAR-10-LT rho 100, ResNet-32, 5 epochs, balanced test accuracy)"
 EVOLVED = "students/cifar (the regime's recipe, seeds 0-2): losses the search found in a world"
 PANEL: dict[str, list[Arm]] = {
     "clean": [
@@ -97,6 +103,18 @@ PANEL: dict[str, list[Arm]] = {
         Arm("edl-v4", "edl", 23.03, 3.97, 3, N06),
         Arm("edl-noise-tv-k10", "edl:noise_rate=0.6,num_classes=10", 28.65, 0.64, 3, N06),
     ],
+    # The losses that read the class counts are told the world's (per task, as the trainer tells them
+    # CIFAR's). LDAM-DRW is left out: its CIFAR arm trains a cosine head of scale 30 and re-weights
+    # by epoch, neither of which a students world has.
+    "longtail-100": [
+        Arm("ce", "ce", 26.88, 0.26, 2, LT100),
+        Arm("poly1", "poly1", 26.02, 1.21, 2, LT100),
+        Arm("edl-v4", "edl", 26.91, 0.71, 2, LT100),
+        Arm("edl-prior", "edl:prior_aware=true", 30.58, 2.35, 2, LT100),
+        Arm("logit_adjusted", "logit_adjusted", 33.70, 2.34, 2, LT100),
+        Arm("balanced_softmax", "balanced_softmax", 32.57, 4.51, 2, LT100),
+        Arm("cb_ce", "cb_ce", 39.02, 0.0, 1, LT100),
+    ],
 }
 PANEL_DIR = Path(__file__).with_name("panel")  # losses that no longer ship (benchmarks/panel_losses.py wrote them)
 
@@ -122,6 +140,16 @@ def available(arm: Arm, panel_dir: Path = PANEL_DIR) -> bool:
     if "{panel}" not in arm.spec:
         return True
     return (Path(arm.spec.split(":", 1)[1].replace("{panel}", str(panel_dir))) / "loss.json").is_file()
+
+
+def told_counts(module: torch.nn.Module, tasks: Any) -> torch.nn.Module:
+    """A loss that reads the class counts (logit adjustment, balanced softmax, the prior-aware EDL, ...)
+    told the training counts of ``tasks`` (None: ten equal classes, what the ranking objective sees),
+    as ``edloss train`` tells it CIFAR's; other losses unchanged."""
+    if hasattr(module, "set_class_counts"):
+        counts = [1] * 10 if tasks is None else torch.bincount(tasks.y_clean[0], minlength=tasks.num_classes).tolist()
+        module.set_class_counts(counts)
+    return module
 
 
 def ranking_fitness(module: torch.nn.Module, label_noise: float) -> float:
@@ -156,7 +184,7 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
     ``repeats`` draws of ``world.tasks`` tasks, the same draws for every arm (a mixture: over every
     world of ``world.mix``, each drawn as it is alone, and combined as the search combines them). Arms in ``done``
     (rows of an interrupted check of the same world) are kept; each new row goes to ``record``."""
-    cfg = replace(world, label_noise=REGIMES[regime])
+    cfg = replace(world, **REGIMES[regime])
     done = done or {}
     draws: list[tuple[Any, Any]] = []
     rows = []
@@ -174,11 +202,11 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
                     draws.append((name, world, tasks, reference_results(tasks, world)))
         module = build_panel_loss(arm)
         start = time.perf_counter()
-        scores = [score_module(module, tasks, world, ref) for _, world, tasks, ref in draws]
+        scores = [score_module(told_counts(module, tasks), tasks, world, ref) for _, world, tasks, ref in draws]
         row = {"regime": regime, "label": arm.label, "spec": arm.spec, "cifar": arm.cifar, "cifar_std": arm.std, "cifar_seeds": arm.seeds,
                **combined_scores(cfg, draws, scores), "seconds": time.perf_counter() - start}
         if with_ranking:
-            row["ranking_fitness"] = ranking_fitness(module, REGIMES[regime])
+            row["ranking_fitness"] = ranking_fitness(told_counts(module, None), REGIMES[regime]["label_noise"])
         if progress:
             print(f"  {regime:10s} {arm.label:18s} world {100 * row['fitness']:+7.2f}  CIFAR {arm.cifar:6.2f}"
                   + (f"  ranking {row['ranking_fitness']:.4f}" if with_ranking else ""), file=sys.stderr)
