@@ -137,9 +137,12 @@ def build_panel_loss(arm: Arm, panel_dir: Path = PANEL_DIR) -> torch.nn.Module:
 
 def available(arm: Arm, panel_dir: Path = PANEL_DIR) -> bool:
     """Whether the arm's loss is at hand (a panel file may be missing from a partial checkout)."""
+    from edloss.lab.losses import parse_loss_spec
+
     if "{panel}" not in arm.spec:
         return True
-    return (Path(arm.spec.split(":", 1)[1].replace("{panel}", str(panel_dir))) / "loss.json").is_file()
+    _, options = parse_loss_spec(arm.spec.replace("{panel}", str(panel_dir)))
+    return (Path(options["checkpoint"]) / "loss.json").is_file()
 
 
 def told_counts(module: torch.nn.Module, tasks: Any) -> torch.nn.Module:
