@@ -210,6 +210,27 @@ def test_world_check_scores_the_panel_and_resumes_from_its_rows(tmp_path):
     assert (tmp_path / "world_check.png").is_file()
 
 
+def test_a_resumed_world_check_uses_the_panels_cifar_record_and_rescores_a_changed_loss(tmp_path, monkeypatch):
+    """Rows of an earlier check keep their world score, never their CIFAR number (seeds land later
+    and move the means), and an arm whose loss changed under the same label is scored again."""
+    from edloss.lab import world as world_module
+
+    world = replace(TINY, tasks=2)
+    first = world_module.world_check(world, ["noise-0.6"], tmp_path, repeats=1, with_ranking=False, progress=False)
+    arms = list(world_module.PANEL["noise-0.6"])
+    i = next(j for j, a in enumerate(arms) if a.label == "gce")
+    arms[i] = replace(arms[i], cifar=99.0, std=0.5, seeds=7)
+    j = next(j for j, a in enumerate(arms) if a.label == "mae")
+    arms[j] = replace(arms[j], spec="ce")  # the same label, another loss: CE against its own students scores 0
+    monkeypatch.setitem(world_module.PANEL, "noise-0.6", arms)
+    again = world_module.world_check(world, ["noise-0.6"], tmp_path, repeats=1, with_ranking=False, progress=False)
+    before = {r["label"]: r for r in first["rows"]}
+    after = {r["label"]: r for r in again["rows"]}
+    assert (after["gce"]["cifar"], after["gce"]["cifar_std"], after["gce"]["cifar_seeds"]) == (99.0, 0.5, 7)
+    assert after["gce"]["fitness"] == before["gce"]["fitness"]
+    assert before["mae"]["fitness"] != pytest.approx(0, abs=1e-4) and after["mae"]["fitness"] == pytest.approx(0, abs=1e-9)
+
+
 def test_world_check_long_tail_tells_the_prior_losses_the_world_counts(tmp_path):
     """In the long-tail regime the world is imbalanced and the losses that read class counts hear the
     tasks' counts: balanced softmax and logit adjustment (tau = 1) are one function and score alike,
