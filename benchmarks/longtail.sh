@@ -23,7 +23,7 @@ case "$SUITE" in
             --versus edl-students-lt ldam_drw --versus edl-prior logit_adjusted) ;;
   cifar10-rho10) DATASET=cifar10; RHO=10; DATA=../shared/data; SEEDS=(${SEEDS:-0})
     A=(ce edl edl-prior=edl:prior_aware=true logit_adjusted)
-    B=(balanced_softmax ldam_drw cb_ce edl-longtail=edl:name=longtail,prior_aware=true)
+    B=(balanced_softmax ldam_drw cb_ce edl-longtail=edl:name=longtail-k10,prior_aware=true)
     VERSUS=(--versus edl-longtail edl-prior --versus edl-longtail logit_adjusted --versus edl-longtail ldam_drw) ;;
   *) echo "unknown suite $SUITE: cifar10-rho100, cifar100-rho100 or cifar10-rho10" >&2; exit 2 ;;
 esac

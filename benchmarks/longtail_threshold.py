@@ -8,6 +8,7 @@ loss told the tasks' counts; score = balanced test accuracy of its students minu
 (points). Prints a table and writes JSON (atomically; reruns resume from it).
 
     python benchmarks/longtail_threshold.py --out docs/figures/longtail/threshold.json --threads 1
+    python benchmarks/longtail_threshold.py --classes 100 --imbalances 10 100 --repeats 2   # does K matter?
 """
 
 from __future__ import annotations
@@ -41,17 +42,20 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/figures/longtail/threshold.json"))
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--classes", type=int, default=10, help="K of every task (the losses were evolved at 10)")
+    ap.add_argument("--imbalances", type=float, nargs="+", default=list(IMBALANCES))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     done = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
     rows = list(done)
-    seen = {(r["world"], r["imbalance"], r["loss"]) for r in rows}
+    seen = {(r["world"], r.get("classes", 10), r["imbalance"], r["loss"]) for r in rows}
     for world_name in WORLDS:
-        for rho in IMBALANCES:
-            todo = [name for name in LOSSES if (world_name, rho, name) not in seen]
+        for rho in args.imbalances:
+            todo = [name for name in LOSSES if (world_name, args.classes, rho, name) not in seen]
             if not todo:
                 continue
-            cfg = replace(WorldConfig(), **PRESETS[world_name], imbalance=rho, label_noise=0.0)
+            cfg = replace(WorldConfig(), **PRESETS[world_name], imbalance=rho, label_noise=0.0,
+                          classes=(args.classes, args.classes))
             draws = []
             for r in range(args.repeats):
                 tasks = sample_tasks(cfg, torch.Generator().manual_seed(PANEL_SEED + r))
@@ -60,10 +64,10 @@ def main() -> int:
                 module = build_panel_loss(Arm(name, LOSSES[name], 0.0, 0.0, 0, ""), PANEL_DIR)
                 start = time.perf_counter()
                 scores = [score_module(told_counts(module, t), t, cfg, ref)["accuracy_delta"] for t, ref in draws]
-                row = {"world": world_name, "imbalance": rho, "loss": name, "spec": LOSSES[name],
+                row = {"world": world_name, "classes": args.classes, "imbalance": rho, "loss": name, "spec": LOSSES[name],
                        "score": 100 * sum(scores) / len(scores), "draws": [100 * s for s in scores],
                        "seconds": time.perf_counter() - start}
-                print(f"{world_name:17s} rho {rho:5g}  {name:38s} {row['score']:+6.2f}", file=sys.stderr, flush=True)
+                print(f"{world_name:17s} K {args.classes} rho {rho:5g}  {name:38s} {row['score']:+6.2f}", file=sys.stderr, flush=True)
                 rows.append(row)
                 atomic_write_json(args.out, {"tasks": WorldConfig().tasks, "repeats": args.repeats, "panel_seed": PANEL_SEED,
                                              "torch": torch.__version__, "rows": rows})
@@ -73,12 +77,15 @@ def main() -> int:
 
 def print_table(rows: list[dict]) -> None:
     for world_name in WORLDS:
-        print(f"\n{world_name}: balanced accuracy of the students minus CE's (points)")
-        print("| loss | " + " | ".join(f"rho {r:g}" for r in IMBALANCES) + " |")
-        print("|---|" + "---|" * len(IMBALANCES))
-        for name in LOSSES:
-            cells = {r["imbalance"]: r["score"] for r in rows if r["world"] == world_name and r["loss"] == name}
-            print(f"| {name} | " + " | ".join(f"{cells[r]:+.2f}" if r in cells else "—" for r in IMBALANCES) + " |")
+        for k in sorted({r.get("classes", 10) for r in rows}):
+            mine = [r for r in rows if r["world"] == world_name and r.get("classes", 10) == k]
+            rhos = sorted({r["imbalance"] for r in mine})
+            print(f"\n{world_name}, K = {k}: balanced accuracy of the students minus CE's (points)")
+            print("| loss | " + " | ".join(f"rho {r:g}" for r in rhos) + " |")
+            print("|---|" + "---|" * len(rhos))
+            for name in LOSSES:
+                cells = {r["imbalance"]: r["score"] for r in mine if r["loss"] == name}
+                print(f"| {name} | " + " | ".join(f"{cells[r]:+.2f}" if r in cells else "—" for r in rhos) + " |")
 
 
 if __name__ == "__main__":

@@ -65,8 +65,9 @@ def test_monotone_form_is_monotone_everywhere(k, margin, spread, seed, activatio
     assert_monotone_gradient(random_monotone(seed % 5, activation, tuple(features), form), logits, target)
 
 
-def test_shipped_default_is_monotone_and_gives_hopeless_samples_a_ce_gradient():
-    loss = EDLLoss.pretrained(reduction="sum")
+@pytest.mark.parametrize("name", ["default", "longtail-k10"])
+def test_shipped_default_is_monotone_and_gives_hopeless_samples_a_ce_gradient(name):
+    loss = EDLLoss.pretrained(name, reduction="sum")
     assert loss.net.config.form == "monotone"
     for k in (10, 1000, 100_000):
         for m in (5.0, 23.0, 30.0, 40.0, 60.0, 1e3, 1e4):

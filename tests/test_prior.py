@@ -5,18 +5,24 @@ import math
 import pytest
 import torch
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from edloss import EDLLoss
+from edloss.loss import LONGTAIL_MIN_IMBALANCE, regime_loss_name
 
 COUNTS = [500, 200, 80, 30, 10]
+CIFAR10_LT = [4468, 2678, 1605, 962, 577, 345, 207, 124, 74, 44]  # CIFAR-10 at imbalance 100 after the validation cut
 
 
 def test_counts_adjust_the_logits_by_the_log_prior():
     z, y = torch.randn(64, 5, generator=torch.Generator().manual_seed(0)), torch.randint(0, 5, (64,))
     prior = torch.tensor(COUNTS, dtype=torch.float64)
     shifted = z + (prior / prior.sum()).log().float()
-    torch.testing.assert_close(EDLLoss.pretrained(class_counts=COUNTS)(z, y), EDLLoss.pretrained()(shifted, y))
-    torch.testing.assert_close(EDLLoss.pretrained(class_counts=torch.tensor(COUNTS), prior_strength=0.5)(z, y),
-                               EDLLoss.pretrained()(z + 0.5 * (prior / prior.sum()).log().float(), y))
+    for name in ("default", "longtail-k10"):
+        torch.testing.assert_close(EDLLoss.pretrained(name, class_counts=COUNTS)(z, y), EDLLoss.pretrained(name)(shifted, y))
+        torch.testing.assert_close(EDLLoss.pretrained(name, class_counts=torch.tensor(COUNTS), prior_strength=0.5)(z, y),
+                                   EDLLoss.pretrained(name)(z + 0.5 * (prior / prior.sum()).log().float(), y))
 
 
 def test_equal_counts_change_nothing_and_gradients_match_the_unfused_path():
@@ -25,6 +31,30 @@ def test_equal_counts_change_nothing_and_gradients_match_the_unfused_path():
     (fused,) = torch.autograd.grad(EDLLoss.pretrained(class_counts=COUNTS)(z, y), z)
     (plain,) = torch.autograd.grad(EDLLoss.pretrained(class_counts=COUNTS, fused=False)(z, y), z)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+def _same_weights(a: EDLLoss, b: EDLLoss) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.net.state_dict().values(), b.net.state_dict().values())) and a.scale == b.scale
+
+
+def test_long_tailed_counts_pick_the_loss_evolved_for_a_long_tail_at_its_class_count():
+    longtail, default = EDLLoss.pretrained("longtail-k10"), EDLLoss.pretrained()
+    assert not _same_weights(longtail, default)
+    assert _same_weights(EDLLoss.pretrained(class_counts=CIFAR10_LT), longtail)  # 4468 : 44 over 10 classes
+    assert _same_weights(EDLLoss.pretrained(class_counts=[100] + [10] * 9), longtail)  # exactly the threshold, 10
+    assert _same_weights(EDLLoss.pretrained(class_counts=[100] + [11] * 9), default)  # milder: the default's weights
+    assert _same_weights(EDLLoss.pretrained(class_counts=[7] * 10), default)
+    assert _same_weights(EDLLoss.pretrained(class_counts=COUNTS), default)  # 5 classes: no long-tail loss ships for K = 5
+    assert _same_weights(EDLLoss.pretrained("default", class_counts=CIFAR10_LT), default)  # a name is obeyed
+    noise = EDLLoss.pretrained(noise_rate=0.4, class_counts=CIFAR10_LT)
+    assert _same_weights(noise, EDLLoss.pretrained("noise-0.4")) and noise.log_prior is not None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 10**6), min_size=2, max_size=12))
+def test_the_choice_follows_the_class_count_and_the_largest_to_smallest_ratio(counts):
+    long_tailed = len(counts) == 10 and max(counts) / min(counts) >= LONGTAIL_MIN_IMBALANCE
+    assert regime_loss_name(counts) == ("longtail-k10" if long_tailed else "default")
 
 
 def test_rare_classes_are_pushed_harder():
@@ -67,5 +97,9 @@ def test_the_labs_prior_aware_edl_is_told_the_counts_by_the_trainer():
     with pytest.raises(ValueError, match="set_class_counts"):
         loss(z, y)
     loss.set_class_counts(torch.tensor(COUNTS))
-    torch.testing.assert_close(loss(z, y), EDLLoss.pretrained(class_counts=COUNTS)(z, y))
+    torch.testing.assert_close(loss(z, y), EDLLoss.pretrained("default", class_counts=COUNTS)(z, y))  # the records' arm
+    shipped = build_loss_from_spec("edl:name=longtail-k10,prior_aware=true")
+    shipped.set_class_counts(CIFAR10_LT)
+    z10, y10 = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    torch.testing.assert_close(shipped(z10, y10), EDLLoss.pretrained(class_counts=CIFAR10_LT)(z10, y10))  # what a user gets
     assert not hasattr(build_loss_from_spec("edl"), "set_class_counts")  # the plain arm stays prior-blind

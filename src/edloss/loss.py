@@ -327,10 +327,12 @@ class EDLLoss(nn.Module):
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def pretrained(cls, name: str = "default", *, noise_rate: float | None = None,
+    def pretrained(cls, name: str | None = None, *, noise_rate: float | None = None,
                    num_classes: int | None = None, **kwargs: Any) -> EDLLoss:
         """A loss shipped inside the package (made by ``edloss pretrain``; see its loss.json).
 
+        ``name``: a shipped loss (``shipped_names()``); left out, the one for your regime below,
+        else ``default``.
         ``noise_rate``: the share of training labels you expect to be wrong (symmetric noise), in
         [0, 0.8]: 0 is the default loss, otherwise the shipped loss pretrained for the nearest
         rate (``noise-0.2`` ... ``noise-0.8``, made by ``edloss pretrain --label-noise ETA``).
@@ -339,12 +341,21 @@ class EDLLoss(nn.Module):
         changes what a label is worth, and on noisy CIFAR-10 the K = 10 losses were measured far
         better than the ones pretrained over K in [2, 1000] (README). Otherwise the general loss
         of that rate; ``edloss pretrain --label-noise ETA --classes K`` makes yours in minutes.
+        ``class_counts`` (per-class training counts; see ``EDLLoss``): the loss is told the prior,
+        and where the counts are long-tailed (largest / smallest >= ``LONGTAIL_MIN_IMBALANCE``,
+        10) over K classes for which a long-tail loss ships (``longtail-k10``: evolved in the
+        long-tail students world at K = 10, imbalance 100) and no ``name`` or ``noise_rate`` is
+        given, it is that loss: on CIFAR-10-LT it beat the default's weights, and in the world it
+        did from imbalance 10 up at K = 10 only. Otherwise (equal or mildly unequal counts, other
+        K) the default's weights, told the prior.
         Keyword arguments are ``EDLLoss``'s (weight, ignore_index, reduction, label_smoothing, ...)."""
         if num_classes is not None and noise_rate is None:
             raise ValueError("num_classes picks among the noise-aware losses: pass noise_rate too "
                              "(the clean default loss serves every class count)")
         if noise_rate is not None:
-            name = _noise_loss_name(name, noise_rate, num_classes)
+            name = _noise_loss_name(name or "default", noise_rate, num_classes)
+        elif name is None:
+            name = regime_loss_name(kwargs.get("class_counts"))
         if not is_shipped(name):
             raise FileNotFoundError(f"no shipped loss named {name!r}; available: {shipped_names()}")
         with resources.as_file(_weights() / name) as path:
@@ -478,6 +489,27 @@ def shipped_noise_losses() -> dict[tuple[float, int | None], str]:
         if match:
             found[(float(match[1]), int(match[2]) if match[2] else None)] = name
     return found
+
+
+LONGTAIL_MIN_IMBALANCE = 10.0  # largest / smallest class count from which pretrained() picks a long-tail loss
+LONGTAIL_FOLDER = re.compile(r"longtail-k(\d+)")  # a loss evolved for long-tailed counts at K classes
+
+
+def regime_loss_name(class_counts: Any) -> str:
+    """The shipped loss ``EDLLoss.pretrained(class_counts=...)`` picks for these counts (validated):
+    ``longtail-kK`` where one ships for their class count K and largest / smallest >=
+    LONGTAIL_MIN_IMBALANCE, else ``default`` (told the prior all the same).
+
+    Why both conditions (benchmarks/longtail_threshold.py, the long-tail students world): the
+    loss evolved at K = 10 lost to the default's weights below imbalance 5 and won from 10 up;
+    at K = 20, 40 and 100 it no longer won, and on CIFAR-100-LT the default's weights led (README)."""
+    if log_prior(class_counts) is None:  # validates the counts
+        return "default"
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    name = f"longtail-k{counts.numel()}"
+    if is_shipped(name) and float(counts.max() / counts.min()) >= LONGTAIL_MIN_IMBALANCE:
+        return name
+    return "default"
 
 
 def _noise_loss_name(name: str, rate: Any, num_classes: Any = None) -> str:
