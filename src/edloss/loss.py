@@ -492,7 +492,6 @@ def shipped_noise_losses() -> dict[tuple[float, int | None], str]:
 
 
 LONGTAIL_MIN_IMBALANCE = 10.0  # largest / smallest class count from which pretrained() picks a long-tail loss
-LONGTAIL_FOLDER = re.compile(r"longtail-k(\d+)")  # a loss evolved for long-tailed counts at K classes
 
 
 def regime_loss_name(class_counts: Any) -> str:
