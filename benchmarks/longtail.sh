@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 20 item 4: the long-tail benchmark on the CPU budget: ResNet-32, 5 epochs, batch 128, cosine, one thread a job.
 #
-#   benchmarks/longtail.sh SUITE [all|a|b|merge]      SUITE: cifar10-rho100 | cifar100-rho100 | cifar10-rho10
+#   benchmarks/longtail.sh SUITE [all|a|b|merge]      SUITE: cifar10-rho100 | cifar100-rho100 | cifar10-rho10 | cifar100-rho10
 #
 # Output docs/figures/longtail/SUITE/ (results committed as they land; checkpoints ignored). Resumable: rerun.
 # On two cores run `SUITE a` and `SUITE b` side by side (the two halves of the arms; b into part-b/), then
@@ -9,7 +9,7 @@
 # CIFAR-100 needs materialising first: python ../shared/data/materialize.py data
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUITE=${1:?name a suite: cifar10-rho100, cifar100-rho100 or cifar10-rho10}
+SUITE=${1:?name a suite: cifar10-rho100, cifar100-rho100, cifar10-rho10 or cifar100-rho10}
 PANEL=src/edloss/lab/panel
 LT=(edl-students-lt=edl:checkpoint=$PANEL/students-longtail-100,prior_aware=true
     edl-students-lt-hard=edl:checkpoint=$PANEL/students-longtail-100-hard,prior_aware=true)
@@ -25,7 +25,11 @@ case "$SUITE" in
     A=(ce edl edl-prior=edl:prior_aware=true logit_adjusted)
     B=(balanced_softmax ldam_drw cb_ce edl-longtail=edl:name=longtail-k10,prior_aware=true)
     VERSUS=(--versus edl-longtail edl-prior --versus edl-longtail logit_adjusted --versus edl-longtail ldam_drw) ;;
-  *) echo "unknown suite $SUITE: cifar10-rho100, cifar100-rho100 or cifar10-rho10" >&2; exit 2 ;;
+  cifar100-rho10) DATASET=cifar100; RHO=10; DATA=data; SEEDS=(${SEEDS:-0})
+    # longtail-k10 serves 10 classes only: at K = 100 pretrained(class_counts=...) gives the default's weights.
+    A=(ce edl edl-prior=edl:prior_aware=true logit_adjusted); B=(balanced_softmax ldam_drw cb_ce)
+    VERSUS=(--versus edl-prior logit_adjusted --versus edl-prior balanced_softmax --versus edl-prior ldam_drw) ;;
+  *) echo "unknown suite $SUITE: cifar10-rho100, cifar100-rho100, cifar10-rho10 or cifar100-rho10" >&2; exit 2 ;;
 esac
 OUT=docs/figures/longtail/$SUITE
 run() {  # run OUT ARMS...
