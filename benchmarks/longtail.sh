@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 20 item 4: the long-tail benchmark on the CPU budget: ResNet-32, 5 epochs, batch 128, cosine, one thread a job.
 #
-#   benchmarks/longtail.sh SUITE [all|a|b|merge]      SUITE: cifar10-rho100 | cifar100-rho100 | cifar10-rho10 | cifar100-rho10
+#   benchmarks/longtail.sh SUITE [all|a|b|merge]      SUITE: cifar10-rho100 | cifar100-rho100 | cifar10-rho10 | cifar100-rho10 | cifar10-rho30
 #
 # Output docs/figures/longtail/SUITE/ (results committed as they land; checkpoints ignored). Resumable: rerun.
 # On two cores run `SUITE a` and `SUITE b` side by side (the two halves of the arms; b into part-b/), then
@@ -25,11 +25,15 @@ case "$SUITE" in
     A=(ce edl edl-prior=edl:prior_aware=true logit_adjusted)
     B=(balanced_softmax ldam_drw cb_ce edl-longtail=edl:name=longtail-k10,prior_aware=true)
     VERSUS=(--versus edl-longtail edl-prior --versus edl-longtail logit_adjusted --versus edl-longtail ldam_drw) ;;
+  cifar10-rho30) DATASET=cifar10; RHO=30; DATA=../shared/data; SEEDS=(${SEEDS:-0 1})
+    # Where should pretrained(class_counts=...) switch from the default's weights to longtail-k10? (won at 100, lost at 10)
+    A=(edl-prior=edl:prior_aware=true); B=(edl-longtail=edl:name=longtail-k10,prior_aware=true)
+    VERSUS=(--versus edl-longtail edl-prior) ;;
   cifar100-rho10) DATASET=cifar100; RHO=10; DATA=data; SEEDS=(${SEEDS:-0})
     # longtail-k10 serves 10 classes only: at K = 100 pretrained(class_counts=...) gives the default's weights.
     A=(ce edl edl-prior=edl:prior_aware=true logit_adjusted); B=(balanced_softmax ldam_drw cb_ce)
     VERSUS=(--versus edl-prior logit_adjusted --versus edl-prior balanced_softmax --versus edl-prior ldam_drw) ;;
-  *) echo "unknown suite $SUITE: cifar10-rho100, cifar100-rho100, cifar10-rho10 or cifar100-rho10" >&2; exit 2 ;;
+  *) echo "unknown suite $SUITE: cifar10-rho100, cifar100-rho100, cifar10-rho10, cifar100-rho10 or cifar10-rho30" >&2; exit 2 ;;
 esac
 OUT=docs/figures/longtail/$SUITE
 run() {  # run OUT ARMS...
