@@ -41,8 +41,9 @@ def test_long_tailed_counts_pick_the_loss_evolved_for_a_long_tail_at_its_class_c
     longtail, default = EDLLoss.pretrained("longtail-k10"), EDLLoss.pretrained()
     assert not _same_weights(longtail, default)
     assert _same_weights(EDLLoss.pretrained(class_counts=CIFAR10_LT), longtail)  # 4468 : 44 over 10 classes
-    assert _same_weights(EDLLoss.pretrained(class_counts=[100] + [10] * 9), longtail)  # exactly the threshold, 10
-    assert _same_weights(EDLLoss.pretrained(class_counts=[100] + [11] * 9), default)  # milder: the default's weights
+    assert _same_weights(EDLLoss.pretrained(class_counts=[300] + [10] * 9), longtail)  # exactly the threshold, 30
+    assert _same_weights(EDLLoss.pretrained(class_counts=[299] + [10] * 9), default)  # milder: the default's weights
+    assert _same_weights(EDLLoss.pretrained(class_counts=[4468, 3459, 2678, 2073, 1605, 1243, 962, 745, 577, 446]), default)  # CIFAR-10-LT at 10
     assert _same_weights(EDLLoss.pretrained(class_counts=[7] * 10), default)
     assert _same_weights(EDLLoss.pretrained(class_counts=COUNTS), default)  # 5 classes: no long-tail loss ships for K = 5
     assert _same_weights(EDLLoss.pretrained("default", class_counts=CIFAR10_LT), default)  # a name is obeyed
