@@ -26,7 +26,7 @@ LAMBDAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 EVOLVED = {  # (loss the search found in a world, the shipped loss it started from): CIFAR has every one below
     "clean": [("edl-students-clean", "edl-v4")],
     "noise-0.4": [("edl-students-noise", "edl-noise-tv-k10"), ("edl-students-noise-long", "edl-noise-tv-k10")],
-    "noise-0.6": [("edl-students-noise-wide", "edl-noise-tv-k10")],
+    "noise-0.6": [("edl-students-noise-wide", "edl-noise-tv-k10"), ("edl-students-noise-images-cal", "edl-noise-tv-k10")],
 }
 
 

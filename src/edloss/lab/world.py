@@ -103,6 +103,7 @@ PANEL: dict[str, list[Arm]] = {
         Arm("edl-v4", "edl", 23.03, 3.97, 3, N06),
         Arm("edl-noise-tv-k10", "edl:noise_rate=0.6,num_classes=10", 28.65, 0.64, 3, N06),
         Arm("edl-students-noise-wide", "edl:{panel}/students-noise-0.6-wide", 28.18, 2.27, 3, EVOLVED),
+        Arm("edl-students-noise-images-cal", "edl:{panel}/students-noise-0.6-images-calibrated", 27.44, 1.77, 3, EVOLVED),
     ],
     # The losses that read the class counts are told the world's (per task, as the trainer tells them
     # CIFAR's). LDAM-DRW is left out: its CIFAR arm trains a cosine head of scale 30 and re-weights
