@@ -4,7 +4,7 @@ The students fitness can charge ECE (``world.ece_weight``: fitness = accuracy de
 delta, both vs CE's students: ``ece_delta`` is CE's students' ECE minus this loss's, so positive is
 better calibrated). Each world's ``world_check.json`` records both terms per panel arm,
 so every lambda can be judged without rescoring: the Spearman correlation with CIFAR on the
-calibration / held-out halves / all arms (``edloss.lab.world.halves``), and the test a search
+calibration / held-out halves / all arms (``edloss.lab.world.correlations``, as world-check reports), and the test a search
 cares about most: does the world rank each loss the search evolved in a world *below* the shipped
 loss it started from, as CIFAR does? (A world that ranks it above is one the search exploits.)
 
@@ -17,10 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from scipy.stats import spearmanr
-
 from edloss.files import atomic_write_json
-from edloss.lab.world import PANEL, halves
+from edloss.lab.world import correlations
 
 LAMBDAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 EVOLVED = {  # (loss the search found in a world, the shipped loss it started from): CIFAR has every one below
@@ -33,11 +31,8 @@ EVOLVED = {  # (loss the search found in a world, the shipped loss it started fr
 def judge(rows: dict[str, dict], regime: str, lam: float) -> dict[str, float | int]:
     """Spearman per half for the score accuracy_delta + lam * ece_delta (the search's fitness), and evolved-below-start count."""
     score = {k: r["accuracy_delta"] + lam * r["ece_delta"] for k, r in rows.items()}
-    calibration, heldout = halves(PANEL[regime])
-    out: dict[str, float | int] = {}
-    for half, labels in (("calibration", {a.label for a in calibration}), ("heldout", {a.label for a in heldout}), ("all", set(rows))):
-        keys = [k for k in rows if k in labels]
-        out[half] = float(spearmanr([score[k] for k in keys], [rows[k]["cifar"] for k in keys])[0])
+    by_half = correlations([{**r, "score": score[k]} for k, r in rows.items()], "score")
+    out: dict[str, float | int] = {half: by_half[half]["spearman"] for half in ("calibration", "heldout", "all")}
     pairs = [(e, s) for e, s in EVOLVED[regime] if e in rows and s in rows]
     out["evolved_below_start"] = sum(score[e] < score[s] for e, s in pairs)
     out["evolved_pairs"] = len(pairs)
@@ -49,8 +44,11 @@ def main() -> None:
     parser.add_argument("--grid", default="docs/figures/students/world-grid")
     parser.add_argument("--out", default="docs/figures/students/world-terms.json")
     args = parser.parse_args()
+    checks = sorted(Path(args.grid).glob("*/world_check.json"))
+    if not checks:
+        raise SystemExit(f"no WORLD/world_check.json under {args.grid}: point --grid at the output of benchmarks/world_grid.py")
     table: dict[str, dict[str, dict[str, dict]]] = {}
-    for path in sorted(Path(args.grid).glob("*/world_check.json")):
+    for path in checks:
         result = json.loads(path.read_text())
         world = path.parent.name
         for regime in EVOLVED:
