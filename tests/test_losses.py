@@ -169,6 +169,31 @@ def test_edl_pretrained(batch) -> None:
     assert build_loss("edl")(right, y) < build_loss("edl")(wrong, y)
 
 
+def test_gain_scales_any_loss_and_keeps_its_hooks(batch, tmp_path: Path) -> None:
+    """``gain=G`` is the loss times G (so its gradient too); hooks such as set_class_counts pass
+    through; the EDL network's definition is still what a resumed run checks; bad gains are named."""
+    from edloss.lab.losses import Gained, spec_definition
+
+    z, y = batch
+    for spec in ("ce", "gce", "poly1"):
+        plain, gained = build_loss_from_spec(spec), build_loss_from_spec(f"{spec}:gain=0.25")
+        assert isinstance(gained, Gained)
+        assert torch.allclose(gained(z, y), 0.25 * plain(z, y), rtol=1e-6)
+    assert torch.allclose(build_loss_from_spec("focal:gamma=3,gain=2")(z, y), 2 * build_loss("focal", gamma=3)(z, y))
+    assert parse_loss_spec("edl:gain=0.5") == ("edl", {"gain": 0.5})  # an option, not a checkpoint path
+    la = build_loss_from_spec("logit_adjusted:gain=2")
+    counts = [100, 50, 20, 10, 5, 5, 5, 5, 5, 5]
+    la.set_class_counts(counts)
+    reference = build_loss("logit_adjusted")
+    reference.set_class_counts(counts)
+    assert torch.allclose(la(z, y), 2 * reference(z, y))
+    folder = make_edl_checkpoint(tmp_path / "loss")
+    assert spec_definition(f"edl:checkpoint={folder},gain=0.5") == spec_definition(f"edl:{folder}") is not None
+    for bad in ("0", "-1", "nan", "x", "true"):
+        with pytest.raises(ValueError, match="gain must be a positive number"):
+            build_loss_from_spec(f"ce:gain={bad}")
+
+
 def test_gradient_ratio_table_against_cross_entropy():
     """CE against itself is 1 everywhere; Poly-1 adds eps * p_y (1 - p_y) per logit, so its ratio grows with p_y."""
     from edloss.shapes import cross_entropy, format_gradient_ratio_table, gradient_ratio_table

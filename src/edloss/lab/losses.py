@@ -15,6 +15,9 @@ strings* so that a command line can carry options and checkpoints:
     balanced_softmax        trainer (``set_class_counts``; LDAM-DRW also the epoch, ``set_epoch``):
     ldam_drw, cb_ce         logit adjustment (tau = 1), balanced softmax, LDAM with deferred
                             re-weighting, class-balanced CE with effective numbers
+    gce:gain=0.5            any loss times a constant (``Gained``): its gradient, so its step
+                            size under SGD, scaled; for asking whether a loss wins by its shape
+                            or by its gradient's size
 
 A comparison arm may carry a label: ``LABEL=SPEC``, e.g. ``edl-chaotic=edl:runs/x/loss``. The
 text before the first ``=`` is a label only if it contains no ``:``, so ``focal:gamma=3`` is
@@ -440,11 +443,40 @@ def _canonical(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
+class Gained(nn.Module):
+    """A loss times a constant ``gain`` (the ``gain=G`` option of every registry loss).
+
+    Why: losses differ in the size of their gradient as much as in its shape (GCE's is 3-5 times
+    smaller than CE's, the EDL losses are anchored to CE's at the uniform prediction), and with one
+    learning rate for every arm the size acts as a step size. ``gain`` separates the two: the same
+    shape at another size. Weight decay is not scaled, so this is close to, not exactly, a learning
+    rate times G. Hooks of the wrapped loss (``set_class_counts``, ``set_epoch``, ...) pass through.
+    """
+
+    def __init__(self, loss: nn.Module, gain: float) -> None:
+        super().__init__()
+        self.loss = loss
+        self.gain = gain
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["loss"], name)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.gain * self.loss(logits, target)
+
+
 def build_loss(name: str, /, **options: Any) -> nn.Module:
-    """A loss module by registry name with keyword options; unknown names/options: ValueError."""
+    """A loss module by registry name with keyword options; unknown names/options: ValueError.
+    Every loss takes ``gain`` (a positive number): the loss times it (``Gained``)."""
     key = _canonical(name)
     if key not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
+    if "gain" in options:
+        gain = _option(key, "gain", options.pop("gain"), lambda v: v > 0, "a positive number (the loss is multiplied by it)")
+        return Gained(build_loss(key, **options), gain)
     factory = LOSSES[key]
     try:
         accepted = inspect.signature(factory).parameters
@@ -485,7 +517,7 @@ def _is_edl_path(rest: str) -> bool:
     match = re.match(r"^\s*([A-Za-z_]+)\s*=", rest)
     if match is None:
         return True
-    options = {"checkpoint", "prior_aware"}
+    options = {"checkpoint", "prior_aware", "gain"}
     for method in (EDLLoss.__init__, EDLLoss.pretrained, EDLLoss.from_file):
         options |= {p.name for p in inspect.signature(method).parameters.values()
                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -526,6 +558,8 @@ def definition_sha256(loss: nn.Module) -> str | None:
     overwritten, and a resumed or reused run must not silently mix or swap the two."""
     from edloss.loss import CONFIG_FILE, EDLLoss
 
+    if isinstance(loss, Gained):  # the gain is in the spec; the network inside is what a path can swap
+        loss = loss.loss
     if not isinstance(loss, EDLLoss):
         return None
     with tempfile.TemporaryDirectory() as folder:  # the checksum exactly as the file format defines it
