@@ -18,7 +18,6 @@ Resumable: rows already in ``OUT``'s jsonl beside it are kept.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 from edloss.configs import versions
 from edloss.files import append_jsonl, atomic_write_json, read_jsonl
-from edloss.lab.world import PANEL_SEED, REGIMES, build_panel_loss, Arm
+from edloss.lab.world import PANEL_SEED, REGIMES, world_loss
 from edloss.students import PRESETS, WorldConfig, reference_results, sample_tasks, score_module
 
 GAINS = (0.25, 0.5, 1.0, 2.0)
@@ -58,7 +57,7 @@ def score(world: WorldConfig, regime: str, specs: list[str], repeats: int, done:
         draws.append((tasks, reference_results(tasks, cfg)))
     for spec in todo:
         start = time.perf_counter()
-        module = build_panel_loss(Arm(spec, spec, 0.0, 0.0, 0, ""))
+        module = world_loss(spec)
         scores = [score_module(module, tasks, cfg, ref) for tasks, ref in draws]
         row = {"world": name, "regime": regime, "spec": spec,
                **{k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}, "seconds": time.perf_counter() - start}

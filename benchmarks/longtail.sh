@@ -9,7 +9,7 @@
 # CIFAR-100 needs materialising first: python ../shared/data/materialize.py data
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUITE=${1:?name a suite: cifar10-rho100, cifar100-rho100, cifar10-rho10 or cifar100-rho10}
+SUITE=${1:?name a suite: cifar10-rho100, cifar100-rho100, cifar10-rho10, cifar100-rho10, cifar10-rho30 or cifar100-rho100-tau}
 PANEL=src/edloss/lab/panel
 LT=(edl-students-lt=edl:checkpoint=$PANEL/students-longtail-100,prior_aware=true
     edl-students-lt-hard=edl:checkpoint=$PANEL/students-longtail-100-hard,prior_aware=true)
@@ -39,7 +39,7 @@ case "$SUITE" in
     A=(edl-prior-t1.5=edl:prior_aware=true,prior_strength=1.5 edl-prior-t2=edl:prior_aware=true,prior_strength=2)
     B=(la-t1.5=logit_adjusted:tau=1.5 la-t2=logit_adjusted:tau=2)
     VERSUS=(--versus edl-prior-t1.5 la-t1.5 --versus edl-prior-t2 la-t2) ;;
-  *) echo "unknown suite $SUITE: cifar10-rho100, cifar100-rho100, cifar10-rho10, cifar100-rho10 or cifar10-rho30" >&2; exit 2 ;;
+  *) echo "unknown suite $SUITE: cifar10-rho100, cifar100-rho100, cifar10-rho10, cifar100-rho10, cifar10-rho30 or cifar100-rho100-tau" >&2; exit 2 ;;
 esac
 OUT=docs/figures/longtail/$SUITE
 run() {  # run OUT ARMS...

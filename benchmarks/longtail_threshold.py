@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from edloss.files import atomic_write_json
-from edloss.lab.world import PANEL_DIR, PANEL_SEED, Arm, build_panel_loss, told_counts
+from edloss.lab.world import PANEL_DIR, PANEL_SEED, told_counts, world_loss
 from edloss.students import PRESETS, WorldConfig, reference_results, sample_tasks, score_module
 
 LOSSES = {
@@ -61,7 +61,7 @@ def main() -> int:
                 tasks = sample_tasks(cfg, torch.Generator().manual_seed(PANEL_SEED + r))
                 draws.append((tasks, reference_results(tasks, cfg)))
             for name in todo:
-                module = build_panel_loss(Arm(name, LOSSES[name], 0.0, 0.0, 0, ""), PANEL_DIR)
+                module = world_loss(LOSSES[name], PANEL_DIR)
                 start = time.perf_counter()
                 scores = [score_module(told_counts(module, t), t, cfg, ref)["accuracy_delta"] for t, ref in draws]
                 row = {"world": world_name, "classes": args.classes, "imbalance": rho, "loss": name, "spec": LOSSES[name],

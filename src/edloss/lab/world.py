@@ -130,10 +130,16 @@ def halves(arms: list[Arm]) -> tuple[list[Arm], list[Arm]]:
 
 
 def build_panel_loss(arm: Arm, panel_dir: Path = PANEL_DIR) -> torch.nn.Module:
-    """The arm's loss module; EDL losses without input checks, so a diverging student is scored, not raised."""
+    """The arm's loss module (``world_loss`` of its spec)."""
+    return world_loss(arm.spec, panel_dir)
+
+
+def world_loss(spec: str, panel_dir: Path = PANEL_DIR) -> torch.nn.Module:
+    """A registry spec's loss module for scoring in a world ("{panel}" is ``panel_dir``); EDL losses
+    without input checks, so a diverging student is scored, not raised."""
     from edloss.lab.losses import build_loss, parse_loss_spec
 
-    name, options = parse_loss_spec(arm.spec.replace("{panel}", str(panel_dir)))
+    name, options = parse_loss_spec(spec.replace("{panel}", str(panel_dir)))
     if name == "edl":
         options["check_inputs"] = False
     return build_loss(name, **options)
