@@ -80,6 +80,9 @@ def test_errors_list_valid_choices() -> None:
         build_loss("focal", gama=3)
     with pytest.raises(ValueError, match="eps"):
         build_loss("label_smoothing", eps=1.5)
+    for spec in ("ce:foo=1", "mae:foo=1", "ce:gain=2,foo=1"):  # no __init__ of their own: no options at all
+        with pytest.raises(ValueError, match=r"has no option foo; its options: none"):
+            build_loss_from_spec(spec)
 
 
 def test_option_ranges_are_named() -> None:
