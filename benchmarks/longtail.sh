@@ -9,7 +9,8 @@
 # CIFAR-100 needs materialising first: python ../shared/data/materialize.py data
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUITE=${1:?name a suite: cifar10-rho100, cifar100-rho100, cifar10-rho10, cifar100-rho10, cifar10-rho30, cifar100-rho100-tau or cifar100-rho100-tau1.2}
+SUITES="cifar10-rho100, cifar100-rho100, cifar10-rho10, cifar100-rho10, cifar10-rho30, cifar100-rho100-tau or cifar100-rho100-tau1.2"
+SUITE=${1:?name a suite: $SUITES}
 PANEL=src/edloss/lab/panel
 LT=(edl-students-lt=edl:checkpoint=$PANEL/students-longtail-100,prior_aware=true
     edl-students-lt-hard=edl:checkpoint=$PANEL/students-longtail-100-hard,prior_aware=true)
@@ -45,7 +46,7 @@ case "$SUITE" in
     # Seeds 1-2 of tau 1.2 (seed 0 is in cifar100-rho100-tau): the one tau whose seed 0 kept balanced accuracy.
     A=(edl-prior-t1.2=edl:prior_aware=true,prior_strength=1.2); B=(la-t1.2=logit_adjusted:tau=1.2)
     VERSUS=(--versus edl-prior-t1.2 la-t1.2) ;;
-  *) echo "unknown suite $SUITE: cifar10-rho100, cifar100-rho100, cifar10-rho10, cifar100-rho10, cifar10-rho30, cifar100-rho100-tau or cifar100-rho100-tau1.2" >&2; exit 2 ;;
+  *) echo "unknown suite $SUITE: $SUITES" >&2; exit 2 ;;
 esac
 OUT=docs/figures/longtail/$SUITE
 run() {  # run OUT ARMS...

@@ -478,8 +478,9 @@ def build_loss(name: str, /, **options: Any) -> nn.Module:
         gain = _option(key, "gain", options.pop("gain"), lambda v: v > 0, "a positive number (the loss is multiplied by it)")
         return Gained(build_loss(key, **options), gain)
     factory = LOSSES[key]
+    inherits_module_init = getattr(factory, "__init__", None) is nn.Module.__init__
     try:  # a loss class with no __init__ of its own has nn.Module's (*args, **kwargs): it takes no option
-        accepted = {} if getattr(factory, "__init__", None) is nn.Module.__init__ else inspect.signature(factory).parameters
+        accepted = {} if inherits_module_init else inspect.signature(factory).parameters
     except (TypeError, ValueError):
         accepted = None
     if accepted is not None and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
