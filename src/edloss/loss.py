@@ -12,7 +12,8 @@ A checkpoint is a folder with two files:
   gradient at the uniform prediction to cross-entropy's, two sha256 sums (of the weights, and of
   the weights together with every other field that decides behaviour: architecture, scale and,
   from format 3 on, the provenance, which holds the noise rate ``from_file(noise_rate=...)``
-  checks and the notes a load warns with), and the provenance.
+  checks and the notes a load warns with), the provenance and, for a loss told the class prior
+  (format 4), ``prior``: its class counts and tau, which a load restores.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from edloss.files import atomic_write_bytes, atomic_write_json
 from edloss.lossnet import LossNet, LossNetConfig, base_penalty
 
 FORMAT_NAME = "edloss-loss"
-FORMAT_VERSION = 3  # 2: definition_sha256 covers the architecture and scale too; 3: the provenance too
+FORMAT_VERSION = 4  # 2: definition_sha256 covers the architecture and scale too; 3: the provenance too; 4: the prior
+PRIORLESS_FORMAT_VERSION = 3  # what a loss without a prior is saved as: every edloss since format 3 reads it
 WEIGHTS_FILE = "loss.safetensors"
 CONFIG_FILE = "loss.json"
 REDUCTIONS = ("mean", "sum", "none")
@@ -77,7 +79,9 @@ class EDLLoss(nn.Module):
             margin during training while the model's own logits stay balanced for a balanced test.
             With the network at cross-entropy this is exactly the logit-adjusted loss; equal counts
             change nothing. ``None`` (the default) assumes balanced classes.
-        prior_strength: tau of the adjustment (1, the logit-adjusted loss's choice).
+        prior_strength: tau of the adjustment (default 1, the logit-adjusted loss's choice); only
+            with ``class_counts`` (without a prior there is nothing to scale, and ignoring it
+            silently would train prior-blind). Saved with the loss and part of its definition.
     """
 
     def __init__(
@@ -93,7 +97,7 @@ class EDLLoss(nn.Module):
         trainable: bool = False,
         metadata: dict[str, Any] | None = None,
         class_counts: Any = None,
-        prior_strength: float = 1.0,
+        prior_strength: float | None = None,
     ) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
@@ -114,13 +118,10 @@ class EDLLoss(nn.Module):
         self.net = net
         self.scale = float(scale)  # a Python float: part of the definition, immune to .half()
         self.register_buffer("weight", _check_weight(weight))
-        if isinstance(prior_strength, bool) or not isinstance(prior_strength, (int, float)) or not 0 <= prior_strength <= 10:
-            raise ValueError(f"prior_strength must be a number in [0, 10] (1: the logit-adjusted loss), got {prior_strength!r}")
-        self.prior_strength = float(prior_strength)
-        self.register_buffer("log_prior", log_prior(class_counts))
-        # the definition (architecture, form, scale) in the state dict, so that load_state_dict
-        # refuses another loss's weights instead of silently making a third function
-        self.register_buffer("definition", definition_tensor(net.config, self.scale))
+        self.register_buffer("log_prior", None)
+        self.register_buffer("log_prior64", None, persistent=False)  # what float64 logits are shifted by
+        self.register_buffer("definition", None)
+        self.set_prior(class_counts, prior_strength)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
@@ -130,6 +131,28 @@ class EDLLoss(nn.Module):
         self.trainable = trainable
         self.net.requires_grad_(trainable)
         self._warned_probabilities = False
+        self._warned_no_prior = False
+
+    def set_prior(self, class_counts: Any, prior_strength: Any = None) -> None:
+        """Tell the loss the class prior (per-class training counts; None: balanced) and tau.
+
+        The prior is part of the loss's definition: the ``definition`` buffer is rebuilt, so that
+        ``load_state_dict`` refuses the state of a loss with another tau, and ``save`` writes the
+        counts and tau into loss.json, so that ``from_file`` restores them."""
+        if class_counts is None and prior_strength is not None:
+            raise ValueError(f"prior_strength={prior_strength!r} scales the class prior, but no class_counts were given, so it "
+                             "would be ignored; pass class_counts=<per-class training counts> too, or drop prior_strength")
+        tau = 1.0 if prior_strength is None else _prior_strength(prior_strength)
+        prior = log_prior(class_counts)
+        self.class_counts = None if prior is None else [int(c) for c in _counts_tensor(class_counts).tolist()]
+        self.prior_strength = tau
+        device = self.net.layers[0].weight.device
+        self.log_prior = None if prior is None else prior.float().to(device)
+        self.log_prior64 = None if prior is None else prior.to(device)
+        # the definition (architecture, form, scale, prior) in the state dict, so that load_state_dict
+        # refuses another loss's weights instead of silently making a third function
+        told = None if prior is None else (self.class_counts, tau)
+        self.definition = definition_tensor(self.net.config, self.scale, told).to(device)
 
     def _apply(self, fn: Any, recurse: bool = True) -> EDLLoss:
         """``.to(device)`` moves the network; ``.half()`` / ``.bfloat16()`` do not round its weights.
@@ -140,6 +163,7 @@ class EDLLoss(nn.Module):
         master = [p.detach().clone() for p in self.net.parameters()]
         weight = None if self.weight is None else self.weight.clone()  # class weights define the loss too
         prior = None if self.log_prior is None else self.log_prior.clone()  # and so does the prior
+        prior64 = None if self.log_prior64 is None else self.log_prior64.clone()
         super()._apply(fn, recurse)
         for p, m in zip(self.net.parameters(), master):
             if p.dtype not in (torch.float32, torch.float64):
@@ -148,6 +172,8 @@ class EDLLoss(nn.Module):
             self.weight = weight.to(self.weight.device)
         if self.log_prior is not None and self.log_prior.dtype not in (torch.float32, torch.float64):
             self.log_prior = prior.to(self.log_prior.device)  # log-priors of 1e-5 classes would round in half precision
+        if self.log_prior64 is not None and self.log_prior64.dtype != torch.float64:  # float64 logits: the exact prior
+            self.log_prior64 = self.log_prior64.to(torch.float64) if prior64 is None else prior64.to(self.log_prior64.device)
         return self
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -157,8 +183,9 @@ class EDLLoss(nn.Module):
         if isinstance(theirs, torch.Tensor) and not torch.equal(theirs.cpu(), self.definition.cpu()):
             cfg = self.net.config
             raise ValueError(
-                f"this state dict holds another loss (its architecture, form or scale differ from this one's: "
-                f"form {cfg.form}, features {list(cfg.features)}, scale {self.scale:.6g}); loading its weights here would "
+                f"this state dict holds another loss (its architecture, form, scale or prior (class counts, prior_strength) differ from this one's: "
+                f"form {cfg.form}, features {list(cfg.features)}, scale {self.scale:.6g}, "
+                f"prior_strength {f'{self.prior_strength:g}' if self.class_counts is not None else 'none (no prior)'}); loading its weights here would "
                 "define a third function. Build that loss with EDLLoss.pretrained(name) or EDLLoss.from_file(path) instead"
             )
         super()._load_from_state_dict(state_dict, prefix, *args)
@@ -177,13 +204,15 @@ class EDLLoss(nn.Module):
                              "with probability targets); pass class indices, or ignore_index=None")
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         checking = self.check_inputs and _values_readable(logits)
+        self._warn_once(logits, checking)
         # like F.cross_entropy: float32 under autocast, else the logits' dtype
         amp = _autocast_available(logits.device.type)
         out_dtype = dtype if amp and torch.is_autocast_enabled(logits.device.type) else input.dtype
         with torch.autocast(device_type=logits.device.type, enabled=False) if amp else contextlib.nullcontext():
             x = logits if logits.dtype == dtype else logits.to(dtype)
             if self.log_prior is not None and self.prior_strength:  # logit adjustment: the gradient w.r.t. z is unchanged in form
-                x = x + self.prior_strength * self.log_prior.to(device=x.device, dtype=dtype)
+                prior = self.log_prior64 if dtype == torch.float64 else self.log_prior
+                x = x + self.prior_strength * prior.to(device=x.device, dtype=dtype)
             if soft:
                 loss, denominator = self._soft_target_loss(x, target.to(dtype), checking)
             else:
@@ -238,10 +267,20 @@ class EDLLoss(nn.Module):
             raise ValueError(f"target labels must lie in [0, {k}) (or equal ignore_index={self.ignore_index}), found values in [{lo}, {hi}]")
         if finite:
             _check_logits_finite(x)
-        if not self._warned_probabilities:
-            self._warned_probabilities = True
-            _warn_if_probabilities(x)
         return int(ignored)
+
+    def _warn_once(self, logits: torch.Tensor, checking: bool) -> None:
+        """The first call's warnings, on the logits as given (before any prior shifts them, which
+        would hide probabilities passed for logits): probabilities instead of logits, and a loss
+        evolved for use with the class prior used without one."""
+        if checking and not self._warned_probabilities and logits.shape[0]:
+            self._warned_probabilities = True
+            _warn_if_probabilities(logits)
+        if not self._warned_no_prior and (self.log_prior is None or not self.prior_strength) and evolved_with_prior(self.metadata):
+            self._warned_no_prior = True
+            warnings.warn("this loss was evolved to be used with the class prior (its world was long-tailed and prior-aware), "
+                          "but it has none here: pass class_counts=<per-class training counts> (and prior_strength > 0), "
+                          "or use a loss evolved without the prior (EDLLoss.pretrained())", stacklevel=5)
 
     def _row_losses(self, x: torch.Tensor, target: torch.Tensor, given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-row penalty l(p, y) (times scale), through the fused closed form when allowed. Under
@@ -319,10 +358,12 @@ class EDLLoss(nn.Module):
 
     def extra_repr(self) -> str:
         cfg = self.net.config
+        prior = "none" if self.class_counts is None else f"class_counts={_short_list(self.class_counts)}, prior_strength={self.prior_strength:g}"
         return (
             f"form={cfg.form}, features={list(cfg.features)}, hidden={list(cfg.hidden)}, activation={cfg.activation}, "
             f"scale={self.scale:.4g}, reduction={self.reduction}, ignore_index={self.ignore_index}, "
-            f"label_smoothing={self.label_smoothing}, weighted={self.weight is not None}"
+            f"label_smoothing={self.label_smoothing}, weighted={self.weight is not None}, prior={prior}"
+            + (", evolved_with_prior=True" if evolved_with_prior(self.metadata) else "")
         )
 
     # ------------------------------------------------------------------ files
@@ -355,7 +396,7 @@ class EDLLoss(nn.Module):
         if noise_rate is not None:
             name = _noise_loss_name(name or "default", noise_rate, num_classes)
         elif name is None:
-            name = regime_loss_name(kwargs.get("class_counts"))
+            name = regime_loss_name(kwargs.get("class_counts"), kwargs.get("prior_strength"))
         if not is_shipped(name):
             raise FileNotFoundError(f"no shipped loss named {name!r}; available: {shipped_names()}")
         with resources.as_file(_weights() / name) as path:
@@ -418,6 +459,9 @@ class EDLLoss(nn.Module):
         provenance = meta.get("provenance", {})
         if isinstance(provenance.get(NOT_MONOTONE), str):  # e.g. v3: shipped for comparison, not for use
             warnings.warn(f"{folder.name}: this loss is not monotone: {provenance[NOT_MONOTONE]}", stacklevel=2)
+        if "prior" in meta and kwargs.get("class_counts") is None:  # saved told a prior: it is part of the loss
+            kwargs["class_counts"] = meta["prior"]["class_counts"]
+            kwargs.setdefault("prior_strength", meta["prior"]["prior_strength"])
         return cls(net, scale=meta["scale"], metadata=provenance, **kwargs)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -428,12 +472,15 @@ class EDLLoss(nn.Module):
         blob = save_safetensors({"theta": self.net.flat().float().contiguous()})
         meta = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            # a loss told a prior is format 4, which an edloss that cannot restore the prior refuses
+            "format_version": FORMAT_VERSION if self.class_counts is not None else PRIORLESS_FORMAT_VERSION,
             "edloss_version": __version__,
             "lossnet": lossnet_fields(self.net.config),
             "scale": float(self.scale),
             "sha256": hashlib.sha256(blob).hexdigest(),
         }
+        if self.class_counts is not None:
+            meta["prior"] = {"class_counts": list(self.class_counts), "prior_strength": self.prior_strength}
         provenance = json.loads(json.dumps(self.metadata))  # the digest covers what a load will read back
         meta["definition_sha256"] = definition_digest({**meta, "provenance": provenance}, blob)
         meta["provenance"] = provenance
@@ -470,11 +517,14 @@ def is_shipped(name: Any) -> bool:
 
 def pretrained_noise_rate(meta: dict[str, Any]) -> float:
     """The label-noise rate a checkpoint was pretrained for (0 for clean labels, or where the
-    provenance does not record one as a number)."""
-    objective: Any = meta.get("provenance", {})
-    for key in ("config", "objective"):
-        objective = objective.get(key, {}) if isinstance(objective, dict) else {}
-    rate = objective.get("label_noise", 0.0) if isinstance(objective, dict) else 0.0
+    provenance does not record one as a number): the ranking objective's ``label_noise``, or for
+    a loss evolved in the students world (``objective.kind = "students"``) its world's."""
+    provenance = meta.get("provenance", {})
+    config = provenance.get("config", {}) if isinstance(provenance, dict) else {}
+    config = config if isinstance(config, dict) else {}
+    objective = config.get("objective", {}) if isinstance(config.get("objective"), dict) else {}
+    source = config.get("world", {}) if objective.get("kind") == "students" else objective
+    rate = source.get("label_noise", 0.0) if isinstance(source, dict) else 0.0
     return float(rate) if _is_rate(rate) else 0.0
 
 
@@ -494,7 +544,7 @@ def shipped_noise_losses() -> dict[tuple[float, int | None], str]:
 LONGTAIL_MIN_IMBALANCE = 30.0  # largest / smallest class count from which pretrained() picks a long-tail loss
 
 
-def regime_loss_name(class_counts: Any) -> str:
+def regime_loss_name(class_counts: Any, prior_strength: Any = None) -> str:
     """The shipped loss ``EDLLoss.pretrained(class_counts=...)`` picks for these counts (validated):
     ``longtail-kK`` where one ships for their class count K and largest / smallest >=
     LONGTAIL_MIN_IMBALANCE, else ``default`` (told the prior all the same).
@@ -503,10 +553,13 @@ def regime_loss_name(class_counts: Any) -> str:
     at K = 10 beat the default's weights at imbalance 100 (3 seeds) and 30 (2 seeds) and lost at 10
     (3 of 3 seeds: 52.30 vs 56.01), where the students world (benchmarks/longtail_threshold.py)
     had it winning from 10 up: CIFAR decides. At K = 20, 40 and 100 it no longer won in the world,
-    and on CIFAR-100-LT the default's weights led (README)."""
+    and on CIFAR-100-LT the default's weights led (README). ``prior_strength=0`` switches the
+    prior off, and a long-tail loss was evolved to be used with it: then the default."""
     if log_prior(class_counts) is None:  # validates the counts
         return "default"
-    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    if prior_strength is not None and _prior_strength(prior_strength) == 0:
+        return "default"
+    counts = _counts_tensor(class_counts)
     name = f"longtail-k{counts.numel()}"
     if is_shipped(name) and float(counts.max() / counts.min()) >= LONGTAIL_MIN_IMBALANCE:
         return name
@@ -538,6 +591,7 @@ def definition_digest(meta: dict[str, Any], blob: bytes) -> str:
     format 3 on, the provenance (``from_file(noise_rate=...)`` checks the rate recorded there, and a
     load warns with its notes: an edited provenance would pass a loss off as another)."""
     keys = ("format", "format_version", "lossnet", "scale") + (("provenance",) if meta["format_version"] >= 3 else ())
+    keys += ("prior",) if meta["format_version"] >= 4 else ()
     definition = {key: meta.get(key) for key in keys}
     canonical = json.dumps(definition, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical + b"\0" + blob).hexdigest()
@@ -549,11 +603,16 @@ def lossnet_fields(cfg: LossNetConfig) -> dict[str, Any]:
             **({"noise_rate": cfg.noise_rate} if cfg.form == "corrected" else {})}
 
 
-def definition_tensor(cfg: LossNetConfig, scale: float) -> torch.Tensor:
-    """sha256 of the architecture and scale as 32 uint8: a state-dict entry (a tensor, so a state
-    dict stays loadable with ``weights_only`` and savable as safetensors) that names the function
-    the weights belong to. Integer, so ``.half()`` leaves it alone."""
-    canonical = json.dumps({"lossnet": lossnet_fields(cfg), "scale": float(scale)}, sort_keys=True, separators=(",", ":"))
+def definition_tensor(cfg: LossNetConfig, scale: float, prior: tuple[list[int], float] | None = None) -> torch.Tensor:
+    """sha256 of the architecture, scale and (for a loss told a prior) class counts and tau as 32
+    uint8: a state-dict entry (a tensor, so a state dict stays loadable with ``weights_only`` and
+    savable as safetensors) that names the function the weights belong to. Integer, so
+    ``.half()`` leaves it alone. A prior-blind loss hashes as before the prior existed, so its
+    saved state dicts stay loadable."""
+    fields: dict[str, Any] = {"lossnet": lossnet_fields(cfg), "scale": float(scale)}
+    if prior is not None:
+        fields["prior"] = {"class_counts": list(prior[0]), "prior_strength": float(prior[1])}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return torch.frombuffer(bytearray(hashlib.sha256(canonical.encode()).digest()), dtype=torch.uint8)
 
 
@@ -599,8 +658,9 @@ def _as_rows(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
             f"class-index target must have shape {expected} for input of shape {tuple(input.shape)}, got {tuple(target.shape)} "
             "(for one-hot or soft labels pass float probabilities of the input's shape)"
         )
-    if x.numel() == 0:
-        raise ValueError(f"empty batch: input of shape {tuple(input.shape)} has no elements")
+    if x.numel() == 0:  # deliberately an error, for every reduction: CE's NaN / 0 / [] would hide an empty loader
+        raise ValueError(f"empty batch: input of shape {tuple(input.shape)} has no elements (CE would return NaN for the "
+                         "mean); skip empty batches in the data loader, e.g. drop_last=True or a check on len(batch)")
     out_shape = tuple(t.shape[:0]) if unbatched else tuple(x.shape[:1] + x.shape[2:])
     if x.dim() > 2:
         x = x.movedim(1, -1).reshape(-1, k)
@@ -610,24 +670,55 @@ def _as_rows(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
     return x, t, out_shape, soft
 
 
-def log_prior(class_counts: Any) -> torch.Tensor | None:
-    """log pi_c from per-class training counts, validated: one finite, positive, whole number per class."""
-    if class_counts is None:
-        return None
-    if isinstance(class_counts, (str, bytes)) or isinstance(class_counts, bool):
+MAX_CLASS_COUNT = 2.0 ** 53  # the largest whole number float64 holds exactly; their sum must stay finite too
+
+
+def _counts_tensor(class_counts: Any) -> torch.Tensor:
+    """Per-class training counts as a float64 CPU tensor, validated: 1-D, at least 2 classes, each a
+    finite whole number in [1, 2^53]. Booleans are refused: a class mask is no count."""
+    if isinstance(class_counts, (str, bytes, bool)):
         raise ValueError(f"class_counts must be a sequence or 1-D tensor of per-class training counts, got {class_counts!r}")
     try:
-        counts = torch.as_tensor(class_counts, dtype=torch.float64).detach().cpu()
+        raw = torch.as_tensor(class_counts).detach().cpu()
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"class_counts must be a sequence or 1-D tensor of per-class training counts, got {class_counts!r} ({err})") from None
+    if raw.dtype == torch.bool or (isinstance(class_counts, (list, tuple)) and any(isinstance(c, bool) for c in class_counts)):
+        raise ValueError("class_counts holds booleans (a class mask?); give the number of training examples of each class, "
+                         "e.g. torch.bincount(train_labels, minlength=num_classes)")
+    if raw.is_complex():
+        raise ValueError(f"class_counts must be real whole numbers, got {raw.dtype}")
+    counts = raw.to(torch.float64)
     if counts.dim() != 1 or counts.numel() < 2:
         raise ValueError(f"class_counts must be 1-D with one count per class (at least 2), got shape {tuple(counts.shape)}")
-    bad = ~torch.isfinite(counts) | (counts <= 0) | (counts != counts.round())
+    bad = ~torch.isfinite(counts) | (counts <= 0) | (counts != counts.round()) | (counts > MAX_CLASS_COUNT)
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise ValueError(f"class_counts must be whole numbers > 0 (a class with no training example has no prior); "
+        raise ValueError(f"class_counts must be whole numbers in [1, 2^53] (a class with no training example has no prior); "
                          f"entry {i} is {counts[i].item()!r}")
-    return (counts / counts.sum()).log().float()
+    return counts
+
+
+def log_prior(class_counts: Any) -> torch.Tensor | None:
+    """log pi_c (float64) from per-class training counts, validated: one finite, positive, whole
+    number per class. float64 because the loss adds it in the logits' dtype: float64 logits get
+    the exact prior, float32 ones its rounding, as with every other part of the loss."""
+    if class_counts is None:
+        return None
+    counts = _counts_tensor(class_counts)
+    prior = (counts / counts.sum()).log()
+    if not torch.isfinite(prior).all():  # counts near 2^53 each can sum past what the ratio resolves
+        raise ValueError(f"class_counts are too large for their ratios to be computed (sum {float(counts.sum()):.3g}); "
+                         "pass the actual per-class training counts")
+    return prior
+
+
+def _prior_strength(value: Any) -> float:
+    """tau as a float in [0, 10]: Python, numpy and 0-d torch numbers alike (a bool is no strength)."""
+    if not isinstance(value, (bool, int, float)) and tuple(getattr(value, "shape", (0,))) == () and hasattr(value, "item"):
+        value = value.item()  # a 0-d tensor or numpy scalar; a bool or complex one stays refused below
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 <= value <= 10):
+        raise ValueError(f"prior_strength must be a number in [0, 10] (1: the logit-adjusted loss), got {value!r}")
+    return float(value)
 
 
 def _check_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
@@ -641,6 +732,23 @@ def _check_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
     return weight.detach().float() if weight.dtype != torch.float64 else weight.detach()
 
 
+def _short_list(values: list[int], shown: int = 6) -> str:
+    """[5000, 2997, ..., 50] for a repr: a long count list would drown the rest."""
+    if len(values) <= shown:
+        return str(values)
+    return "[" + ", ".join(map(str, values[: shown - 1])) + f", ..., {values[-1]}] ({len(values)} classes)"
+
+
+def evolved_with_prior(metadata: dict[str, Any]) -> bool:
+    """Whether a loss's provenance says it was evolved to score the logit-adjusted prediction
+    (a prior-aware students world: ``longtail-k10``, any ``edloss pretrain --imbalance`` output)."""
+    config = metadata.get("config") if isinstance(metadata, dict) else None
+    world = config.get("world") if isinstance(config, dict) else None
+    objective = config.get("objective") if isinstance(config, dict) else None
+    kind = objective.get("kind") if isinstance(objective, dict) else None
+    return kind == "students" and isinstance(world, dict) and world.get("prior_aware") is True
+
+
 def _warn_if_probabilities(x: torch.Tensor) -> None:
     """The probabilities-instead-of-logits mistake, judged on the first row of the first call."""
     first = x[0].detach()
@@ -648,7 +756,7 @@ def _warn_if_probabilities(x: torch.Tensor) -> None:
         warnings.warn(
             "the first row of logits lies in [0, 1] and sums to 1: it looks like probabilities. "
             "EDLLoss applies log_softmax itself; pass raw logits (drop the softmax).",
-            stacklevel=5,
+            stacklevel=6,
         )
 
 
@@ -672,6 +780,9 @@ def _check_logits_finite(x: torch.Tensor) -> None:
 
 
 def _check_probabilities(probs: torch.Tensor) -> None:
+    """Finite, >= 0, rows summing to 1; on detached values, so a target that requires grad (a
+    teacher's output) reads without torch's requires_grad-to-scalar warning."""
+    probs = probs.detach()
     lo, total_err = probs.min(), (probs.sum(1) - 1).abs().max()
     if not bool(torch.isfinite(probs).all()) or float(lo) < 0 or float(total_err) > 1e-3:
         raise ValueError(
@@ -688,6 +799,8 @@ def _checkpoint_folder(path: Path) -> Path:
 
 
 def _read_bytes(path: Path) -> bytes:
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a file; a checkpoint folder holds the files {CONFIG_FILE} and {WEIGHTS_FILE}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} is missing; a checkpoint folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     return path.read_bytes()
@@ -729,4 +842,21 @@ def _read_config(path: Path, allow_unverified: bool = False) -> dict[str, Any]:
                       "re-save it with loss.save()", stacklevel=3)
     if not (math.isfinite(meta["scale"]) and meta["scale"] > 0):
         raise ValueError(f"{path}: field 'scale' must be a finite positive number, got {meta['scale']!r}")
+    if "prior" in meta or version >= 4:
+        _check_prior_field(path, meta.get("prior"), version)
     return meta
+
+
+def _check_prior_field(path: Path, prior: Any, version: int) -> None:
+    """loss.json's ``prior`` (format 4): the class counts and tau the loss was saved with."""
+    if version < 4:
+        raise ValueError(f"{path}: field 'prior' needs format version 4 (found {version}); the file was edited")
+    if prior is None:
+        return
+    if not isinstance(prior, dict) or set(prior) != {"class_counts", "prior_strength"}:
+        raise ValueError(f"{path}: field 'prior' must be an object with 'class_counts' and 'prior_strength', got {prior!r}")
+    try:
+        log_prior(prior["class_counts"])
+        _prior_strength(prior["prior_strength"])
+    except ValueError as err:
+        raise ValueError(f"{path}: invalid field 'prior': {err}") from None

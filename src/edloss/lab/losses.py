@@ -366,33 +366,39 @@ def posthoc_adjusted(logits: torch.Tensor, counts: Any, tau: float = 1.0) -> tor
     return logits.float() - tau * (counts / counts.sum()).log().float()
 
 
-def _edl(checkpoint: str | None = None, prior_aware: bool = False, **options: Any) -> nn.Module:
+def _edl(checkpoint: str | None = None, prior_aware: bool = False, prior_strength: Any = None, **options: Any) -> nn.Module:
     """The EDL loss: the shipped pretrained weights, or a checkpoint written by pretraining.
 
     ``prior_aware=true`` (``edl:prior_aware=true``) makes it the prior-aware loss
-    ``EDLLoss(class_counts=...)`` with the counts the trainer reports (``PriorAwareEDL``).
-    Further options (e.g. ``check_inputs=false``) go to the ``EDLLoss`` constructor.
+    ``EDLLoss(class_counts=...)`` with the counts the trainer reports (``PriorAwareEDL``), at
+    ``prior_strength`` tau (default 1). Further options (e.g. ``check_inputs=false``) go to the
+    ``EDLLoss`` constructor.
     """
     from edloss.loss import EDLLoss  # imported here so the baselines never depend on it
 
     if not isinstance(prior_aware, bool):
         raise ValueError(f"edl prior_aware must be true or false, got {prior_aware!r}")
+    if prior_strength is not None and not prior_aware:  # else it would train prior-blind, silently
+        raise ValueError(f"edl prior_strength={prior_strength!r} scales the class prior, which only the prior-aware loss is "
+                         "told: add prior_aware=true (e.g. edl:prior_aware=true,prior_strength=2)")
     loss = EDLLoss.pretrained(**options) if checkpoint is None else EDLLoss.from_file(checkpoint, **options)
-    return PriorAwareEDL(loss) if prior_aware else loss
+    return PriorAwareEDL(loss, prior_strength) if prior_aware else loss
 
 
 class PriorAwareEDL(nn.Module):
     """An ``EDLLoss`` told the class prior by the trainer (``set_class_counts``): it then scores the
-    logit-adjusted prediction softmax(z + log pi), as ``EDLLoss(class_counts=counts)`` does."""
+    logit-adjusted prediction softmax(z + tau log pi), as ``EDLLoss(class_counts=counts)`` does."""
 
-    def __init__(self, loss: nn.Module) -> None:
+    def __init__(self, loss: nn.Module, prior_strength: Any = None) -> None:
+        from edloss.loss import _prior_strength
+
         super().__init__()
         self.loss = loss
+        # checked now, not when the trainer reports the counts after the data has loaded
+        self.prior_strength = 1.0 if prior_strength is None else _prior_strength(prior_strength)
 
     def set_class_counts(self, counts: Any) -> None:
-        from edloss.loss import log_prior
-
-        self.loss.log_prior = log_prior(torch.as_tensor(counts).tolist())
+        self.loss.set_prior(torch.as_tensor(counts).tolist(), self.prior_strength)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.loss.log_prior is None:
@@ -511,18 +517,35 @@ def _is_edl_path(rest: str) -> bool:
     """Whether the text after ``edl:`` is a checkpoint path rather than ``key=value`` options: an
     existing path always is, and so is anything not starting with one of EDL's option names (a
     folder named ``my=loss`` is no option ``my``)."""
-    from edloss.loss import EDLLoss
-
     if Path(rest).exists():
         return True
     match = re.match(r"^\s*([A-Za-z_]+)\s*=", rest)
-    if match is None:
-        return True
-    options = {"checkpoint", "prior_aware", "gain"}
+    return match is None or match.group(1) not in _edl_option_names()
+
+
+def _edl_option_names() -> set[str]:
+    """Every option ``edl:`` takes: the lab's own and those of EDLLoss's constructors."""
+    from edloss.loss import EDLLoss
+
+    options = {"checkpoint", "prior_aware", "gain", "prior_strength"}
     for method in (EDLLoss.__init__, EDLLoss.pretrained, EDLLoss.from_file):
         options |= {p.name for p in inspect.signature(method).parameters.values()
                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return match.group(1) not in options - {"self", "cls", "net", "path"}
+    return options - {"self", "cls", "net", "path"}
+
+
+def _edl_path_options(rest: str, spec: str) -> dict[str, Any]:
+    """``edl:PATH``: the path taken whole (it may hold ',' or '='), unless no such path exists and
+    it ends in ``,option=value...`` with EDL's options: then the path and those options
+    (``edl:runs/x/loss,gain=0.5``), instead of a missing checkpoint named ``runs/x/loss,gain=0.5``."""
+    if not Path(rest).exists():
+        for match in re.finditer(r",\s*([A-Za-z_]+)\s*=", rest):
+            if match.group(1) in _edl_option_names():
+                _, options = parse_loss_spec("edl:" + rest[match.start() + 1:])
+                if "checkpoint" in options:
+                    raise ValueError(f"loss spec {spec!r} names the checkpoint twice; give it once")
+                return {"checkpoint": rest[:match.start()], **options}
+    return {"checkpoint": rest}
 
 
 def parse_loss_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -534,7 +557,7 @@ def parse_loss_spec(spec: str) -> tuple[str, dict[str, Any]]:
     options: dict[str, Any] = {}
     if rest:
         if key == "edl" and _is_edl_path(rest):
-            return key, {"checkpoint": rest}  # a bare path, taken whole (it may hold ',' or '=')
+            return key, _edl_path_options(rest, spec)
         for i, item in enumerate(rest.split(",")):
             opt, eq, value = item.partition("=")
             if not eq:
@@ -542,6 +565,10 @@ def parse_loss_spec(spec: str) -> tuple[str, dict[str, Any]]:
                     raise ValueError(f"loss spec {spec!r}: write options as key=value "
                                      f"(e.g. focal:gamma=3)")
                 opt, value = PRIMARY_OPTION[key], item
+            if opt.strip() in options:  # else the last value would win silently
+                raise ValueError(f"loss spec {spec!r} sets {opt.strip()!r} twice"
+                                 + (f" (the bare value after '{name}:' is its {opt.strip()})" if i > 0 and key in PRIMARY_OPTION
+                                    and PRIMARY_OPTION[key] == opt.strip() else "") + "; give each option once")
             options[opt.strip()] = _parse_value(value.strip())
     return key, options
 
@@ -561,6 +588,8 @@ def definition_sha256(loss: nn.Module) -> str | None:
 
     if isinstance(loss, Gained):  # the gain is in the spec; the network inside is what a path can swap
         loss = loss.loss
+    if isinstance(loss, PriorAwareEDL):  # tau is in the spec and the counts come from the data: hash the network
+        loss = EDLLoss(loss.loss.net, scale=loss.loss.scale, metadata=loss.loss.metadata, trainable=loss.loss.trainable)
     if not isinstance(loss, EDLLoss):
         return None
     with tempfile.TemporaryDirectory() as folder:  # the checksum exactly as the file format defines it
