@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edloss.lab import tuning
 from edloss.lab.data import check_imbalance_feasible, check_present
 from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, parse_loss_spec, spec_definition
 from edloss.lab.models import model_names
@@ -185,7 +186,8 @@ def check_versus(versus: list[tuple[str, str]], arms: list[Arm]) -> None:
 
 def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: Path,
             models: list[str] | None = None, progress: bool = True, ray: str | None = None,
-            threads: int | None = None, versus: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+            threads: int | None = None, versus: list[tuple[str, str]] | None = None,
+            lr_grid: list[float] | None = None, tune_seeds: list[int] | None = None) -> dict[str, Any]:
     """Run (or finish) the grid and write the summary; returns the summary dict.
 
     ``recipe`` supplies everything but model, loss and seed. Diverged runs are recorded and
@@ -193,14 +195,21 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
     ``ray``: a Ray cluster address (or ``auto``) to run the runs on, as tasks of ``threads``
     CPUs; runs that fail there are reported as ``failed`` and the grid goes on.
     ``versus``: pairs of arm labels compared head to head in the summary.
+    ``lr_grid``: multipliers of ``recipe.lr``; every arm trains ``tune_seeds`` (default: the
+    first seed) at each, picks on validation, and runs ``seeds`` at its pick (``edloss.lab.tuning``).
     """
     arms = parse_arms(losses)
     versus = list(versus or [])
     check_versus(versus, arms)
     models = list(models or [recipe.model])
     check_grid(list(seeds), models)
-    _check_arms(arms, list(seeds))  # first: a missing EDL checkpoint is named with its arm
-    runs = plan(recipe, arms, list(seeds), models, Path(out_dir))
+    tuned = _tuned(lr_grid, tune_seeds, list(seeds), out_dir)
+    _check_arms(arms, list(seeds) + (tuned.tune_seeds if tuned else []))  # first: a missing EDL checkpoint is named
+    if tuned:
+        runs = tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, Path(out_dir))
+        runs += tuning.test_runs(recipe, arms, models, list(seeds), tuned.chosen(arms, models), Path(out_dir))
+    else:
+        runs = plan(recipe, arms, list(seeds), models, Path(out_dir))
     for run in runs:
         run.config.validate()
     check_output_path(out_dir)
@@ -216,26 +225,79 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
         distributed.resolve_address(ray)  # a wrong address fails now, before the grid folder exists
     out_dir = prepare_output_folder(out_dir)
     with RunLock(out_dir, "comparison grid"):  # the grid folder; train() locks each run folder below it
-        return _compare_locked(recipe, arms, list(seeds), models, out_dir, runs, progress, ray, threads, versus)
+        if tuned:
+            tuned.out_dir = out_dir
+        return _compare_locked(recipe, arms, list(seeds), models, out_dir, runs, progress, ray, threads, versus,
+                               tuned)
+
+
+@dataclass
+class Tuned:
+    """A tuned grid's settings: the multipliers, the seeds that choose, and where the runs live."""
+
+    grid: list[float]
+    tune_seeds: list[int]
+    out_dir: Path
+
+    def chosen(self, arms: list[Arm], models: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        return tuning.picks(Path(self.out_dir), arms, models, self.grid, self.tune_seeds)
+
+    def summary(self, recipe: TrainConfig, arms: list[Arm], models: list[str]) -> dict[str, Any]:
+        chosen = self.chosen(arms, models)
+        for entries in chosen.values():
+            for entry in entries.values():
+                entry["spread"] = tuning.flatness(entry["curve"])
+        return {"grid": self.grid, "tune_seeds": self.tune_seeds, "base_lr": recipe.lr, "picks": chosen}
+
+
+def _tuned(lr_grid: list[float] | None, tune_seeds: list[int] | None, seeds: list[int], out_dir: Path) -> Tuned | None:
+    """The tuned grid's settings, or None without ``lr_grid``; tuning seeds without a grid are refused."""
+    if lr_grid is None:
+        if tune_seeds:
+            raise ValueError("--tune-seeds needs --lr-grid (the seeds that pick each arm's learning rate)")
+        return None
+    grid = tuning.parse_lr_grid(lr_grid)
+    chosen = list(tune_seeds) if tune_seeds else seeds[:1]
+    check_grid(chosen, ["model"])
+    return Tuned(grid, chosen, Path(out_dir))
 
 
 def _compare_locked(recipe: TrainConfig, arms: list[Arm], seeds: list[int], models: list[str], out_dir: Path,
                     runs: list[GridRun], progress: bool, ray: str | None, threads: int | None,
-                    versus: list[tuple[str, str]]) -> dict[str, Any]:
+                    versus: list[tuple[str, str]], tuned: Tuned | None = None) -> dict[str, Any]:
     def summarise(plot: bool, failures: dict[str, str] | None = None) -> dict[str, Any]:
-        return write_summary(out_dir, recipe, arms, seeds, models, plot=plot, failures=failures, versus=versus)
+        return write_summary(out_dir, recipe, arms, seeds, models, plot=plot, failures=failures, versus=versus,
+                             tuned=tuned)
 
+    _refuse_mismatches(runs)
+    failures = _execute(runs, progress, ray, threads, summarise)
+    if tuned:  # the picks are known now: the test seeds at each arm's pick
+        done = {run.out_dir for run in runs}
+        test = [run for run in tuning.test_runs(recipe, arms, models, seeds, tuned.chosen(arms, models), out_dir)
+                if run.out_dir not in done]
+        _refuse_mismatches(test)
+        failures.update(_execute(test, progress, ray, threads, summarise))
+    summary = summarise(plot=True, failures=failures)
+    _say(progress, f"summary: {out_dir / 'summary.md'}")
+    return summary
+
+
+def _refuse_mismatches(runs: list[GridRun]) -> None:
     problems = _mismatches(runs)
     if problems:
         raise ValueError("run folders hold results of a different config or loss (use another --out, "
                          "the same recipe flags as before, or restore the loss):\n  " + "\n  ".join(problems))
+
+
+def _execute(runs: list[GridRun], progress: bool, ray: str | None, threads: int | None,
+             summarise: Any) -> dict[str, str]:
+    """Train the unfinished runs here or on Ray, rewriting the summary after each; returns the
+    runs that failed on Ray ({run folder: error})."""
     if ray is not None:
-        failures = _run_on_ray(runs, ray, threads, progress, lambda f: summarise(plot=False, failures=f))
-        summary = summarise(plot=True, failures=failures)
-        _say(progress, f"summary: {out_dir / 'summary.md'}")
-        return summary
+        return _run_on_ray(runs, ray, threads, progress, lambda f: summarise(plot=False, failures=f))
     for i, run in enumerate(runs, 1):
-        name = f"[{i}/{len(runs)}] {run.model} {run.arm.label} seed {run.seed}"
+        at = f" at lr {run.config.lr:g}" if run.out_dir.parent.name.startswith("lr") else ""
+        name = f"[{i}/{len(runs)}] {run.model} {run.arm.label} seed {run.seed}{at}"
         if is_finished(run.out_dir, run.config):  # result.json with this config
             _say(progress, f"{name}: finished earlier, skipped")
             continue
@@ -245,9 +307,7 @@ def _compare_locked(recipe: TrainConfig, arms: list[Arm], seeds: list[int], mode
         except TrainingDiverged as err:
             _say(True, f"{name}: diverged ({err}); continuing with the grid")
         summarise(plot=False)
-    summary = summarise(plot=True)
-    _say(progress, f"summary: {out_dir / 'summary.md'}")
-    return summary
+    return {}
 
 
 def _say(progress: bool, message: str) -> None:
@@ -333,11 +393,12 @@ def _is_ce(spec: str) -> bool:
 
 def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int],
             models: list[str], failures: dict[str, str] | None = None,
-            versus: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+            versus: list[tuple[str, str]] | None = None, tuned: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read every run's result and build the summary rows (accuracies in percent).
 
     ``failures`` ({run folder: error}, from a Ray grid) marks runs without a result as failed;
-    ``versus`` (pairs of arm labels) adds head-to-head tests.
+    ``versus`` (pairs of arm labels) adds head-to-head tests; ``tuned`` (a tuned grid's
+    ``Tuned.summary``) reads each arm's runs at its learning-rate pick.
     """
     failures = failures or {}
     runs, rows = [], []
@@ -345,8 +406,12 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
         reference = None
         for arm in arms:
             done = []
+            arm_dir = out_dir / model / arm.label
+            if tuned is not None:
+                chosen = tuned["picks"][model][arm.label]["pick"]
+                arm_dir = arm_dir / (tuning.lr_folder(chosen) if chosen is not None else "undecided")
             for seed in seeds:
-                run_dir = out_dir / model / arm.label / f"seed{seed}"
+                run_dir = arm_dir / f"seed{seed}"
                 result = read_result(run_dir) or {}
                 status = result.get("status", "failed" if str(run_dir) in failures else "missing")
                 runs.append({"model": model, "label": arm.label, "spec": arm.spec_for(seed), "seed": seed,
@@ -355,6 +420,7 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                              "best_val_test_acc": result.get("best_val_test_acc"),
                              "val_acc": result.get("final_val_acc"),
                              "test_nll": result.get("test_nll"), "test_ece": result.get("test_ece"),
+                             **{k: result.get(k) for k in TEMPERATURE_KEYS},
                              "wall_seconds": result.get("wall_seconds"),
                              "train_acc": _last_train_acc(run_dir) if status == "finished" else None,
                              **{k: result.get(k) for k in LONG_TAIL_KEYS if result.get(k) is not None}})
@@ -375,6 +441,10 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                    "train_mean": _mean_std(fit)[0], "train_std": _mean_std(fit)[1],
                    **_calibration_columns(done), **_long_tail_columns(done),
                    "wall_mean": _mean_std([r["wall_seconds"] for r in done])[0]}
+            if tuned is not None:
+                entry = tuned["picks"][model][arm.label]
+                row.update(lr_pick=entry["pick"], spread=entry["spread"],
+                           lr=None if entry["pick"] is None else tuned["base_lr"] * entry["pick"])
             if reference is None and _is_ce(arm.spec):
                 reference = row
             rows.append(row)
@@ -386,8 +456,11 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                 row.update(_paired_test(runs, model, row["label"], poly1["label"] if poly1 else None, "poly1"))
     shared = {k: v for k, v in asdict(recipe).items() if k not in ("model", "loss", "seed")}
     head_to_head = [_versus(runs, model, a, b) for model in models for a, b in versus or []]
-    return {"recipe": shared, "seeds": seeds, "models": models,
-            "arms": [asdict(a) for a in arms], "rows": rows, "versus": head_to_head, "runs": runs}
+    summary = {"recipe": shared, "seeds": seeds, "models": models,
+               "arms": [asdict(a) for a in arms], "rows": rows, "versus": head_to_head, "runs": runs}
+    if tuned is not None:
+        summary["tuning"] = tuned
+    return summary
 
 
 def _versus(runs: list[dict[str, Any]], model: str, a: str, b: str) -> dict[str, Any]:
@@ -531,11 +604,20 @@ def plot_per_class(summary: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+TEMPERATURE_KEYS = ("temperature", "test_nll_ts", "test_ece_ts")  # after temperature scaling fitted on validation
+
+
 def _calibration_columns(done: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Mean test NLL and ECE (percent) over an arm's finished runs that recorded them."""
+    """Mean test NLL and ECE (percent) over an arm's finished runs that recorded them, before and
+    after temperature scaling (runs made before it was measured have no "after")."""
     nll = [r["test_nll"] for r in done if r.get("test_nll") is not None]
     ece = [100 * r["test_ece"] for r in done if r.get("test_ece") is not None]
-    return {"nll_mean": _mean_std(nll)[0], "ece_mean": _mean_std(ece)[0], "ece_std": _mean_std(ece)[1]}
+    nll_ts = [r["test_nll_ts"] for r in done if r.get("test_nll_ts") is not None]
+    ece_ts = [100 * r["test_ece_ts"] for r in done if r.get("test_ece_ts") is not None]
+    temps = [r["temperature"] for r in done if r.get("temperature") is not None]
+    return {"nll_mean": _mean_std(nll)[0], "ece_mean": _mean_std(ece)[0], "ece_std": _mean_std(ece)[1],
+            "nll_ts_mean": _mean_std(nll_ts)[0], "ece_ts_mean": _mean_std(ece_ts)[0],
+            "ece_ts_std": _mean_std(ece_ts)[1], "temperature_mean": _mean_std(temps)[0]}
 
 
 def _paired_test(runs: list[dict[str, Any]], model: str, label: str, other: str | None, name: str) -> dict[str, Any]:
@@ -608,13 +690,20 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "of test accuracy, paired by seed, against CE and against Poly-1. NLL and ECE (top-label, "
         "15 equal-width bins, percent) are measured on the test set after the last epoch. Train acc "
         "is the last epoch's accuracy on the training labels as trained on (with label noise: the "
-        "noisy labels, so above 1 − η means wrong labels were memorised).", "",
+        "noisy labels, so above 1 − η means wrong labels were memorised). After TS: the same model's test NLL "
+        "and ECE after temperature scaling (one T per run, fitted on validation; predictions unchanged).", "",
     ]
+    tuned = summary.get("tuning")
+    if tuned:
+        lines += [f"**Tuned**: every arm picked its peak learning rate from the multipliers "
+                  f"{', '.join(f'{m:g}' for m in tuned['grid'])} of {tuned['base_lr']:g} on validation "
+                  f"(tuning seeds {', '.join(map(str, tuned['tune_seeds']))}); the rows below are its runs at its pick.", ""]
     for model in summary["models"]:
-        lines += [f"## {model}", "",
-                  "| loss | spec | seeds | test acc | test acc at best val | val acc | train acc | Δ vs CE | vs CE "
-                  "| vs Poly-1 | test NLL | ECE (%) | wall time (s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        pick_head, pick_rule = (" lr pick |", "---|") if tuned else ("", "")
+        lines += [f"## {model}", ""] + (tuning.tuning_table(tuned, model) if tuned else []) + [
+                  f"| loss | spec |{pick_head} seeds | test acc | test acc at best val | val acc | train acc | Δ vs CE "
+                  "| vs CE | vs Poly-1 | test NLL | ECE (%) | NLL after TS | ECE after TS (%) | wall time (s) |",
+                  f"|---|---|{pick_rule}---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in summary["rows"]:
             if row["model"] != model:
                 continue
@@ -622,13 +711,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 + (f" (+{row['failed']} failed)" if row.get("failed") else "")
             delta = format_delta(row)
             wall = "—" if row["wall_mean"] is None else f"{row['wall_mean']:.0f}"
-            lines.append(f"| {row['label']} | `{row['spec']}` | {seeds} | "
+            pick = ("" if not tuned else " — |" if row.get("lr_pick") is None
+                    else f" {row['lr_pick']:g}× ({row['lr']:.3g}) |")
+            lines.append(f"| {row['label']} | `{row['spec']}` |{pick} {seeds} | "
                          f"{_pm(row['test_mean'], row['test_std'])} | "
                          f"{_pm(row.get('best_val_test_mean'), row.get('best_val_test_std'))} | "
                          f"{_pm(row['val_mean'], row['val_std'])} | "
                          f"{_pm(row.get('train_mean'), row.get('train_std'))} | {delta} | {format_p(row, 'ce')} | "
                          f"{format_p(row, 'poly1')} | {_num(row.get('nll_mean'), 3)} | "
-                         f"{_pm(row.get('ece_mean'), row.get('ece_std'))} | {wall} |")
+                         f"{_pm(row.get('ece_mean'), row.get('ece_std'))} | {_num(row.get('nll_ts_mean'), 3)} | "
+                         f"{_pm(row.get('ece_ts_mean'), row.get('ece_ts_std'))} | {wall} |")
         lines += ["", *_per_seed_table(summary, model), ""]
         lines += long_tail_table(summary, model)
         lines += versus_table(summary, model)
@@ -705,10 +797,14 @@ def plot_val_accuracy(summary: dict[str, Any], out_dir: Path, path: Path) -> Non
 
 def write_summary(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int],
                   models: list[str], plot: bool = True, failures: dict[str, str] | None = None,
-                  versus: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """Write summary.md, summary.json and (with ``plot``) val_accuracy.png; return the summary."""
+                  versus: list[tuple[str, str]] | None = None, tuned: Tuned | None = None) -> dict[str, Any]:
+    """Write summary.md, summary.json and (with ``plot``) val_accuracy.png (and a tuned grid's
+    lr_curves.png); return the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = collect(out_dir, recipe, arms, seeds, models, failures, versus)
+    tuning_summary = tuned.summary(recipe, arms, models) if tuned else None
+    summary = collect(out_dir, recipe, arms, seeds, models, failures, versus, tuning_summary)
+    if plot and tuning_summary:
+        tuning.plot_lr_curves(tuning_summary, out_dir / "lr_curves.png")
     atomic_write_text(out_dir / "summary.md", render_markdown(summary))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if plot:
@@ -726,24 +822,69 @@ def _cli(args: argparse.Namespace) -> int:
     recipe = config_from_args(args)
     out = Path(args.out)  # made by compare() once every flag is checked
     versus = [tuple(pair) for pair in args.versus or []]
+    grid = None if args.lr_grid is None else tuning.parse_lr_grid(args.lr_grid)
     if args.summary_only:
-        arms = parse_arms(args.losses)
-        check_versus(versus, arms)
-        models = args.models or [recipe.model]
-        check_grid(args.seeds, models)
-        out = prepare_output_folder(args.out)
-        with RunLock(out, "comparison grid"):
-            recipe = summary_recipe(recipe, plan(recipe, arms, args.seeds, models, out))
-            write_summary(out, recipe, arms, args.seeds, models, versus=versus)
+        rewrite_summary(recipe, args, out, versus, grid)
         print(out / "summary.md")
         return 0
-    summary = compare(recipe, args.losses, args.seeds, args.out, args.models, progress=not args.quiet,
-                      ray=args.ray, threads=args.threads, versus=versus)
+    summary = compare(recipe, args.losses or list(DEFAULT_LOSSES), args.seeds or list(DEFAULT_SEEDS), args.out,
+                      args.models, progress=not args.quiet, ray=args.ray, threads=args.threads, versus=versus,
+                      lr_grid=grid, tune_seeds=args.tune_seeds)
     print((out / "summary.md").read_text())
     failed = [r for r in summary["runs"] if r["status"] == "failed"]
     for run in failed:
         print(f"edloss compare: failed: {run['dir']}: {run['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def rewrite_summary(recipe: TrainConfig, args: argparse.Namespace, out: Path, versus: list[tuple[str, str]],
+                    grid: list[float] | None) -> dict[str, Any]:
+    """``--summary-only``: rewrite the summary from the runs present. The arms, seeds, models and
+    tuning not given on the command line are taken from the summary.json already there, and a
+    rewrite that would drop finished runs the old summary counted is refused: nothing is lost."""
+    previous = _previous_summary(out)
+    tuned_before = previous.get("tuning") or {}
+    losses = args.losses or [a["label"] + "=" + a["spec"] for a in previous.get("arms", [])] or list(DEFAULT_LOSSES)
+    seeds = args.seeds or previous.get("seeds") or list(DEFAULT_SEEDS)
+    models = args.models or previous.get("models") or [recipe.model]
+    if not versus:
+        versus = [(v["a"], v["b"]) for v in previous.get("versus", []) if "a" in v and "b" in v]
+        versus = list(dict.fromkeys(versus))
+    if grid is None and tuned_before:
+        grid = tuned_before["grid"]
+    tune_seeds = args.tune_seeds or tuned_before.get("tune_seeds")
+    arms = parse_arms(losses)
+    check_versus(versus, arms)
+    check_grid(seeds, models)
+    tuned = _tuned(grid, tune_seeds, seeds, out)
+    out = prepare_output_folder(out)
+    with RunLock(out, "comparison grid"):
+        runs = (tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, out) if tuned
+                else plan(recipe, arms, seeds, models, out))
+        recipe = summary_recipe(recipe, runs)
+        lost = _finished_dirs(previous) - _finished_dirs(collect(out, recipe, arms, seeds, models, versus=versus,
+                                                                 tuned=tuned.summary(recipe, arms, models) if tuned else None))
+        if lost:
+            raise ValueError(f"--summary-only would drop {len(lost)} finished run(s) that {out / 'summary.json'} counts "
+                             f"(e.g. {sorted(lost)[0]}); give the same --losses, --seeds, --models (and --lr-grid) "
+                             "as the grid, or leave them out to take them from that summary")
+        return write_summary(out, recipe, arms, seeds, models, versus=versus, tuned=tuned)
+
+
+def _previous_summary(out: Path) -> dict[str, Any]:
+    """The summary.json of an earlier grid in ``out`` ({} when there is none or it is unreadable)."""
+    try:
+        previous = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
+
+
+def _finished_dirs(summary: dict[str, Any]) -> set[str]:
+    """``model/label/seedK`` of every finished run a summary counts (not the folder as spelled:
+    the same grid may be named by another relative path)."""
+    return {f"{r.get('model')}/{r.get('label')}/seed{r.get('seed')}" for r in summary.get("runs", [])
+            if isinstance(r, dict) and r.get("status") == "finished"}
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -752,15 +893,20 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "compare", help="train a grid of losses x seeds x models and summarise it",
         description="Train every loss with every seed (and model) under one recipe; rerunning "
                     "skips finished runs and resumes interrupted ones.")
-    p.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), metavar="[LABEL=]SPEC",
+    p.add_argument("--losses", nargs="+", default=None, metavar="[LABEL=]SPEC",
                    help="loss arms, e.g. ce focal:gamma=3 edl-chaotic=edl:runs/a/loss; {seed} in a "
                         "spec is each run's seed (edl:runs/pretrain-seed{seed}/loss: a loss per seed) "
                         f"(default: {' '.join(DEFAULT_LOSSES)})")
     p.add_argument("--versus", nargs=2, action="append", metavar=("A", "B"),
                    help="compare arm A with arm B head to head in the summary (bootstrap interval, "
                         "Mann–Whitney, paired Wilcoxon); repeatable")
-    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
-                   help="default: %(default)s")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}; with --summary-only, the earlier summary's")
+    p.add_argument("--lr-grid", default=None, metavar="M1,M2,...",
+                   help="tuned comparison: multipliers of --lr (e.g. 0.5,1,2); every arm trains --tune-seeds at "
+                        "each, picks the best final validation accuracy, then runs --seeds at its pick")
+    p.add_argument("--tune-seeds", nargs="+", type=int, default=None,
+                   help="with --lr-grid: the seeds that choose each arm's learning rate (default: the first of --seeds)")
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                    help=f"any of {', '.join(model_names())} (default resnet20)")
     p.add_argument("--out", default="runs/compare", help="grid folder (default %(default)s)")

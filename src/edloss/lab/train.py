@@ -41,6 +41,7 @@ from edloss.configs import versions
 from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
                           check_output_path, prepare_output_folder, read_jsonl)
 from edloss.files import writing as _writing
+from edloss.lab.calibration import ECE_BINS, temperature_scaling
 from edloss.lab.data import (BatchLoader, Splits, check_imbalance, check_imbalance_feasible, check_present, flip_labels,
                              get_spec, load_splits, long_tail_counts, resolve_data_dir)
 from edloss.lab.longtail import shot_accuracy, shot_groups
@@ -283,27 +284,30 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-ECE_BINS = 15  # equal-width confidence bins, top-label ECE (Guo et al., 2017)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True, calibration: bool = False,
-             adjust: torch.Tensor | None = None) -> tuple[float, float] | tuple[float, float, dict[str, Any]]:
+             adjust: torch.Tensor | None = None,
+             keep_logits: bool = False) -> tuple[float, float] | tuple[float, float, dict[str, Any]]:
     """Mean cross-entropy (the NLL) and accuracy over a loader (whatever loss the model trained
     with); with ``calibration``, also the top-label expected calibration error, the
     reliability bins (count, mean confidence, accuracy per equal-width confidence bin) and the
     accuracy per class (``class_acc``); with ``adjust`` (K,) too, the accuracy per class of the
-    predictions argmax(logits - adjust) (``class_acc_adjusted``: post-hoc logit adjustment)."""
+    predictions argmax(logits - adjust) (``class_acc_adjusted``: post-hoc logit adjustment); with
+    ``keep_logits`` too, every logit and label (``logits``, ``labels``, on the CPU) for temperature
+    scaling."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
     correct = torch.zeros((), dtype=torch.int64, device=loader.device)
     bins = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=loader.device)  # count, confidence, correct
     per_class: torch.Tensor | None = None  # (3, K): images, hits, hits after adjustment
     count = 0
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     for x, y in loader:
         with _autocast(loader.device, amp):
             logits = model(x)
         logits = logits.float()
+        if keep_logits:
+            kept.append((logits.cpu(), y.cpu()))
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         hit = logits.argmax(1) == y
         correct += hit.sum()
@@ -326,6 +330,8 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True, calibratio
     reliability = {"count": n, "confidence": [c / k if k else None for c, k in zip(conf, n)],
                    "accuracy": [h / k if k else None for h, k in zip(hits, n)]}
     out = {"ece": ece, "bins": ECE_BINS, "reliability": reliability}
+    if keep_logits:
+        out["logits"], out["labels"] = (torch.cat(part) for part in zip(*kept))
     if per_class is not None:
         images, right, right_adjusted = per_class.tolist()
         out["class_acc"] = [h / k if k else None for h, k in zip(right, images)]
@@ -582,6 +588,15 @@ def _best_epoch(history: list[dict]) -> dict | None:
     return max(history, key=lambda r: r["val_acc"] or 0.0) if history else None
 
 
+def _temperature_scaled(run: _Run, test_logits: torch.Tensor, test_labels: torch.Tensor) -> dict[str, Any]:
+    """The final model's test NLL and ECE after temperature scaling fitted on validation (the
+    temperature too); nothing without a validation split, where there is nothing to fit T on."""
+    if run.val_loader is None:
+        return {}
+    _, _, val = evaluate(run.forward, run.val_loader, run.config.amp, calibration=True, keep_logits=True)
+    return temperature_scaling(val["logits"], val["labels"], test_logits, test_labels)
+
+
 def _best_val_test(run: _Run, history: list[dict], test_loss: float, test_acc: float) -> dict[str, Any]:
     """Test NLL and accuracy of the weights kept at the best validation epoch (the last epoch's
     numbers when that was the best). Selection is by validation alone; the test set only reports.
@@ -740,15 +755,17 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
         counts = torch.tensor(run.label_counts, dtype=torch.float64)
         adjust = (counts / counts.sum()).log().float()
     test_loss, test_acc, calibration = evaluate(run.forward, run.test_loader, config.amp, calibration=True,
-                                                adjust=adjust)
+                                                adjust=adjust, keep_logits=True)
     if not math.isfinite(test_loss):
         raise diverged(config.epochs, f"the test loss is {test_loss} after the last epoch",
                        config.epochs)
+    scaled = _temperature_scaled(run, calibration.pop("logits"), calibration.pop("labels"))
     best_val = _best_val_test(run, history, test_loss, test_acc)
     clock.train += time.perf_counter() - t0
     result = _result(run, "finished", history, clock, test_loss=test_loss, test_acc=test_acc,
                      test_nll=test_loss, test_ece=calibration["ece"], test_reliability=calibration["reliability"],
-                     test_class_acc=calibration.get("class_acc"), **_long_tail(run, calibration), **best_val)
+                     test_class_acc=calibration.get("class_acc"), **_long_tail(run, calibration), **scaled,
+                     **best_val)
     with _writing(result_path):
         atomic_write_json(result_path, result)
     _log(progress, f"done: val acc {history[-1]['val_acc']}  test acc {test_acc:.4f}  "
