@@ -26,7 +26,7 @@ RECIPE = {  # the flags train and compare share (add_recipe_args)
     "--epochs": ["0", str(10**20)], "--batch-size": ["1", "0"], "--lr": ["0", "nan", "inf", "-1"],
     "--momentum": ["1", "-0.1"], "--weight-decay": ["-1", "inf"], "--schedule": ["linear"],
     "--warmup-epochs": ["-1", "5", "nan"], "--eval-batch-size": ["0"], "--device": ["tpu", "cuda:99"],
-    "--threads": ["0", "-2"],
+    "--threads": ["0", "-2"], "--val-every": ["0", "x"],
 }
 CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
     "train": (["--out", "{out}", *TRAIN_BASE], {
@@ -76,10 +76,17 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--proxy-epochs": ["0"], "--proxy-val": ["0"], "--reserve": ["0"], "--threads": ["0"],
     }),
     "report": (["{missing}"], {"runs": ["{missing}"], "--out": ["{file}"], "--threads": ["0", "-1"]}),
+    "regimes": (["c10-budget", "--out", "{out}", "--data-dir", "{data}", "--arms", "ce", "--quiet", "--threads", "1",
+                 "--device", "cpu"], {
+        "regimes": ["bogus"], "--arms": ["nope", "a=ce a=poly1", "edl:{missing}"], "--lr-grid": ["0,1", "1", "x,2"],
+        "--per-class": ["0", "99999"], "--steps": ["0", "-3"], "--out": ["{file}", "{file}/under"],
+        "--data-dir": ["{missing}"], "--device": ["tpu"], "--threads": ["0"],
+    }),
 }
 # Flags with no value to get wrong: switches.
 SWITCHES = {"--help", "--fresh", "--quiet", "--download", "--balanced-subset", "--no-augment", "--no-nesterov",
-            "--channels-last", "--no-channels-last", "--compile", "--no-amp", "--summary-only", "--no-ranking"}
+            "--channels-last", "--no-channels-last", "--compile", "--no-amp", "--summary-only", "--no-ranking",
+            "--list", "--matrix-only"}
 # The functions where a command's real work begins: reaching one means the bad value was accepted.
 # (report has none: build_report checks its inputs itself, before it writes, and the sweep checks nothing is written)
 WORK = ["edloss.lab.train._train_locked", "edloss.lab.compare._compare_locked", "edloss.pretrain.pretrain",

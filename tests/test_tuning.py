@@ -114,3 +114,26 @@ def test_summary_only_keeps_the_grid_it_finds(tiny_config: TrainConfig, tmp_path
     assert cli_main(["compare", "--summary-only", "--out", str(tmp_path), "--losses", "ce"] + recipe) == 2
     assert "would drop 1 finished run(s)" in capsys.readouterr().err
     assert json.loads((tmp_path / "summary.json").read_text())["rows"] == after["rows"]
+
+
+def test_cosine_loss_is_the_angle_to_the_one_hot_class() -> None:
+    """Barz & Denzler (2020): 1 - cos(z, e_y); blind to the logits' length."""
+    from edloss.lab.losses import build_loss_from_spec
+
+    loss = build_loss_from_spec("cosine")
+    z, y = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, -2.0]]), torch.tensor([1, 2])
+    assert loss(z, y).item() == pytest.approx(((1 - 4 / 5) + (1 + 1)) / 2)
+    assert loss(10 * z, y).item() == pytest.approx(loss(z, y).item())
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from edloss.lab.train import train
+
+    result = train(replace(tiny_config, epochs=5, val_every=2), tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+    assert [r["val_acc"] is not None for r in rows] == [False, True, False, True, True]
+    assert result["final_val_acc"] == rows[-1]["val_acc"] and result["best_val_epoch"] in (2, 4, 5)
+    with pytest.raises(ValueError, match="--val-every must be an integer >= 1"):
+        replace(tiny_config, val_every=0).validate()

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "adapt": "edloss.lab.adapt",
     "report": "edloss.lab.report",
     "world-check": "edloss.lab.world",
+    "regimes": "edloss.lab.regimes",
 }
 
 

@@ -772,15 +772,15 @@ def plot_val_accuracy(summary: dict[str, Any], out_dir: Path, path: Path) -> Non
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models) + 2.5, 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         for i, arm in enumerate(arms):
-            curves = [[100 * (h["val_acc"] or 0) for h in _read_history(Path(run["dir"]))]
+            curves = [[(h["epoch"], 100 * h["val_acc"]) for h in _read_history(Path(run["dir"])) if h.get("val_acc") is not None]
                       for run in summary["runs"] if run["model"] == model
                       and run["label"] == arm["label"] and run["status"] == "finished"]
             curves = [c for c in curves if c]
             if not curves:
                 continue
-            length = min(map(len, curves))
-            acc = np.array([c[:length] for c in curves])
-            epochs = np.arange(1, length + 1)
+            length = min(map(len, curves))  # epochs validated (every --val-every-th and the last)
+            acc = np.array([[a for _, a in c[:length]] for c in curves])
+            epochs = np.array([e for e, _ in curves[0][:length]])
             mean, std = acc.mean(0), acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(length)
             style = {"color": "black", "linestyle": "--"} if _is_ce(arm["spec"]) else {"color": palette[i % len(palette)]}
             (line,) = ax.plot(epochs, mean, label=f"{arm['label']} (n={len(acc)})", **style)

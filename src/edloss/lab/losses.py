@@ -116,6 +116,21 @@ class MAE(nn.Module):
         return (2 * (1 - _target_logprob(logits, target).exp())).mean()
 
 
+class Cosine(nn.Module):
+    """Cosine loss (Barz & Denzler, "Deep Learning on Small Datasets using Cosine Loss", WACV 2020):
+    1 - cos(z, e_y), the angle between the network's output and the one-hot class embedding.
+
+    It ignores the output's length, so it cannot buy a lower loss by growing the logits (CE's
+    route to over-fitting a few images): the limited-data anchor of the field, where it beat CE
+    by large margins on small sets. The prediction is argmax z as for every other loss; the
+    logits' scale is arbitrary, so its NLL and ECE mean something only after temperature scaling.
+    """
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        return (1 - z.gather(1, target[:, None]).squeeze(1) / z.norm(dim=1).clamp_min(1e-12)).mean()
+
+
 class GCE(nn.Module):
     """Generalized cross-entropy (Zhang & Sabuncu, NeurIPS 2018): (1 - p_y^q) / q.
 
@@ -422,6 +437,7 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "balanced_softmax": BalancedSoftmax,
     "ldam_drw": LDAMDRW,
     "cb_ce": ClassBalancedCE,
+    "cosine": Cosine,
 }
 # the option a bare value after "name:" sets
 PRIMARY_OPTION: dict[str, str] = {

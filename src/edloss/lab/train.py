@@ -94,13 +94,14 @@ class TrainConfig:
     reserve: int = 0  # the last N training images set aside before validation is cut (edloss adapt's proxies)
     evaluate_test: bool = True  # False: no test evaluation at all (proxy trainings select on validation only)
     imbalance: float | None = None  # long tail: class c keeps floor(n_max RHO^(-c/(K-1))) training images
+    val_every: int = 1  # validate after every N-th epoch and after the last (small training sets: many short epochs)
 
     def validate(self) -> None:
         """Raise ValueError naming the bad option and its valid range, before any work is done:
         a value out of range would otherwise be used silently or fail minutes later."""
         ints = [("epochs", "--epochs", 1), ("batch_size", "--batch-size", 2),
                 ("eval_batch_size", "--eval-batch-size", 1), ("val_size", "--val-size", 0),
-                ("seed", "--seed", 0), ("reserve", "reserve", 0)]
+                ("seed", "--seed", 0), ("reserve", "reserve", 0), ("val_every", "--val-every", 1)]
         for name, flag, low in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -720,7 +721,7 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
         finally:
             bar.close()
         val_loss = val_acc = None
-        if run.val_loader is not None:
+        if run.val_loader is not None and (epoch % config.val_every == 0 or epoch == config.epochs):
             val_loss, val_acc = evaluate(run.forward, run.val_loader, config.amp)
         broken = nonfinite_state(run.model)
         if val_loss is not None and not math.isfinite(val_loss):
@@ -730,7 +731,8 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
             raise diverged(epoch, f"the weights hold NaN/Inf after the epoch ({broken})", epoch - 1)
         elapsed = time.perf_counter() - t0
         clock.train += elapsed
-        if val_acc is not None and val_acc > max((r["val_acc"] for r in history), default=-1.0):
+        if val_acc is not None and val_acc > max((r["val_acc"] for r in history if r["val_acc"] is not None),
+                                                 default=-1.0):
             run.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                         "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": elapsed})
@@ -738,7 +740,7 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
             append_jsonl(epochs_path, history[-1])
         with _writing(ckpt_path):
             atomic_torch_save(_checkpoint(run, epoch, history, clock), ckpt_path)
-        val_text = f"val loss {val_loss:.4f} acc {val_acc:.4f}" if val_acc is not None else "no val"
+        val_text = f"val loss {val_loss:.4f} acc {val_acc:.4f}" if val_acc is not None else "not validated"
         _log(progress, f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f} "
                        f"acc {train_acc:.4f}  {val_text}  lr {lr:.4g}  {elapsed:.1f}s")
         if stop_after is not None and epoch - start >= stop_after and epoch < config.epochs:
@@ -805,6 +807,9 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
                    help="which labels flip (shared by every loss of a comparison; default %(default)s)")
     g = parser.add_argument_group("recipe")
     g.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
+    g.add_argument("--val-every", type=int, default=d.val_every, metavar="N",
+                   help="validate after every N-th epoch and after the last (default %(default)s; a larger N saves "
+                        "time when epochs are short: a small training set trained for many epochs)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="default %(default)s")

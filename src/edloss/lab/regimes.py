@@ -1,0 +1,315 @@
+"""The regime matrix: every loss at its own best learning rate, across the regimes users are in.
+
+A loss chosen in one regime (CIFAR-10, 8k images, 8 epochs, one shared learning rate) can win
+there by what that regime rewards. The matrix asks the question again where it matters: little
+data trained to convergence, 100 classes, today's CPU budget and the full training set. Each
+regime is a tuned comparison (``edloss compare --lr-grid``): every arm, CE included, picks its
+learning rate from the same grid on validation and then runs its test seeds at its pick.
+
+The regimes are split, before any choice is made, into **calibration** regimes (where losses
+are chosen) and **held-out** regimes (where the choice is only reported). ``edloss regimes``
+runs any of them into ``OUT/<regime>/`` (resumable: finished runs are skipped, interrupted ones
+resume from their last epoch) and writes ``OUT/matrix.md`` / ``matrix.json`` / ``matrix.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edloss.files import atomic_write_text, save_figure
+from edloss.lab.data import get_spec
+from edloss.lab.train import TrainConfig
+
+ROLES = ("calibration", "held-out")
+DEFAULT_GRID = (0.5, 1.0, 2.0)
+# the anchors: CE, the two hand-made losses the default has to beat, the limited-data anchor (cosine), EDL
+DEFAULT_ARMS = ("ce", "ls=label_smoothing:0.1", "poly1", "cosine", "edl")
+TRAIN_PER_CLASS = {"cifar10": 5000, "cifar100": 500}  # training images per class before validation is cut
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One cell of the matrix: data, model, budget and seeds; everything else is the lab's recipe."""
+
+    name: str
+    role: str
+    about: str
+    dataset: str = "cifar10"
+    model: str = "resnet20"
+    per_class: int | None = None  # training images per class (class-balanced); None: every image left
+    steps: int | None = None  # optimiser step budget; None: ``epochs``
+    epochs: int | None = None
+    val_size: int = 5000
+    val_every: int = 1
+    seeds: tuple[int, ...] = (0, 1, 2)
+    tune_seeds: tuple[int, ...] = (0,)
+
+    def train_images(self) -> int:
+        k = get_spec(self.dataset).num_classes
+        per_class = self.per_class or TRAIN_PER_CLASS[self.dataset] - self.val_size // k
+        return per_class * k
+
+    def epochs_for(self, batch_size: int) -> int:
+        """The epoch count that gives the step budget (at least one epoch)."""
+        if self.steps is None:
+            return int(self.epochs)
+        per_epoch = max(1, math.ceil(self.train_images() / batch_size))
+        return max(1, round(self.steps / per_epoch))
+
+    def recipe(self, base: TrainConfig) -> TrainConfig:
+        """``base`` (the lab's defaults, the data folder, the device) with this regime's data and budget."""
+        subset = None if self.per_class is None else self.per_class * get_spec(self.dataset).num_classes
+        return replace(base, dataset=self.dataset, model=self.model, train_subset=subset,
+                       balanced_subset=subset is not None, val_size=self.val_size, val_every=self.val_every,
+                       epochs=self.epochs_for(base.batch_size))
+
+
+REGIMES: dict[str, Regime] = {r.name: r for r in (
+    Regime("c10-budget", "calibration", "today's CPU recipe: CIFAR-10, 8,000 images, 8 epochs",
+           per_class=800, epochs=8),
+    Regime("c10-limited-50", "calibration", "CIFAR-10, 50 images per class, trained to convergence",
+           per_class=50, steps=800, val_size=1000, val_every=10, seeds=(0, 1, 2, 3, 4)),
+    Regime("c100-budget", "calibration", "CIFAR-100 (K = 100), 20,000 images, 5 epochs",
+           dataset="cifar100", per_class=200, epochs=5),
+    Regime("c10-limited-250", "held-out", "CIFAR-10, 250 images per class, trained to convergence",
+           per_class=250, steps=1200, val_size=1000, val_every=5, seeds=(0, 1, 2, 3, 4)),
+    Regime("c100-limited", "held-out", "CIFAR-100, 50 images per class, trained to convergence",
+           dataset="cifar100", per_class=50, steps=1600, val_size=2000, val_every=5, seeds=(0, 1, 2, 3, 4)),
+    Regime("c10-full", "held-out", "CIFAR-10, all 45,000 training images, 15 epochs (the confirmation)",
+           epochs=15),
+)}
+
+
+def resolve(names: list[str]) -> list[Regime]:
+    """Regime names (or ``all``, ``calibration``, ``held-out``) -> regimes, refusing unknown ones."""
+    out: list[Regime] = []
+    for name in names:
+        if name == "all":
+            chosen = list(REGIMES.values())
+        elif name in ROLES:
+            chosen = [r for r in REGIMES.values() if r.role == name]
+        elif name in REGIMES:
+            chosen = [REGIMES[name]]
+        else:
+            raise ValueError(f"unknown regime {name!r}; valid: {', '.join(REGIMES)}, or all, calibration, held-out")
+        out += [r for r in chosen if r not in out]
+    if not out:
+        raise ValueError(f"no regime given; valid: {', '.join(REGIMES)}, or all, calibration, held-out")
+    return out
+
+
+def override(regime: Regime, per_class: int | None = None, steps: int | None = None) -> Regime:
+    """``regime`` with another images-per-class count or step budget, refused with one line when
+    the data cannot hold it or the budget is not a positive integer."""
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"--steps must be an integer >= 1 (optimiser steps), got {steps!r}")
+        regime = replace(regime, steps=steps, epochs=None)
+    if per_class is not None:
+        k = get_spec(regime.dataset).num_classes
+        most = TRAIN_PER_CLASS[regime.dataset] - regime.val_size // k
+        if isinstance(per_class, bool) or not isinstance(per_class, int) or not 1 <= per_class <= most:
+            raise ValueError(f"--per-class must be an integer in [1, {most}] for {regime.name} ({regime.dataset} keeps "
+                             f"{most} training images per class after its {regime.val_size}-image validation split), "
+                             f"got {per_class!r}")
+        regime = replace(regime, per_class=per_class)
+    return regime
+
+
+def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str], grid: list[float],
+        progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Run (or resume) each regime's tuned comparison into ``OUT/<regime>/``, then the matrix."""
+    from edloss.lab.compare import compare
+
+    configs = {r.name: r.recipe(base) for r in regimes}
+    for config in configs.values():
+        config.validate()  # every regime's recipe is checked before the first one trains
+    for regime in regimes:
+        _say(progress, f"== regime {regime.name} ({regime.role}): {regime.about}")
+        compare(configs[regime.name], list(arms), list(regime.seeds), out / regime.name, progress=progress,
+                threads=threads, lr_grid=list(grid), tune_seeds=list(regime.tune_seeds))
+        write_matrix(out)
+    return write_matrix(out)
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- the matrix
+
+
+def collect_matrix(out: Path) -> dict[str, Any]:
+    """Every regime folder under ``out`` with a summary: per arm its pick, seeds, test accuracy,
+    calibration before and after temperature scaling, and its gap to the best other arm."""
+    cells = []
+    for regime in REGIMES.values():
+        path = out / regime.name / "summary.json"
+        if not path.is_file():
+            continue
+        summary = json.loads(path.read_text())
+        rows = [r for r in summary["rows"] if r.get("n")]
+        for row in rows:
+            others = [o for o in rows if o["label"] != row["label"] and o["test_mean"] is not None]
+            best = max(others, key=lambda o: o["test_mean"], default=None)
+            cells.append({"regime": regime.name, "role": regime.role, "arm": row["label"], "spec": row["spec"],
+                          "n": row["n"], "lr_pick": row.get("lr_pick"), "lr": row.get("lr"),
+                          "spread": row.get("spread"), "test_mean": row["test_mean"], "test_std": row["test_std"],
+                          "val_mean": row["val_mean"], "ece_mean": row.get("ece_mean"),
+                          "ece_ts_mean": row.get("ece_ts_mean"), "nll_ts_mean": row.get("nll_ts_mean"),
+                          "best_other": None if best is None else best["label"],
+                          "gap_to_best_other": None if best is None else row["test_mean"] - best["test_mean"],
+                          **_paired_vs(summary, row["label"], None if best is None else best["label"])})
+    return {"regimes": {r.name: {**asdict(r), "seeds": list(r.seeds), "tune_seeds": list(r.tune_seeds)}
+                        for r in REGIMES.values() if (out / r.name / "summary.json").is_file()},
+            "cells": cells}
+
+
+def _paired_vs(summary: dict[str, Any], label: str, other: str | None) -> dict[str, Any]:
+    """Paired (by seed) difference to ``other``: Wilcoxon signed-rank p and the paired t-test's p.
+    Both, because with 5 seeds the two-sided Wilcoxon cannot go below p = 0.0625 however large the
+    lead; the t-test can, under its normality assumption."""
+    if other is None:
+        return {}
+    from edloss.lab.stats import wilcoxon_paired
+
+    def by_seed(name: str) -> dict[int, float]:
+        return {r["seed"]: 100 * r["test_acc"] for r in summary["runs"]
+                if r["label"] == name and r["status"] == "finished" and r.get("test_acc") is not None}
+
+    mine, theirs = by_seed(label), by_seed(other)
+    seeds = sorted(set(mine) & set(theirs))
+    diffs = [mine[s] - theirs[s] for s in seeds]
+    if not diffs:
+        return {}
+    p = wilcoxon_paired([(mine[s], theirs[s]) for s in seeds])["p"] if len(diffs) > 1 else None
+    t_p = None
+    if len(diffs) > 1 and statistics.pstdev(diffs) > 0:
+        from scipy.stats import ttest_rel
+
+        t_p = float(ttest_rel([mine[s] for s in seeds], [theirs[s] for s in seeds]).pvalue)
+    return {"paired_diff": statistics.fmean(diffs), "paired_n": len(diffs), "paired_wins": sum(d > 0 for d in diffs),
+            "paired_p": p, "paired_t_p": t_p}
+
+
+def render_matrix(matrix: dict[str, Any]) -> str:
+    lines = ["# The regime matrix", "",
+             "Every arm picked its peak learning rate on validation from the same grid of multipliers "
+             "(`edloss regimes`; each regime's `summary.md` has the curves). Test accuracy in percent, mean ± std "
+             "over the seeds at the pick; gap: to the best *other* arm (paired by seed, Wilcoxon p); ECE before and "
+             "after temperature scaling fitted on validation. Calibration regimes choose what ships; held-out "
+             "regimes only report.", ""]
+    for name, regime in matrix["regimes"].items():
+        lines += [f"## {name} ({regime['role']})", "", f"{regime['about']}; model {regime['model']}.", "",
+                  "| arm | seeds | lr pick | spread (val) | test acc | gap to best other | paired | ECE (%) "
+                  "| ECE after TS (%) |", "|---|---|---|---|---|---|---|---|---|"]
+        for c in (c for c in matrix["cells"] if c["regime"] == name):
+            pick = "—" if c["lr_pick"] is None else f"{c['lr_pick']:g}× ({c['lr']:.3g})"
+            gap = "—" if c["gap_to_best_other"] is None else f"{c['gap_to_best_other']:+.2f} vs {c['best_other']}"
+            paired = "—" if c.get("paired_n") is None else (
+                f"{c['paired_wins']}/{c['paired_n']} better"
+                + ("" if c.get("paired_p") is None else f", Wilcoxon p = {c['paired_p']:.3g}")
+                + ("" if c.get("paired_t_p") is None else f", t-test p = {c['paired_t_p']:.3g}"))
+            lines.append(f"| {c['arm']} | {c['n']} | {pick} | {_num(c['spread'])} | {_num(c['test_mean'])} ± "
+                         f"{_num(c['test_std'])} | {gap} | {paired} | {_num(c['ece_mean'])} | {_num(c['ece_ts_mean'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def plot_matrix(matrix: dict[str, Any], path: Path) -> Path | None:
+    """Test accuracy of every arm in every regime, as the gap to CE (points): one glance at where a
+    loss helps and where it hurts. None before any regime has a CE row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in matrix["regimes"] if any(c["regime"] == n and c["arm"] == "ce" for c in matrix["cells"])]
+    if not names:
+        return None
+    arms = list(dict.fromkeys(c["arm"] for c in matrix["cells"] if c["arm"] != "ce"))
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) * max(1, len(arms)) / 3 + 3, 4.2))
+    width = 0.8 / max(1, len(arms))
+    for i, arm in enumerate(arms):
+        gaps = []
+        for name in names:
+            cell = {c["arm"]: c for c in matrix["cells"] if c["regime"] == name}
+            a, ce = cell.get(arm), cell.get("ce")
+            gaps.append(math.nan if a is None or ce is None else a["test_mean"] - ce["test_mean"])
+        ax.bar([x + i * width for x in range(len(names))], gaps, width, label=arm)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks([x + width * (len(arms) - 1) / 2 for x in range(len(names))], names)
+    ax.set(ylabel="test accuracy − CE's (points), each at its own lr", title="the regime matrix (tuned)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    return path
+
+
+def write_matrix(out: Path) -> dict[str, Any]:
+    matrix = collect_matrix(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "matrix.json", json.dumps(matrix, indent=2) + "\n")
+    atomic_write_text(out / "matrix.md", render_matrix(matrix))
+    plot_matrix(matrix, out / "matrix.png")
+    return matrix
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from edloss.lab.train import apply_threads
+    from edloss.lab.tuning import parse_lr_grid
+
+    if args.list:
+        for r in REGIMES.values():
+            print(f"{r.name:16s} {r.role:12s} {r.about}")
+        return 0
+    regimes = [override(r, args.per_class, args.steps) for r in resolve(args.regimes or ["calibration"])]
+    grid = parse_lr_grid(args.lr_grid)
+    out = Path(args.out)
+    if args.matrix_only:
+        print(render_matrix(write_matrix(out)))
+        return 0
+    apply_threads(args)
+    base = TrainConfig(data_dir=args.data_dir, device=args.device)
+    run(regimes, out, base, args.arms, grid, progress=not args.quiet, threads=args.threads)
+    print((out / "matrix.md").read_text())
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``edloss regimes``."""
+    p = subparsers.add_parser(
+        "regimes", help="the tuned regime matrix: every loss at its own best learning rate in each regime",
+        description=__doc__.split("\n\n")[1])
+    p.add_argument("regimes", nargs="*", metavar="REGIME",
+                   help=f"any of {', '.join(REGIMES)}, or all / calibration / held-out (default: calibration)")
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), metavar="[LABEL=]SPEC",
+                   help=f"loss arms (default: {' '.join(DEFAULT_ARMS)})")
+    p.add_argument("--lr-grid", default=",".join(f"{m:g}" for m in DEFAULT_GRID), metavar="M1,M2,...",
+                   help="multipliers of the recipe's peak lr, the same for every arm (default %(default)s)")
+    p.add_argument("--per-class", type=int, default=None, help="override the regimes' images per class")
+    p.add_argument("--steps", type=int, default=None, help="override the regimes' optimiser step budget")
+    p.add_argument("--out", default="runs/regimes", help="matrix folder (default %(default)s)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $EDLOSS_DATA, then ./data)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (one per job when two share the cores)")
+    p.add_argument("--list", action="store_true", help="list the regimes and their roles")
+    p.add_argument("--matrix-only", action="store_true", help="only rewrite matrix.md/json/png from the runs present")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cli)

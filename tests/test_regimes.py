@@ -1,0 +1,65 @@
+"""The regime matrix (issue 33): regimes resolve and refuse bad names and budgets before work;
+a tiny matrix runs end to end as tuned comparisons and summarises every arm's gap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from _cifar_fixtures import _one_thread, tiny_cifar, tiny_config  # noqa: F401
+from edloss.cli import main as cli_main
+from edloss.lab import regimes as R
+from edloss.lab.train import TrainConfig
+
+
+def test_every_regime_has_a_role_and_a_valid_recipe(tiny_cifar: Path) -> None:
+    assert {r.role for r in R.REGIMES.values()} == set(R.ROLES)
+    for regime in R.REGIMES.values():
+        config = regime.recipe(TrainConfig(data_dir=str(tiny_cifar), device="cpu"))
+        config.validate()
+        assert config.dataset == regime.dataset and config.val_size == regime.val_size
+    limited = R.REGIMES["c10-limited-50"]
+    assert limited.train_images() == 500 and limited.epochs_for(128) == round(limited.steps / 4)
+    assert [r.name for r in R.resolve(["calibration"])] == [r.name for r in R.REGIMES.values() if r.role == "calibration"]
+    assert len(R.resolve(["all", "c10-budget"])) == len(R.REGIMES)  # each at most once
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: R.resolve(["c10-bogus"]), "unknown regime 'c10-bogus'; valid: c10-budget"),
+    (lambda: R.resolve([]), "no regime given"),
+    (lambda: R.override(R.REGIMES["c10-budget"], steps=0), "--steps must be an integer >= 1"),
+    (lambda: R.override(R.REGIMES["c100-budget"], per_class=600), r"--per-class must be an integer in \[1, 450\]"),
+    (lambda: R.override(R.REGIMES["c10-budget"], per_class=0), "--per-class must be an integer in"),
+])
+def test_bad_regime_input_is_one_line(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_cli_refuses_before_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "m"
+    for argv, match in [(["bogus"], "unknown regime"), (["c10-budget", "--lr-grid", "0.5,0.5"], "repeats 0.5"),
+                        (["c10-budget", "--steps", "0"], "--steps must be"), (["c10-budget", "--lr-grid", "nan,1"], "> 0")]:
+        assert cli_main(["regimes", *argv, "--out", str(out)]) == 2
+        assert match in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_tiny_matrix_end_to_end(tiny_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny = R.Regime("c10-budget", "calibration", "tiny", per_class=6, epochs=1, val_size=32, seeds=(0, 1))
+    monkeypatch.setattr(R, "REGIMES", {"c10-budget": tiny})
+    base = TrainConfig(data_dir=tiny_config.data_dir, device="cpu", batch_size=32, eval_batch_size=64, lr=0.05)
+    matrix = R.run([tiny], tmp_path, base, ["ce", "poly1"], [0.5, 2.0], progress=False)
+    cells = {c["arm"]: c for c in matrix["cells"]}
+    assert set(cells) == {"ce", "poly1"} and all(c["n"] == 2 and c["lr_pick"] in (0.5, 2.0) for c in cells.values())
+    summary = json.loads((tmp_path / "c10-budget" / "summary.json").read_text())
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert cells["poly1"]["gap_to_best_other"] == pytest.approx(rows["poly1"]["test_mean"] - rows["ce"]["test_mean"])
+    assert cells["poly1"]["paired_n"] == 2 and cells["ce"]["best_other"] == "poly1"
+    assert summary["recipe"]["train_subset"] == 60 and summary["recipe"]["balanced_subset"]
+    md = (tmp_path / "matrix.md").read_text()
+    assert "## c10-budget (calibration)" in md and "| poly1 | 2 |" in md and "ECE after TS" in md
+    assert (tmp_path / "matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "matrix.json").read_text())["cells"] == json.loads(json.dumps(matrix["cells"]))
