@@ -57,7 +57,7 @@ def reference_losses(specs: list[str], classes: int = 10) -> dict[str, LossFn]:
     is then that row's loss and the gradient that row's gradient. Long-tail losses, which read the
     training set's class counts, are told balanced counts at K = ``classes`` (a shape has no
     training set): logit adjustment, balanced softmax and CB-CE are then CE, LDAM keeps its margin."""
-    from edloss.lab.compare import parse_arms  # the lab extra: only when references are asked for
+    from edloss.lab.grid import parse_arms  # the lab extra: only when references are asked for
 
     def per_row(fn: LossFn) -> LossFn:
         def rows(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,6 @@ def ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, bi
     confidence, predicted = probs.max(1)
     hit = (predicted == labels).double()
     index = (confidence * bins).long().clamp_max(bins - 1)
-    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, torch.ones_like(confidence))
     conf = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, confidence)
     right = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, hit)
     return ((right - conf).abs().sum() / labels.numel()).item()

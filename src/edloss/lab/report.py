@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from edloss.lab.compare import format_delta, format_p, long_tail_table, plot_per_class, versus_table
+from edloss.lab.summary import format_delta, format_p, long_tail_table, plot_per_class, versus_table
 from edloss.files import atomic_write_bytes, prepare_output_folder, read_jsonl, save_figure
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

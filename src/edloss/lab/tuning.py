@@ -16,14 +16,12 @@ multiplier nearest 1 (the recipe's own rate), then to the smaller one.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edloss.lab.grid import Arm, GridRun, check_grid
 from edloss.lab.train import TrainConfig, read_result
-
-if TYPE_CHECKING:
-    from edloss.lab.compare import Arm, GridRun
 
 
 def parse_lr_grid(text: str | list[float] | tuple[float, ...]) -> list[float]:
@@ -60,8 +58,6 @@ def scaled_lr(recipe: TrainConfig, multiplier: float) -> float:
 
 
 def _run(recipe: TrainConfig, model: str, arm: Arm, seed: int, multiplier: float, out_dir: Path) -> GridRun:
-    from edloss.lab.compare import GridRun
-
     config = replace(recipe, model=model, loss=arm.spec_for(seed), seed=seed, lr=scaled_lr(recipe, multiplier))
     return GridRun(model, arm, seed, config, out_dir / model / arm.label / lr_folder(multiplier) / f"seed{seed}")
 
@@ -178,3 +174,34 @@ def plot_lr_curves(tuning: dict[str, Any], path: Path) -> Path | None:
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     return path
+
+
+@dataclass
+class Tuned:
+    """A tuned grid's settings: the multipliers, the seeds that choose, and where the runs live."""
+
+    grid: list[float]
+    tune_seeds: list[int]
+    out_dir: Path
+
+    def chosen(self, arms: list[Arm], models: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        return picks(Path(self.out_dir), arms, models, self.grid, self.tune_seeds)
+
+    def summary(self, recipe: TrainConfig, arms: list[Arm], models: list[str]) -> dict[str, Any]:
+        chosen = self.chosen(arms, models)
+        for entries in chosen.values():
+            for entry in entries.values():
+                entry["spread"] = flatness(entry["curve"])
+        return {"grid": self.grid, "tune_seeds": self.tune_seeds, "base_lr": recipe.lr, "picks": chosen}
+
+
+def settings(lr_grid: list[float] | None, tune_seeds: list[int] | None, seeds: list[int], out_dir: Path) -> Tuned | None:
+    """The tuned grid's settings, or None without ``lr_grid``; tuning seeds without a grid are refused."""
+    if lr_grid is None:
+        if tune_seeds:
+            raise ValueError("--tune-seeds needs --lr-grid (the seeds that pick each arm's learning rate)")
+        return None
+    grid = parse_lr_grid(lr_grid)
+    chosen = list(tune_seeds) if tune_seeds else seeds[:1]
+    check_grid(chosen, ["model"])
+    return Tuned(grid, chosen, Path(out_dir))
