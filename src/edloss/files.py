@@ -110,6 +110,22 @@ def prepare_output_folder(out: Path | str, option: str = "--out") -> Path:
     return out
 
 
+@contextlib.contextmanager
+def folder_kept_only_if_used(out: Path) -> Iterator[None]:
+    """Remove ``out`` again when the block fails and ``out`` did not exist before it and holds
+    nothing but the lock file: a one-line error (Ray missing, memory exhausted before the first
+    write) then leaves no empty run folder behind to puzzle over."""
+    existed = Path(out).exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and Path(out).is_dir() and {p.name for p in Path(out).iterdir()} <= {LOCK_FILE}:
+            (Path(out) / LOCK_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()
+        raise
+
+
 class RunLock:
     """An exclusive lock on a run folder, held while the run writes into it.
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -37,7 +38,28 @@ from edloss.lossnet import LossNet, LossNetConfig
 OP = "edloss::fused_loss"
 KERNEL_FALLBACKS: dict[str, str] = {}  # architecture spec -> why its compiled kernel is not used
 _compiled_kernels: dict[tuple[str, bool], Callable[..., Any]] = {}
-_use_compiled = os.environ.get("EDLOSS_COMPILED_KERNEL", "") == "1"
+TRUTHY, FALSY = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+KERNEL_ENV = "EDLOSS_COMPILED_KERNEL"
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable in its usual spellings (any case); anything else is refused,
+    so a typo never leaves a setting silently off."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in TRUTHY or value in FALSY:
+        return value in TRUTHY
+    raise ValueError(f"{name}={os.environ[name]!r} is neither on ({', '.join(TRUTHY)}) nor off ({', '.join(v for v in FALSY if v)}, "
+                     "or unset); set one of those")
+
+
+def _kernel_env() -> bool:
+    """``EDLOSS_COMPILED_KERNEL``; the name with a doubled L (as docs once spelt it) is named, not ignored."""
+    if "EDLLOSS_COMPILED_KERNEL" in os.environ and KERNEL_ENV not in os.environ:
+        warnings.warn(f"EDLLOSS_COMPILED_KERNEL is set, but edloss reads {KERNEL_ENV} (one L after 'ED'); rename it", stacklevel=3)
+    return env_flag(KERNEL_ENV)
+
+
+_use_compiled = _kernel_env()
 
 
 # ---------------------------------------------------------------------- the network as tensors
@@ -176,7 +198,9 @@ def fused_loss(x: Tensor, target: Tensor, plan: Tensor, scale: float, spec: str,
         from edloss.loss import _check_finite
 
         _check_finite(x, logp_y if ignore_index is None else torch.where(check_target != ignore_index, logp_y, 0.0))
-    return (loss.sum() if reduce else loss), (grad if with_grad else x.new_empty(0)), logp_y
+    # contiguous, as the fake kernel promises: the kernel may hand back a column of a wider tensor
+    # (stride 2), which a dynamic-shape graph checks against the fake strides and refuses
+    return (loss.sum() if reduce else loss.contiguous()), (grad.contiguous() if with_grad else x.new_empty(0)), logp_y.contiguous()
 
 
 @fused_loss.register_fake
@@ -227,12 +251,17 @@ class _EagerFusedLoss(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: Tensor, _grad_logp_y: Tensor) -> tuple[Tensor | None, ...]:
         grad, x, target, plan = ctx.saved_tensors
         if ctx.reduce and not torch.is_grad_enabled() and grad_loss.device.type == "cpu" and float(grad_loss) == 1.0:
-            return grad, None, None, None, None, None, None  # loss.backward(): skip a pass over (M, C)
+            # loss.backward(): no multiplication, but a copy: the saved tensor must not be handed out, or an
+            # in-place change to the returned gradient (a hook, g.zero_()) would corrupt a retained second backward
+            return grad.clone(), None, None, None, None, None, None
         return backward_formula(grad, x, target, plan, ctx.scale, ctx.spec, ctx.reduce, grad_loss), None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------- what EDLLoss calls
 def _spec_cached(net: LossNet) -> str:
+    """The architecture string, computed once per network outside any trace: under
+    ``torch.compile(dynamic=True)`` a float in the config may be symbolic, and formatting it in the
+    graph (``repr``) is unsupported, where reading a cached string is a constant."""
     spec = net.__dict__.get("_fused_spec")
     if spec is None:
         spec = net.__dict__["_fused_spec"] = spec_of(net.config)
@@ -247,9 +276,10 @@ def fused_losses(x: Tensor, target: Tensor, net: LossNet, scale: float, reduce: 
     validated inside it, at run time) whose kernel is compiled too (who compiles expects seconds
     of compiling; not under ``torch.export``, whose program may run anywhere); in eager the same
     kernel runs directly."""
-    if torch.compiler.is_compiling():  # traced ops fold the network: no cache can be read here
+    if torch.compiler.is_compiling():  # traced ops fold the network: no tensor cache can be read here
         plan = pack(fold(net.effective(x.dtype), net.config))
-        loss, _, logp_y = torch.ops.edloss.fused_loss(x, target, plan, scale, spec_of(net.config), reduce, x.requires_grad,
+        spec = getattr(net, "_fused_spec", None) or spec_of(net.config)  # EDLLoss caches it at construction
+        loss, _, logp_y = torch.ops.edloss.fused_loss(x, target, plan, scale, spec, reduce, x.requires_grad,
                                                       check_target, ignore_index, not torch.compiler.is_exporting())
         return loss, logp_y
     spec, packed = _spec_cached(net), packed_plan(net, x.dtype, x.device)

@@ -35,7 +35,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.autograd import forward_ad
 
-from edloss.fused_op import fused_losses
+from edloss.fused_op import _spec_cached, fused_losses
 from edloss.files import atomic_write_bytes, atomic_write_json
 from edloss.lossnet import LossNet, LossNetConfig, base_penalty
 
@@ -116,6 +116,7 @@ class EDLLoss(nn.Module):
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict (the provenance saved with the loss), got {type(metadata).__name__}")
         self.net = net
+        _spec_cached(net)  # the fused operator's architecture string, made here: formatting it inside a dynamic-shape trace fails
         self.scale = float(scale)  # a Python float: part of the definition, immune to .half()
         self.register_buffer("weight", _check_weight(weight))
         self.register_buffer("log_prior", None)
@@ -789,6 +790,17 @@ def _check_probabilities(probs: torch.Tensor) -> None:
             "probability targets must be finite, >= 0 and sum to 1 over the class dimension "
             f"(found min {float(lo):.3g}, largest |sum - 1| {float(total_err):.3g}); for class indices pass an integer tensor"
         )
+
+
+def loss_folder(path: str | os.PathLike[str]) -> Path | None:
+    """The loss folder a path names, as ``edloss inspect`` reads it: a loss folder, its
+    ``loss.json`` or ``loss.safetensors``, or a run folder holding ``loss/``; None where none is."""
+    path = Path(path)
+    folder = path.parent if path.name in (WEIGHTS_FILE, CONFIG_FILE) and path.is_file() else path
+    for candidate in (folder, folder / "loss"):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    return None
 
 
 def _checkpoint_folder(path: Path) -> Path:

@@ -41,9 +41,9 @@ from tqdm import tqdm
 from edloss import evolve, students
 from edloss.configs import check_fields, check_range, diff_dicts, from_dict, load_file, to_dict, versions
 from edloss.evolve import ESConfig, ESState
-from edloss.files import (LockedRun, RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_folder,
-                          read_jsonl, writing)
-from edloss.loss import CONFIG_FILE, WEIGHTS_FILE, EDLLoss, is_shipped, shipped_names
+from edloss.files import (LockedRun, RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, check_output_path,
+                          folder_kept_only_if_used, prepare_output_folder, read_jsonl, writing)
+from edloss.loss import CONFIG_FILE, WEIGHTS_FILE, EDLLoss, is_shipped, loss_folder, shipped_names
 from edloss.lossnet import LossNet, LossNetConfig, init_offset, init_scale
 from edloss.objective import (
     ObjectiveConfig,
@@ -98,6 +98,10 @@ class PretrainConfig:
             where = "world.label_noise" if self.students else "objective.label_noise"
             raise ValueError(f"the corrected form's base must match the regime: lossnet.noise_rate {self.lossnet.noise_rate} "
                              f"!= {where} {self.label_noise}")
+        if not self.students and self.world != WorldConfig():  # else the world would be ignored, silently
+            raise ValueError(f"config.world is set ({', '.join(diff_dicts(to_dict(WorldConfig()), to_dict(self.world))[:3])}) but "
+                             f"objective.kind is {self.objective.kind!r}: only objective.kind = \"students\" uses the world; "
+                             "set it (or --objective students), or remove the [world] section")
         if self.students and self.objective.label_noise > 0:
             raise ValueError("with the students objective the regime's label noise is world.label_noise (objective.label_noise is the ranking's)")
 
@@ -127,12 +131,15 @@ def initial_state(cfg: PretrainConfig) -> ESState:
 
 
 def start_parameters(cfg: PretrainConfig) -> torch.Tensor:
-    """Flat parameters of ``cfg.start`` (a shipped name or a loss folder), which must have this run's network."""
-    if not is_shipped(cfg.start) and not (Path(cfg.start) / CONFIG_FILE).is_file():
-        raise ValueError(f"start loss {cfg.start!r} is neither a shipped loss ({', '.join(shipped_names())}) nor a loss folder with {CONFIG_FILE}")
+    """Flat parameters of ``cfg.start`` (a shipped name, a loss folder or its loss.json, or a run
+    folder holding loss/: what ``edloss inspect`` takes), which must have this run's network."""
+    folder = None if is_shipped(cfg.start) else loss_folder(cfg.start)
+    if not is_shipped(cfg.start) and folder is None:
+        raise ValueError(f"start loss {cfg.start!r} is neither a shipped loss ({', '.join(shipped_names())}) nor a loss folder "
+                         f"with {CONFIG_FILE} (nor its {CONFIG_FILE}, nor a run folder holding loss/)")
     with warnings.catch_warnings():  # only its parameters are used: a load-time advisory (v3's) is not this run's news
         warnings.simplefilter("ignore")
-        loss = EDLLoss.pretrained(cfg.start) if is_shipped(cfg.start) else EDLLoss.from_file(cfg.start)
+        loss = EDLLoss.pretrained(cfg.start) if folder is None else EDLLoss.from_file(folder)
     if to_dict(loss.net.config) != to_dict(cfg.lossnet):
         raise ValueError(f"start loss {cfg.start!r} has another network ({to_dict(loss.net.config)}) than this run's lossnet "
                          f"({to_dict(cfg.lossnet)}); set the lossnet section to match it")
@@ -185,6 +192,31 @@ def discard_previous_run(out: Path, names: tuple[str, ...] = RUN_FILES) -> None:
             path.unlink(missing_ok=True)
 
 
+def holds_pretraining_run(out: Path) -> bool:
+    """Whether ``out`` holds what ``edloss pretrain`` writes: a checkpoint, or the config.json it
+    writes first (an object with its ``config``, ``command`` and ``versions``)."""
+    if (Path(out) / "checkpoint.pt").is_file():
+        return True
+    try:
+        saved = json.loads((Path(out) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"config", "command", "versions"} <= set(saved)
+
+
+def check_run_folder(out: Path) -> None:
+    """Refuse an existing, non-empty ``out`` that holds no pretraining run: starting (or
+    ``--fresh``) replaces config.json, summary.json, metrics.csv and loss/, which there would be
+    a user's own files. Hidden files (the lock) do not count."""
+    out = Path(out)
+    if not out.is_dir() or holds_pretraining_run(out):
+        return
+    present = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if present:
+        raise ValueError(f"--out {out} is not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}) and holds no "
+                         "edloss pretraining run, so its files could be replaced; choose a new or empty folder for --out")
+
+
 def batch_seed(seed: int, generation: int) -> int:
     """Seed of a generation's synthetic batch: independent of everything before it."""
     return (seed * 1_000_003 + generation * 7_919 + 17) % (2**63 - 1)
@@ -212,6 +244,7 @@ class Run(LockedRun):
         prepare_output_folder(self.out)
         self._lock = RunLock(self.out, "pretraining run").__enter__()
         try:
+            check_run_folder(self.out)
             if cfg.students and evaluator is not None:
                 raise ValueError("the students objective runs in this process; --ray is for the ranking objectives")
             self.evaluator = evaluator or evaluate_population  # where, not what: the numbers are the same
@@ -432,6 +465,8 @@ def pretrain(cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = Fa
     ``evaluator`` scores each generation's population (default ``objective.evaluate_population``
     in this process; ``distributed.RayEvaluator`` on Ray actors, with identical numbers).
     """
+    if cfg.students:  # knobs that pass one by one can together need tens of GB: say so before allocating
+        students.check_memory(cfg.world, cfg.es.population)
     with Run(cfg, Path(out), command, fresh, evaluator) as run:  # holds out/.lock until the loss is exported
         bar = tqdm(total=cfg.es.generations, initial=run.state.generation, disable=not progress, desc=f"pretrain {cfg.es.mutation}", unit="gen")
         while not run.done:
@@ -555,20 +590,14 @@ def _main(args: argparse.Namespace) -> int:
         resolve_address(args.ray)  # a wrong address fails before the run folder is made
     if cfg.start:
         start_parameters(cfg)  # a missing start loss, or one with another network, fails before the run folder is made
-    out = prepare_output_folder(Path("runs") / f"pretrain-{cfg.es.mutation}-seed{cfg.es.seed}" if args.out is None else args.out)
+    out = check_output_path(Path("runs") / f"pretrain-{cfg.es.mutation}-seed{cfg.es.seed}" if args.out is None else args.out)
+    check_run_folder(out)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "edloss " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("edloss") else "edloss pretrain " + shlex.join(_argv_of(args))
-    evaluator = None
-    if args.ray:
-        from edloss.distributed import RayEvaluator
-
-        evaluator = RayEvaluator(args.ray_actors, address=args.ray, threads=args.threads or 1)
-    try:
-        loss, summary = pretrain(cfg, out, command=command, fresh=args.fresh, progress=not args.quiet, evaluator=evaluator)
-    finally:
-        if evaluator is not None:
-            evaluator.close()
+    with folder_kept_only_if_used(out):
+        prepare_output_folder(out)
+        loss, summary = _run_with_evaluator(cfg, out, command, args)
     if not args.quiet:
         h, ce = summary["heldout"], summary["cross_entropy_heldout"]
         print(f"\nwrote {out / 'loss'} (scale {summary['scale']:.4g}) in {summary['wall_seconds']:.1f}s")
@@ -586,6 +615,20 @@ def _main(args: argparse.Namespace) -> int:
                          else f"the exported loss beats it by {100 * (w['fitness'] - start_fit):+.2f}"))
         print(format_shape_table(summary["shape"]))
     return 0
+
+
+def _run_with_evaluator(cfg: PretrainConfig, out: Path, command: str, args: argparse.Namespace) -> tuple[EDLLoss, dict[str, Any]]:
+    """``pretrain`` here, or on Ray actors with ``--ray`` (closed however the run ends)."""
+    evaluator = None
+    if args.ray:
+        from edloss.distributed import RayEvaluator
+
+        evaluator = RayEvaluator(args.ray_actors, address=args.ray, threads=args.threads or 1)
+    try:
+        return pretrain(cfg, out, command=command, fresh=args.fresh, progress=not args.quiet, evaluator=evaluator)
+    finally:
+        if evaluator is not None:
+            evaluator.close()
 
 
 def _argv_of(args: argparse.Namespace) -> list[str]:

@@ -32,9 +32,12 @@ the fraction of such students is reported, and a run never stops for it.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -136,6 +139,10 @@ class WorldConfig:
             replace(self, mix=(), select=(), **PRESETS[name])  # each world of the mixture is checked too
         if len(set(self.mix)) != len(self.mix) or len(set(self.select)) != len(self.select):
             raise ValueError(f"world.mix / world.select name a world twice: {self.mix}, {self.select}")
+        shared = [name for name in self.select if name in (self.mix or ())]
+        if shared:  # a selection world the search trained in is no held-out world
+            raise ValueError(f"world.select {list(self.select)} shares {shared} with world.mix {list(self.mix)}: the worlds that "
+                             "pick the exported loss must be held out from the search; name others in select")
         if min(self.class_counts(hi)) < 1:
             raise ValueError(f"world.imbalance {self.imbalance} leaves a class with no training point at "
                              f"points_per_class {self.points_per_class}; lower the imbalance or raise points_per_class")
@@ -450,6 +457,54 @@ def heldout_tasks(cfg: WorldConfig, seed: int) -> Heldout:
 def evaluate_heldout(theta: torch.Tensor, net: LossNetConfig, heldout: Heldout, cfg: WorldConfig) -> dict[str, torch.Tensor]:
     """World metrics of each individual of ``theta`` on the held-out tasks."""
     return evaluate_population(theta, net, heldout.tasks, replace(cfg, tasks=HELDOUT_TASKS), heldout.reference)
+
+
+# ---------------------------------------------------------------------- memory
+MEMORY_HEADROOM = 0.8  # the share of the machine's available memory an estimate may claim
+
+
+def memory_estimate(cfg: WorldConfig, groups: int) -> int:
+    """Bytes at the peak of training and scoring ``groups`` x T students in the world at its
+    largest class count, roughly (within a factor of about 2): the tasks' data, each student's
+    parameters four times (weights, velocity, gradient, a masked copy) and the activations of a
+    minibatch and of the test set (float64 logits there). Knobs that each pass their own range
+    check can together need tens of GB; this says so before a raw allocator error does."""
+    k = cfg.classes[1]
+    inputs = cfg.dim if cfg.family == "gaussian" else IMAGE_SIZE * IMAGE_SIZE * 9  # images: unfolded 3x3 patches
+    n_train, n_test = sum(cfg.class_counts(k)), k * cfg.test_points_per_class
+    shapes = _student_shapes(cfg, k)
+    params = sum(i * o for i, o in shapes)
+    hidden = sum(o for i, o in shapes if i > 1) + inputs
+    students = groups * max(cfg.tasks, HELDOUT_TASKS)
+    data = max(cfg.tasks, HELDOUT_TASKS) * (n_train + n_test) * inputs
+    state = 4 * students * params
+    activations = students * (3 * cfg.batch_size * hidden + n_test * (hidden + 2 * k))
+    return 4 * (data + state + activations)
+
+
+def available_memory() -> int | None:
+    """Bytes the machine can still give (MemAvailable), else its physical memory; None if unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def check_memory(cfg: WorldConfig, groups: int, available: int | None = None) -> None:
+    """Refuse a world whose students cannot fit in memory, with the estimate and the knobs that
+    drive it, before any folder is made or tensor allocated."""
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    need = max(memory_estimate(world, groups) for _, world in variants(cfg))
+    if need > MEMORY_HEADROOM * available:
+        raise ValueError(f"this students world needs about {need / 2**30:.1f} GiB ({groups} losses x {max(cfg.tasks, HELDOUT_TASKS)} "
+                         f"tasks of students: width {cfg.width}, depth {cfg.depth}, dim {cfg.dim}, classes up to {cfg.classes[1]}), "
+                         f"more than the {available / 2**30:.1f} GiB available; lower world.width, world.depth, world.dim, "
+                         "world.tasks or the population")
 
 
 # ---------------------------------------------------------------------- mixtures of worlds

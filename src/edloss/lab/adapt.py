@@ -45,8 +45,9 @@ import torch
 from edloss import evolve
 from edloss.configs import check_fields, check_range, diff_dicts, from_dict, to_dict, versions
 from edloss.evolve import ESConfig, ESState
-from edloss.files import RunLock, atomic_torch_save, atomic_write_json, prepare_output_folder, read_jsonl, append_jsonl
-from edloss.loss import EDLLoss
+from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write_json, folder_kept_only_if_used, prepare_output_folder,
+                          read_jsonl)
+from edloss.loss import EDLLoss, evolved_with_prior, is_shipped, loss_folder, pretrained_noise_rate
 from edloss.lossnet import LossNet
 from edloss.objective import ObjectiveConfig, anchor_gradient_norm, ce_anchor_norm, evaluate_population, population_penalty
 from edloss.pretrain import PretrainConfig, heldout_set
@@ -97,19 +98,31 @@ class AdaptConfig:
 
 
 def load_start(start: str) -> EDLLoss:
-    """The starting loss, or a clear error naming what to pass."""
+    """The starting loss (a shipped name, a loss folder or its loss.json, or a run folder holding
+    loss/, as ``edloss inspect`` takes), or a clear error naming what to pass. A loss evolved to be
+    used with the class prior is refused: the proxies train prior-blind, so its adaptation would
+    tune it for a use it was not made for."""
+    folder = None if is_shipped(start) else loss_folder(start)
     try:
-        if Path(start).is_dir():
-            return EDLLoss.from_file(start)
-        return EDLLoss.pretrained(start)
+        loss = EDLLoss.from_file(folder) if folder is not None else EDLLoss.pretrained(start)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"--start {start!r} does not load as a loss ({err}); pass a shipped name "
-                         "(default, v3, noise-0.4, ...) or a folder written by edloss pretrain") from None
+                         "(default, v3, noise-0.4, ...), a loss folder, or a run folder written by edloss pretrain") from None
+    if evolved_with_prior(loss.metadata):
+        raise ValueError(f"--start {start!r} was evolved to be used with the class prior (a long-tailed, prior-aware world), "
+                         "and adapt's proxies train without one; start from a prior-blind loss (default, noise-0.4, ...)")
+    return loss
 
 
 def synthetic_objective(loss: EDLLoss) -> ObjectiveConfig:
-    """The objective the starting loss was pretrained on (its loss.json), else today's default."""
-    saved = (loss.metadata or {}).get("config", {}).get("objective")
+    """The objective the starting loss was pretrained on (its loss.json), else today's default. A
+    loss evolved in the students world had no ranking objective: the regulariser is then the
+    ranking objective of its world's regime (total variation under noise, as pretraining picks)."""
+    config = (loss.metadata or {}).get("config", {})
+    saved = config.get("objective") if isinstance(config, dict) else None
+    if isinstance(saved, dict) and saved.get("kind") == "students":
+        noise = pretrained_noise_rate({"provenance": loss.metadata})
+        return ObjectiveConfig(label_noise=noise, severity="tv" if noise > 0 else ObjectiveConfig().severity)
     if isinstance(saved, dict):
         try:
             return from_dict(ObjectiveConfig, saved)
@@ -362,9 +375,10 @@ def _main(args: argparse.Namespace) -> int:
     load_start(cfg.start)  # a start that does not load fails before anything is written
     check_data(cfg)
     torch.set_num_threads(args.threads)
-    out = prepare_output_folder(args.out)
     command = "edloss adapt " + shlex.join(a for a in sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == "adapt" else "edloss adapt"
-    summary = adapt(cfg, out, command, progress=not args.quiet, fresh=args.fresh)
+    with folder_kept_only_if_used(Path(args.out)):
+        out = prepare_output_folder(args.out)
+        summary = adapt(cfg, out, command, progress=not args.quiet, fresh=args.fresh)
     start, chosen = summary["start_same_seed"], summary["chosen"]
     print(f"proxy validation accuracy, last generation's seed: start loss {start['val_acc']:.4f}, adapted "
           f"{chosen['val_acc']:.4f} (fitness {start['fitness']:.4f} -> {chosen['fitness']:.4f})  -> {summary['loss']}")

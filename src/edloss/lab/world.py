@@ -33,13 +33,16 @@ from typing import Any
 import torch
 
 from edloss.configs import from_dict, load_file, to_dict, versions
-from edloss.files import append_jsonl, atomic_write_json, check_output_path, read_jsonl
-from edloss.students import WorldConfig, combine_metrics, reference_results, sample_tasks, score_module, variants
+from edloss.files import RunLock, append_jsonl, atomic_write_json, check_output_path, read_jsonl
+from edloss.students import WorldConfig, check_memory, combine_metrics, reference_results, sample_tasks, score_module, variants
 
-REGIMES: dict[str, dict[str, Any]] = {  # each regime's knobs, set in the world before its panel is scored
-    "clean": {"label_noise": 0.0},
-    "noise-0.4": {"label_noise": 0.4},
-    "noise-0.6": {"label_noise": 0.6},
+# each regime's knobs, set in the world before its panel is scored: every knob its CIFAR records
+# fix (balanced classes for the clean and noise panels, clean labels for the long-tail one), so a
+# world file's own noise or imbalance never leaks into a regime labelled otherwise
+REGIMES: dict[str, dict[str, Any]] = {
+    "clean": {"label_noise": 0.0, "imbalance": 1.0},
+    "noise-0.4": {"label_noise": 0.4, "imbalance": 1.0},
+    "noise-0.6": {"label_noise": 0.6, "imbalance": 1.0},
     "longtail-100": {"label_noise": 0.0, "imbalance": 100.0},  # exponential profile, balanced test: balanced accuracy
 }
 PANEL_SEED = 20261205  # the tasks the panel is scored on: the same for every loss and every world
@@ -197,7 +200,9 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
     ``repeats`` draws of ``world.tasks`` tasks, the same draws for every arm (a mixture: over every
     world of ``world.mix``, each drawn as it is alone, and combined as the search combines them). Arms in ``done``
     (rows of an interrupted check of the same world) are kept; each new row goes to ``record``."""
-    cfg = replace(world, **REGIMES[regime])
+    from edloss.lab.losses import definition_sha256
+
+    cfg = regime_world(world, regime)
     done = done or {}
     draws: list[tuple[Any, Any]] = []
     rows = []
@@ -205,21 +210,24 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
         if not available(arm):
             print(f"  {regime:10s} {arm.label:18s} skipped: {arm.spec} is missing (benchmarks/panel_losses.py writes it)", file=sys.stderr)
             continue
+        module = build_panel_loss(arm)
+        definition = definition_sha256(module)
         earlier = done.get(arm.label)
-        if earlier is not None and earlier.get("spec") == arm.spec and ("ranking_fitness" in earlier or not with_ranking):
+        if reusable(earlier, arm, cfg, definition, with_ranking):
             # the world's score is kept; the CIFAR record is the panel's as it is now (seeds land over time)
-            rows.append({**earlier, "cifar": arm.cifar, "cifar_std": arm.std, "cifar_seeds": arm.seeds})
+            kept = {k: v for k, v in earlier.items() if with_ranking or k != "ranking_fitness"}
+            rows.append({**kept, "cifar": arm.cifar, "cifar_std": arm.std, "cifar_seeds": arm.seeds})
             continue
         if not draws:  # the tasks and their CE students in every world of the mixture, made once the first arm needs them
             for name, world in variants(cfg):
                 for r in range(repeats):
                     tasks = sample_tasks(world, torch.Generator().manual_seed(PANEL_SEED + r))
                     draws.append((name, world, tasks, reference_results(tasks, world)))
-        module = build_panel_loss(arm)
         start = time.perf_counter()
         scores = [score_module(told_counts(module, tasks), tasks, world, ref) for _, world, tasks, ref in draws]
         row = {"regime": regime, "label": arm.label, "spec": arm.spec, "cifar": arm.cifar, "cifar_std": arm.std, "cifar_seeds": arm.seeds,
-               **combined_scores(cfg, draws, scores), "seconds": time.perf_counter() - start}
+               **combined_scores(cfg, draws, scores), "seconds": time.perf_counter() - start,
+               "definition_sha256": definition, "regime_world": to_dict(cfg)}
         if with_ranking:
             row["ranking_fitness"] = ranking_fitness(told_counts(module, None), REGIMES[regime]["label_noise"])
         if progress:
@@ -229,6 +237,23 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
         if record is not None:
             record(row)
     return rows
+
+
+def regime_world(world: WorldConfig, regime: str) -> WorldConfig:
+    """The world with the regime's knobs set, validated (a knob the regime makes invalid, such as
+    noise 0.6 at K = 2, is named with the regime)."""
+    try:
+        return replace(world, **REGIMES[regime])
+    except ValueError as err:
+        raise ValueError(f"regime {regime}: {err}") from None
+
+
+def reusable(earlier: dict[str, Any] | None, arm: Arm, cfg: WorldConfig, definition: str | None, with_ranking: bool) -> bool:
+    """Whether a stored row still scores this arm: the same spec, the same loss behind it (a panel
+    file upgraded or edited in place is scored again), the same regime world, and the ranking
+    fitness if asked for. Rows written before the definition and world were stored are rescored."""
+    return (earlier is not None and earlier.get("spec") == arm.spec and earlier.get("definition_sha256", "?") == definition
+            and earlier.get("regime_world") == to_dict(cfg) and ("ranking_fitness" in earlier or not with_ranking))
 
 
 def combined_scores(cfg: WorldConfig, draws: list[tuple[Any, ...]], scores: list[dict[str, float]]) -> dict[str, float]:
@@ -263,7 +288,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     regimes = list(dict.fromkeys(r["regime"] for r in rows))
-    keys = [k for k in ("fitness", "ranking_fitness") if any(k in r for r in rows)]
+    keys = [k for k in ("fitness", "ranking_fitness") if all(k in r for r in rows)]
     fig, axes = plt.subplots(len(keys), len(regimes), figsize=(4.5 * len(regimes), 3.8 * len(keys)), squeeze=False)
     for j, regime in enumerate(regimes):
         sub = [r for r in rows if r["regime"] == regime]
@@ -288,8 +313,33 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def world_check(world: WorldConfig, regimes: list[str], out: Path, repeats: int = 2, with_ranking: bool = True,
                 progress: bool = True, command: str = "") -> dict[str, Any]:
     """Score the panel of every regime in the world; write ``world_check.json`` and ``world_check.png``."""
-    start = time.perf_counter()
+    check_world(world, regimes)
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, "world-check"):  # two checks appending to one rows.jsonl would duplicate rows
+        return _world_check_locked(world, regimes, out, repeats, with_ranking, progress, command)
+
+
+def check_world(world: WorldConfig, regimes: list[str]) -> None:
+    """Everything that can be refused, before the first arm is scored: repeated regimes (each arm
+    would count twice in the correlations), ``world.select`` (world-check scores ``world.mix``; a
+    selection has no meaning here), each regime's world, and the memory its students need."""
+    repeated = sorted({r for r in regimes if regimes.count(r) > 1})
+    if repeated:
+        raise ValueError(f"--regimes names {', '.join(repeated)} more than once; each regime's arms would be scored and "
+                         "correlated twice. Name each regime once")
+    unknown = [r for r in regimes if r not in REGIMES]
+    if unknown:
+        raise ValueError(f"unknown regime(s) {unknown}; valid: {list(REGIMES)}")
+    if world.select:
+        raise ValueError(f"world.select {list(world.select)} picks the exported loss in pretraining; world-check scores "
+                         "world.mix (or the world alone) and would ignore it: remove select from the world file")
+    for regime in regimes:
+        check_memory(regime_world(world, regime), 1)
+
+
+def _world_check_locked(world: WorldConfig, regimes: list[str], out: Path, repeats: int, with_ranking: bool,
+                        progress: bool, command: str) -> dict[str, Any]:
+    start = time.perf_counter()
     partial = out / "rows.jsonl"  # each finished arm, so an interrupted check resumes where it stopped
     key = {"world": to_dict(world), "repeats": repeats, "panel_seed": PANEL_SEED}
     earlier = [r for r in read_jsonl(partial, repair=True) if r.get("key") == key] if partial.exists() else []
@@ -309,11 +359,11 @@ def world_check(world: WorldConfig, regimes: list[str], out: Path, repeats: int 
         result["regimes"][regime] = {"world": correlations(sub, "fitness")}
         if with_ranking:
             result["regimes"][regime]["ranking"] = correlations(sub, "ranking_fitness")
-    atomic_write_json(out / "world_check.json", result)
-    try:
+    try:  # the figure first: a failure never leaves a new world_check.json beside an old figure
         plot(rows, out / "world_check.png")
     except ModuleNotFoundError:
-        pass
+        (out / "world_check.png").unlink(missing_ok=True)
+    atomic_write_json(out / "world_check.json", result)
     return result
 
 
@@ -341,11 +391,29 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_main)
 
 
+# top-level keys a world file may hold beside [world]: a pretraining config's, so one file serves both
+PRETRAIN_SECTIONS = ("lossnet", "objective", "es", "heldout_every", "checkpoint_every", "heldout_seed", "heldout_evals_per_block", "start")
+
+
 def world_from_args(args: argparse.Namespace) -> WorldConfig:
-    data = load_file(Path(args.world), sections=("world",)).get("world", {}) if args.world else {}
+    data = world_table(Path(args.world)) if args.world else {}
     if args.family:
         data["family"] = args.family
     return from_dict(WorldConfig, data, "world")
+
+
+def world_table(path: Path) -> dict[str, Any]:
+    """The ``[world]`` table of a world file; a file without one (or with a misspelled table) is
+    refused, since scoring the built-in world instead would answer another question."""
+    data = load_file(path, sections=("world",))
+    unknown = sorted(set(data) - {"world", *PRETRAIN_SECTIONS})
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {unknown}; a world file holds a [world] table "
+                         "(and may hold a pretraining config's sections)")
+    if "world" not in data:
+        raise ValueError(f"{path} has no [world] table, so there is no world to check; put the knobs under [world] "
+                         "(or leave --world out for the built-in world)")
+    return dict(data["world"]) if isinstance(data["world"], dict) else data["world"]
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -357,6 +425,7 @@ def _main(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     world = world_from_args(args)
+    check_world(world, args.regimes)
     command = "edloss " + shlex.join(sys.argv[1:])
     result = world_check(world, args.regimes, out, args.repeats, not args.no_ranking, not args.quiet, command)
     print(format_result(result))
