@@ -472,3 +472,64 @@ def test_a_world_check_refuses_a_folder_another_check_holds(tmp_path):
     with RunLock(tmp_path, "world-check"):
         with pytest.raises(RunFolderBusy, match="in use by another world-check"):
             world_check(_tiny_world(), ["clean"], tmp_path, repeats=1, with_ranking=False, progress=False)
+
+
+# ---------------------------------------------------------------------- reproducible, as the README says
+from edloss.evolve import ESConfig  # noqa: E402
+from edloss.objective import ObjectiveConfig  # noqa: E402
+from edloss.pretrain import PretrainConfig  # noqa: E402
+
+REPRO_CONFIG = PretrainConfig(objective=ObjectiveConfig(classes=(2, 50), evals_per_block=512, min_items=16),
+                              es=ESConfig(population=16, parents=4, elites=2, generations=8, seed=0), heldout_every=4, checkpoint_every=4)
+REFERENCE = Path(__file__).with_name("data") / "pretrain_reference.json"
+# Another instruction set (ATEN_CPU_CAPABILITY=default against AVX512, same machine) moved this run's
+# weights by 4.4e-7 and its held-out fitness by < 1e-8; the tolerances leave a wide margin for other
+# CPUs while still catching a change in the search (another selection moves weights by ~1e-2 or more).
+THETA_ATOL, FITNESS_ATOL = 1e-3, 1e-4
+
+
+def machine_key() -> str:
+    """What the bytes of a pretraining run depend on beside the code: CPU, torch's ISA, torch build."""
+    from edloss.configs import versions
+
+    v = versions()
+    return f"{v['cpu']} | {v['cpu_capability']} | torch {v['torch']}"
+
+
+def test_repro_cpu_is_recorded_in_run_and_loss_provenance(tmp_path):
+    from edloss.configs import versions
+    from edloss.pretrain import pretrain
+
+    cfg = PretrainConfig(objective=ObjectiveConfig(classes=(2, 8), evals_per_block=64, min_items=16),
+                         es=ESConfig(population=4, parents=2, elites=1, generations=1, seed=0))
+    pretrain(cfg, tmp_path, progress=False)
+    for recorded in (json.loads((tmp_path / "config.json").read_text())["versions"],
+                     EDLLoss.from_file(tmp_path / "loss").metadata["versions"]):
+        assert recorded["cpu"] == versions()["cpu"] and recorded["cpu"] not in ("", "unknown")
+        assert recorded["cpu_capability"] == versions()["cpu_capability"]
+
+
+def test_repro_a_short_pretraining_run_regenerates_its_stored_result(tmp_path):
+    """Bit for bit where this machine's digest is stored; elsewhere within a tolerance (another CPU
+    orders float sums differently: the README's "bit for bit on the same CPU and torch build")."""
+    import hashlib
+
+    from edloss.configs import to_dict
+    from edloss.pretrain import pretrain
+
+    reference = json.loads(REFERENCE.read_text())
+    assert reference["config"] == to_dict(REPRO_CONFIG), "REPRO_CONFIG changed: regenerate tests/data/pretrain_reference.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loss, summary = pretrain(REPRO_CONFIG, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    digest = hashlib.sha256((tmp_path / "loss" / "loss.safetensors").read_bytes()).hexdigest()
+    stored = reference["digests"].get(machine_key())
+    if stored is not None:
+        assert digest == stored, f"on {machine_key()} this run is stored as {stored[:12]}..., got {digest[:12]}..."
+        return
+    torch.testing.assert_close(loss.net.flat().detach(), torch.tensor(reference["theta"]), rtol=0, atol=THETA_ATOL)
+    assert loss.scale == pytest.approx(reference["scale"], rel=1e-4)
+    assert summary["heldout"]["fitness"] == pytest.approx(reference["heldout_fitness"], abs=FITNESS_ATOL)

@@ -190,8 +190,36 @@ def source_revision() -> str:
     return commit.stdout.strip() + ("+dirty" if dirty else "")
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's 'model name', else ``platform.processor()``, else the
+    machine type). Pretraining's bytes depend on it: the same command and torch build gave other
+    weights on an Intel Xeon than on the AMD EPYC the shipped losses were made on (issue 35)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")) and ":" in line:
+                name = line.split(":", 1)[1].strip()
+                if name:
+                    return name
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels dispatch to (AVX2, AVX512, ...): with the CPU model,
+    what decides how float sums are ordered."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
 def versions() -> dict[str, str]:
-    """Versions that decide the numbers a run produces."""
+    """Versions that decide the numbers a run produces, with the CPU: pretraining and training are
+    reproduced bit for bit on the same CPU and torch build, elsewhere only approximately."""
     import torch
 
     from edloss import __version__
@@ -209,4 +237,6 @@ def versions() -> dict[str, str]:
         "numpy": numpy_version,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
     }
