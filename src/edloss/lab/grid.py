@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, spec_definition
-from edloss.lab.train import CHECKPOINT, RESUME_IGNORED, TrainConfig, config_diff, definition_diff, read_result
+from edloss.lab.recipe import RESUME_IGNORED, TrainConfig, config_diff
+from edloss.lab.runfiles import CHECKPOINT, definition_diff, read_result
 
 DEFAULT_LOSSES = ("ce", "label_smoothing", "focal", "poly1", "edl")
 DEFAULT_SEEDS = (0, 1, 2)

@@ -25,7 +25,7 @@ from typing import Any
 
 from edloss.files import atomic_write_text, save_figure
 from edloss.lab.data import get_spec
-from edloss.lab.train import TrainConfig
+from edloss.lab.recipe import TrainConfig
 
 ROLES = ("calibration", "held-out")
 DEFAULT_GRID = (0.5, 1.0, 2.0)
@@ -272,7 +272,7 @@ def write_matrix(out: Path) -> dict[str, Any]:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    from edloss.lab.train import apply_threads
+    from edloss.lab.recipe import apply_threads
     from edloss.lab.tuning import parse_lr_grid
 
     if args.list:

@@ -384,7 +384,7 @@ def plot_accuracy(summary: dict[str, Any], path: Path) -> Path | None:
 def plot_reliability(grid: Path, summary: dict[str, Any], path: Path) -> Path | None:
     """Reliability diagram per loss (test set, seeds pooled): accuracy against confidence per
     equal-width bin, the diagonal being perfect calibration; one curve per arm, CE dashed."""
-    from edloss.lab.train import read_result
+    from edloss.lab.runfiles import read_result
 
     pooled: dict[str, list[list[float]]] = {}
     for run in summary.get("runs", []):

@@ -14,7 +14,8 @@ from edloss.files import atomic_write_text, read_jsonl, save_figure
 from edloss.lab import tuning
 from edloss.lab.grid import Arm
 from edloss.lab.losses import parse_loss_spec
-from edloss.lab.train import EPOCHS, TrainConfig, read_result
+from edloss.lab.recipe import TrainConfig
+from edloss.lab.runfiles import EPOCHS, read_result
 from edloss.lab.tuning import Tuned
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from edloss.lab.grid import Arm, GridRun, check_grid
-from edloss.lab.train import TrainConfig, read_result
+from edloss.lab.recipe import TrainConfig
+from edloss.lab.runfiles import read_result
 
 
 def parse_lr_grid(text: str | list[float] | tuple[float, ...]) -> list[float]:
