@@ -14,7 +14,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "edloss.inspect",
     "train": "edloss.lab.train",
     "compare": "edloss.lab.compare",
-    "ablate": "edloss.lab.ablate",
+    "ablate": "edloss.lab.ablate_cli",
     "adapt": "edloss.lab.adapt",
     "report": "edloss.lab.report",
     "world-check": "edloss.lab.world",
