@@ -533,3 +533,45 @@ def test_repro_a_short_pretraining_run_regenerates_its_stored_result(tmp_path):
     torch.testing.assert_close(loss.net.flat().detach(), torch.tensor(reference["theta"]), rtol=0, atol=THETA_ATOL)
     assert loss.scale == pytest.approx(reference["scale"], rel=1e-4)
     assert summary["heldout"]["fitness"] == pytest.approx(reference["heldout_fitness"], abs=FITNESS_ATOL)
+
+
+# ---------------------------------------------------------------------- V: the compiled kernel speaks once, in edloss's words
+def _fresh_kernel_state(monkeypatch, limit: int):
+    from edloss import fused_op
+
+    monkeypatch.setattr(fused_op, "_compiled_kernels", {})
+    monkeypatch.setattr(fused_op, "_said", set())
+    monkeypatch.setattr(fused_op, "KERNEL_FALLBACKS", {})
+    monkeypatch.setattr(fused_op, "KERNELS_PER_ARCHITECTURE", limit)
+    monkeypatch.setattr(fused_op, "_use_compiled", True)
+    return fused_op
+
+
+def _edloss_warnings(classes: tuple[int, ...]) -> list[str]:
+    loss = EDLLoss.pretrained()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for k in classes:
+            z = torch.randn(8, k, requires_grad=True)
+            loss(z, torch.randint(0, k, (8,))).backward()
+    return [str(w.message) for w in caught if str(w.message).startswith("edloss:")]
+
+
+def test_v_the_compiled_kernel_says_once_when_it_stops_compiling_new_shapes(monkeypatch, caplog):
+    fused_op = _fresh_kernel_state(monkeypatch, limit=1)
+    said = _edloss_warnings((3, 4, 5, 6))
+    assert len(said) == 1 and "new combinations run the eager kernel" in said[0]
+    assert not fused_op.KERNEL_FALLBACKS and "recompile_limit" not in caplog.text
+
+
+def test_v_a_failed_compiled_kernel_is_announced_once(monkeypatch):
+    fused_op = _fresh_kernel_state(monkeypatch, limit=8)
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(fused_op.torch, "compile", broken)
+    said = _edloss_warnings((3, 3, 4))
+    assert len(said) == 1 and "RuntimeError: no compiler here" in said[0] and fused_op.KERNEL_FALLBACKS

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import types
 import warnings
 from collections.abc import Callable
 from functools import lru_cache
@@ -133,35 +134,66 @@ def use_compiled_kernel(enabled: bool = True) -> None:
 # at 512 x 10, ~0.7-0.85x at 256 x 100 and 2048 x 128, 1.04x at 512 x 300 and 1.3x at 512 x 1000,
 # where aten's softmax and max over long rows beat inductor's loops. So it serves K <= 128 only.
 KERNEL_MAX_CLASSES = 128
+KERNELS_PER_ARCHITECTURE = 8  # compiled kernels (class counts x dtypes x devices x with/without gradient) per loss network
+_said: set[tuple[str, str]] = set()
 
 
-def _compiled(spec: str, with_grad: bool, classes: int, asked: bool = False) -> Callable[..., Any] | None:
+def _say_once(key: str, message: str) -> None:
+    """One warning per architecture and message, where dynamo would repeat its own on every call."""
+    if (key, message) not in _said:
+        _said.add((key, message))
+        warnings.warn(message, stacklevel=5)
+
+
+def _compiled(spec: str, with_grad: bool, classes: int, asked: bool = False, x: Tensor | None = None) -> Callable[..., Any] | None:
     """The inductor-compiled kernel for one architecture, or None (not asked for, too many classes,
-    or it failed). ``asked``: by the caller (a torch.compile'd graph), beside ``use_compiled_kernel``."""
+    or it failed). ``asked``: by the caller (a torch.compile'd graph), beside ``use_compiled_kernel``.
+    One compiled function per class count, dtype and device type (the kernel specialises on each):
+    otherwise alternating float32 / float64 or K = 10 / 100 calls recompile one function until
+    dynamo's recompile limit, whose warning floods the log before the fallback."""
     if not (_use_compiled or asked) or classes > KERNEL_MAX_CLASSES or spec in KERNEL_FALLBACKS:
         return None
-    key = (spec, with_grad)
+    key = (spec, with_grad, classes) if x is None else (spec, with_grad, classes, x.dtype, x.device.type)
     if key not in _compiled_kernels:
+        if sum(1 for k in _compiled_kernels if k[0] == spec) >= KERNELS_PER_ARCHITECTURE:
+            _say_once(spec, f"edloss: the compiled loss kernel is compiled per class count, dtype and device, and this loss has "
+                            f"{KERNELS_PER_ARCHITECTURE} already; new combinations run the eager kernel (the same numbers, slower)")
+            return None
         config = config_of(spec)
 
         def kernel(x: Tensor, target: Tensor, packed: Tensor, scale: float) -> tuple[Any, ...]:
             return closed_form_math(x, target, unpack(packed, config), scale, config, with_grad)
 
-        _compiled_kernels[key] = torch.compile(kernel, fullgraph=True, dynamic=None)
+        _compiled_kernels[key] = torch.compile(_own_code(kernel, len(_compiled_kernels)), fullgraph=True, dynamic=None)
     return _compiled_kernels[key]
+
+
+def _own_code(fn: Callable[..., Any], index: int) -> Callable[..., Any]:
+    """``fn`` with a code object of its own: dynamo caches compiled graphs per code object, so every
+    closure of one ``def`` (each architecture, dtype and device) would share one recompile limit."""
+    code = fn.__code__.replace(co_name=f"edloss_kernel_{index}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+def _fall_back(spec: str, err: Exception) -> None:
+    """Record why the compiled kernel is no longer used for this architecture and say so once, in
+    edloss's words (a silent fallback would leave a user timing the wrong kernel)."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    KERNEL_FALLBACKS[spec] = f"{type(err).__name__}: {message}"[:500]
+    _say_once(spec, f"edloss: the compiled loss kernel failed ({KERNEL_FALLBACKS[spec][:200]}); from now on this loss runs its "
+                    "eager kernel, which gives the same numbers, only slower (edloss.fused_op.KERNEL_FALLBACKS says why)")
 
 
 def run_kernel(x: Tensor, target: Tensor, packed: Tensor, parts: list[Tensor] | None, scale: float, spec: str,
                with_grad: bool, compile_kernel: bool = False) -> tuple[Any, ...]:
     """``closed_form_math``, compiled where asked for and possible, else eager (on ``parts``, the
     packed plan's views, where the caller has them cached)."""
-    compiled = _compiled(spec, with_grad, x.shape[1], compile_kernel)
+    compiled = _compiled(spec, with_grad, x.shape[1], compile_kernel, x)
     if compiled is not None:
         try:
             return compiled(x, target, packed, scale)
         except Exception as err:  # noqa: BLE001 - no compiler, no Triton, an inductor bug: the eager kernel is exact
-            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            KERNEL_FALLBACKS[spec] = f"{type(err).__name__}: {message}"[:500]
+            _fall_back(spec, err)
     config = config_of(spec)
     return closed_form_math(x, target, unpack(packed, config) if parts is None else parts, scale, config, with_grad)
 
