@@ -38,7 +38,8 @@ from edloss.lossnet import LossNet, LossNetConfig
 
 OP = "edloss::fused_loss"
 KERNEL_FALLBACKS: dict[str, str] = {}  # architecture spec -> why its compiled kernel is not used
-_compiled_kernels: dict[tuple[str, bool], Callable[..., Any]] = {}
+# (architecture spec, with gradient) -> (class count, dtype, device type) -> its compiled kernel
+_compiled_kernels: dict[tuple[str, bool], dict[tuple[Any, ...], Callable[..., Any]]] = {}
 TRUTHY, FALSY = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 KERNEL_ENV = "EDLOSS_COMPILED_KERNEL"
 
@@ -153,9 +154,10 @@ def _compiled(spec: str, with_grad: bool, classes: int, asked: bool = False, x: 
     dynamo's recompile limit, whose warning floods the log before the fallback."""
     if not (_use_compiled or asked) or classes > KERNEL_MAX_CLASSES or spec in KERNEL_FALLBACKS:
         return None
-    key = (spec, with_grad, classes) if x is None else (spec, with_grad, classes, x.dtype, x.device.type)
-    if key not in _compiled_kernels:
-        if sum(1 for k in _compiled_kernels if k[0] == spec) >= KERNELS_PER_ARCHITECTURE:
+    kernels = _compiled_kernels.setdefault((spec, with_grad), {})
+    key = (classes,) if x is None else (classes, x.dtype, x.device.type)
+    if key not in kernels:
+        if sum(len(v) for k, v in _compiled_kernels.items() if k[0] == spec) >= KERNELS_PER_ARCHITECTURE:
             _say_once(spec, f"edloss: the compiled loss kernel is compiled per class count, dtype and device, and this loss has "
                             f"{KERNELS_PER_ARCHITECTURE} already; new combinations run the eager kernel (the same numbers, slower)")
             return None
@@ -164,8 +166,9 @@ def _compiled(spec: str, with_grad: bool, classes: int, asked: bool = False, x: 
         def kernel(x: Tensor, target: Tensor, packed: Tensor, scale: float) -> tuple[Any, ...]:
             return closed_form_math(x, target, unpack(packed, config), scale, config, with_grad)
 
-        _compiled_kernels[key] = torch.compile(_own_code(kernel, len(_compiled_kernels)), fullgraph=True, dynamic=None)
-    return _compiled_kernels[key]
+        index = sum(len(v) for v in _compiled_kernels.values())
+        kernels[key] = torch.compile(_own_code(kernel, index), fullgraph=True, dynamic=None)
+    return kernels[key]
 
 
 def _own_code(fn: Callable[..., Any], index: int) -> Callable[..., Any]:
