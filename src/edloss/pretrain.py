@@ -211,10 +211,21 @@ def check_run_folder(out: Path) -> None:
     out = Path(out)
     if not out.is_dir() or holds_pretraining_run(out):
         return
-    present = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    present = sorted(_visible(out))
     if present:
         raise ValueError(f"--out {out} is not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}) and holds no "
                          "edloss pretraining run, so its files could be replaced; choose a new or empty folder for --out")
+
+
+def _visible(out: Path) -> list[str]:
+    """The entries of ``out``, a folder's by its files (``loss/notes.txt``), hidden ones (the lock) left out."""
+    names = []
+    for path in out.iterdir():
+        if path.name.startswith("."):
+            continue
+        inner = sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() and not path.is_symlink() else []
+        names += [f"{path.name}/{name}" for name in inner] or [path.name]
+    return names
 
 
 def batch_seed(seed: int, generation: int) -> int:
