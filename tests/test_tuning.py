@@ -137,3 +137,13 @@ def test_val_every_validates_every_nth_epoch_and_the_last(tiny_config: TrainConf
     assert result["final_val_acc"] == rows[-1]["val_acc"] and result["best_val_epoch"] in (2, 4, 5)
     with pytest.raises(ValueError, match="--val-every must be an integer >= 1"):
         replace(tiny_config, val_every=0).validate()
+
+
+def test_a_foreign_result_json_is_refused_not_described(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    """Issue 35 (vague errors): a result.json edloss never wrote was described against an invented
+    config (every field its default); it is named as foreign instead."""
+    from edloss.lab.train import train
+
+    (tmp_path / RESULT).write_text(json.dumps({"accuracy": 0.9, "model": "mine"}))
+    with pytest.raises(ValueError, match="is not an edloss training result \\(it has no 'status'\\)"):
+        train(tiny_config, tmp_path, progress=False)

@@ -47,7 +47,14 @@ def read_result(out_dir: Path) -> dict[str, Any] | None:
     if not isinstance(result, dict) or not isinstance(result.get("config", {}), dict):
         raise ValueError(f"{path} is not a training result (it holds a JSON {type(result).__name__}); "
                          "delete it or rerun with --fresh")
+    missing = [key for key in RESULT_KEYS if key not in result]
+    if missing:  # a foreign file: describing it against a config it never had would invent one
+        raise ValueError(f"{path} is not an edloss training result (it has no {' or '.join(repr(k) for k in missing)}); "
+                         "move it away, choose another --out folder, or rerun with --fresh")
     return result
+
+
+RESULT_KEYS = ("status",)  # what every result.json edloss writes holds, finished, diverged or incomplete
 
 
 DEFINITION_KEY = "loss_definition_sha256"  # in results and checkpoints: which loss the run trained with
