@@ -222,7 +222,7 @@ def versions() -> dict[str, str]:
     reproduced bit for bit on the same CPU and torch build, elsewhere only approximately."""
     import torch
 
-    from edloss import __version__
+    from edloss._version import __version__
 
     try:
         import numpy

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from edloss.checks import _check_finite, _check_logits_finite
 from edloss.fused import basis_of, closed_form_math, differentiable_grad, fold, plan_for
 from edloss.lossnet import LossNet, LossNetConfig
 
@@ -205,8 +206,6 @@ def run_kernel(x: Tensor, target: Tensor, packed: Tensor, parts: list[Tensor] | 
 def check_at_run_time(x: Tensor, target: Tensor, ignore_index: int | None) -> None:
     """The label-range and finiteness checks with EDLLoss's messages, where values are readable:
     inside the operator, when a compiled graph runs it (at trace time there are no values)."""
-    from edloss.loss import _check_logits_finite  # loss imports this module
-
     k = x.shape[1]
     kept = target if ignore_index is None else target[target != ignore_index]
     if kept.numel():
@@ -230,8 +229,6 @@ def fused_loss(x: Tensor, target: Tensor, plan: Tensor, scale: float, spec: str,
         check_at_run_time(x, check_target, ignore_index)
     loss, grad, logp_y = run_kernel(x, target, plan, None, scale, spec, with_grad, compile_kernel)
     if checking:  # a -inf target logit: an infinite loss, named as in eager
-        from edloss.loss import _check_finite
-
         _check_finite(x, logp_y if ignore_index is None else torch.where(check_target != ignore_index, logp_y, 0.0))
     # contiguous, as the fake kernel promises: the kernel may hand back a column of a wider tensor
     # (stride 2), which a dynamic-shape graph checks against the fake strides and refuses

@@ -5,45 +5,77 @@ input shapes ((N, C), (C,), (N, C, d1, ...)), class-index or probability targets
 for weighted means and ignored elements. For a probability target t the loss is the expected
 penalty E_{y~t} l(p, y) = sum_y t_y l(p, y): the quantity the pretraining objective ranks.
 
-A checkpoint is a folder with two files:
-
-* ``loss.safetensors``: the network's weights (safetensors: no pickle, so loading one is safe);
-* ``loss.json``: format name and version, the network's architecture, the scale that anchors the
-  gradient at the uniform prediction to cross-entropy's, two sha256 sums (of the weights, and of
-  the weights together with every other field that decides behaviour: architecture, scale and,
-  from format 3 on, the provenance, which holds the noise rate ``from_file(noise_rate=...)``
-  checks and the notes a load warns with), the provenance and, for a loss told the class prior
-  (format 4), ``prior``: its class counts and tau, which a load restores.
+The module is here; around it, one concept a file: its input checks (``checks``), the losses
+shipped inside the package and the choice among them by regime (``shipped``), and its file
+format, a folder with ``loss.safetensors`` and ``loss.json`` (``loss_file``). Their names stay
+importable from here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
-import re
 import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.autograd import forward_ad
 
+from edloss.checks import (  # noqa: F401 (re-exported: edloss.loss names them as before)
+    MAX_CLASS_COUNT,
+    _as_rows,
+    _check_finite,
+    _check_logits_finite,
+    _check_probabilities,
+    _check_weight,
+    _counts_tensor,
+    _is_rate,
+    _prior_strength,
+    _values_readable,
+    _warn_if_probabilities,
+    log_prior,
+)
 from edloss.fused_op import _spec_cached, fused_losses
-from edloss.files import atomic_write_bytes, atomic_write_json
-from edloss.lossnet import LossNet, LossNetConfig, base_penalty
+from edloss.loss_file import (  # noqa: F401 (re-exported)
+    CONFIG_FILE,
+    FIELD_TYPES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    NOT_MONOTONE,
+    PRETRAIN_NOISE_MAX,
+    PRIORLESS_FORMAT_VERSION,
+    WEIGHTS_FILE,
+    _check_prior_field,
+    _checkpoint_folder,
+    _read_bytes,
+    _read_config,
+    definition_digest,
+    definition_tensor,
+    evolved_with_prior,
+    loss_folder,
+    lossnet_fields,
+    pretrained_noise_rate,
+    read_checkpoint,
+    write_checkpoint,
+)
+from edloss.lossnet import LossNet, base_penalty
+from edloss.shipped import (  # noqa: F401 (re-exported)
+    LONGTAIL_MIN_IMBALANCE,
+    NOISE_FOLDER,
+    NOISE_RANGE,
+    _noise_loss_name,
+    _weights,
+    is_shipped,
+    regime_loss_name,
+    shipped_loss_name,
+    shipped_names,
+    shipped_noise_losses,
+)
 
-FORMAT_NAME = "edloss-loss"
-FORMAT_VERSION = 4  # 2: definition_sha256 covers the architecture and scale too; 3: the provenance too; 4: the prior
-PRIORLESS_FORMAT_VERSION = 3  # what a loss without a prior is saved as: every edloss since format 3 reads it
-WEIGHTS_FILE = "loss.safetensors"
-CONFIG_FILE = "loss.json"
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -391,15 +423,7 @@ class EDLLoss(nn.Module):
         30 and lost to them at 10. Otherwise (equal or milder counts, other K) the default's
         weights, told the prior.
         Keyword arguments are ``EDLLoss``'s (weight, ignore_index, reduction, label_smoothing, ...)."""
-        if num_classes is not None and noise_rate is None:
-            raise ValueError("num_classes picks among the noise-aware losses: pass noise_rate too "
-                             "(the clean default loss serves every class count)")
-        if noise_rate is not None:
-            name = _noise_loss_name(name or "default", noise_rate, num_classes)
-        elif name is None:
-            name = regime_loss_name(kwargs.get("class_counts"), kwargs.get("prior_strength"))
-        if not is_shipped(name):
-            raise FileNotFoundError(f"no shipped loss named {name!r}; available: {shipped_names()}")
+        name = shipped_loss_name(name, noise_rate, num_classes, kwargs.get("class_counts"), kwargs.get("prior_strength"))
         with resources.as_file(_weights() / name) as path:
             return cls.from_file(path, **kwargs)
 
@@ -410,53 +434,7 @@ class EDLLoss(nn.Module):
         the field types and that every weight is finite. ``noise_rate``, if given, must be the
         rate the loss was pretrained for (a file holds one loss; nothing is guessed).
         ``allow_unverified=True`` loads a format-1 file, whose definition no checksum covers."""
-        if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-            raise TypeError(f"path must name a checkpoint folder (holding {CONFIG_FILE} and {WEIGHTS_FILE}), got {path!r}")
-        if not isinstance(allow_unverified, bool):
-            raise TypeError(f"allow_unverified must be True or False, got {allow_unverified!r}")
-        folder = _checkpoint_folder(Path(path))
-        meta = _read_config(folder / CONFIG_FILE, allow_unverified)
-        if noise_rate is not None:
-            if not _is_rate(noise_rate) or not 0 <= noise_rate <= PRETRAIN_NOISE_MAX:
-                raise ValueError(f"noise_rate must be a number in [0, {PRETRAIN_NOISE_MAX}] (the share of wrong labels the loss "
-                                 f"was pretrained for), got {noise_rate!r}")
-            trained = pretrained_noise_rate(meta)
-            if abs(trained - noise_rate) > 1e-9:
-                raise ValueError(f"{folder} was pretrained for label noise {trained:g}, not {noise_rate!r}; "
-                                 f"pretrain one with `edloss pretrain --label-noise {noise_rate}`, or use "
-                                 "EDLLoss.pretrained(noise_rate=...) for the shipped ones")
-        blob = _read_bytes(folder / WEIGHTS_FILE)
-        digest = hashlib.sha256(blob).hexdigest()
-        if digest != meta["sha256"]:
-            raise ValueError(
-                f"checksum mismatch for {folder / WEIGHTS_FILE}: the weights were modified or truncated "
-                f"after saving (sha256 {digest[:12]}..., expected {meta['sha256'][:12]}...). "
-                "Re-export the loss with `edloss pretrain` or restore the original files."
-            )
-        if meta["format_version"] >= 2 and definition_digest(meta, blob) != meta["definition_sha256"]:
-            covered = "architecture, scale or provenance" if meta["format_version"] >= 3 else "architecture or scale"
-            raise ValueError(
-                f"{folder / CONFIG_FILE} was edited after saving: its {covered} no longer match "
-                "definition_sha256, so the file would define a different loss. Restore the original loss.json."
-            )
-        try:
-            tensors = load_safetensors(blob)
-        except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
-            raise ValueError(f"{folder / WEIGHTS_FILE} is not a valid safetensors file ({err})") from err
-        try:  # files written before the monotone form existed hold free-form networks
-            config = LossNetConfig(**{"form": "free", **meta["lossnet"]})
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{folder / CONFIG_FILE}: invalid field 'lossnet': {err}") from err
-        net = LossNet(config)
-        theta = tensors.get("theta")
-        if theta is None or not torch.isfinite(theta).all():
-            raise ValueError(f"{folder / WEIGHTS_FILE} holds no 'theta' tensor or non-finite weights; the loss cannot be used")
-        if theta.dim() != 1:
-            raise ValueError(f"{folder / WEIGHTS_FILE}: 'theta' must be a flat vector, got shape {tuple(theta.shape)}")
-        try:
-            net.load_flat(theta)
-        except ValueError as err:
-            raise ValueError(f"{folder / WEIGHTS_FILE} does not match its loss.json architecture: {err}") from err
+        folder, meta, net = read_checkpoint(path, noise_rate, allow_unverified)
         provenance = meta.get("provenance", {})
         if isinstance(provenance.get(NOT_MONOTONE), str):  # e.g. v3: shipped for comparison, not for use
             warnings.warn(f"{folder.name}: this loss is not monotone: {provenance[NOT_MONOTONE]}", stacklevel=2)
@@ -467,270 +445,12 @@ class EDLLoss(nn.Module):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``loss.safetensors`` and ``loss.json`` into the folder ``path``; returns it."""
-        from edloss import __version__
-
-        folder = Path(path)
-        blob = save_safetensors({"theta": self.net.flat().float().contiguous()})
-        meta = {
-            "format": FORMAT_NAME,
-            # a loss told a prior is format 4, which an edloss that cannot restore the prior refuses
-            "format_version": FORMAT_VERSION if self.class_counts is not None else PRIORLESS_FORMAT_VERSION,
-            "edloss_version": __version__,
-            "lossnet": lossnet_fields(self.net.config),
-            "scale": float(self.scale),
-            "sha256": hashlib.sha256(blob).hexdigest(),
-        }
-        if self.class_counts is not None:
-            meta["prior"] = {"class_counts": list(self.class_counts), "prior_strength": self.prior_strength}
-        provenance = json.loads(json.dumps(self.metadata))  # the digest covers what a load will read back
-        meta["definition_sha256"] = definition_digest({**meta, "provenance": provenance}, blob)
-        meta["provenance"] = provenance
-        atomic_write_bytes(folder / WEIGHTS_FILE, blob)
-        atomic_write_json(folder / CONFIG_FILE, meta)
-        return folder
-
-
-NOISE_RANGE = (0.0, 0.8)
-PRETRAIN_NOISE_MAX = 0.99  # the largest --label-noise pretraining takes
-NOT_MONOTONE = "not_monotone"  # a provenance field: where the loss was measured to push a logit the wrong way
-
-
-def _is_rate(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _weights() -> Any:
-    """The package's folder of shipped losses (an importlib Traversable: a wheel may be zipped)."""
-    return resources.files("edloss") / "weights"
-
-
-def shipped_names() -> list[str]:
-    """The names ``EDLLoss.pretrained(name)`` accepts, sorted."""
-    root = _weights()
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-
-
-def is_shipped(name: Any) -> bool:
-    """Whether the package ships a loss of this name (``EDLLoss.pretrained(name)``); "." and ".."
-    are folders too, but no loss."""
-    return isinstance(name, str) and name in shipped_names()
-
-
-def pretrained_noise_rate(meta: dict[str, Any]) -> float:
-    """The label-noise rate a checkpoint was pretrained for (0 for clean labels, or where the
-    provenance does not record one as a number): the ranking objective's ``label_noise``, or for
-    a loss evolved in the students world (``objective.kind = "students"``) its world's."""
-    provenance = meta.get("provenance", {})
-    config = provenance.get("config", {}) if isinstance(provenance, dict) else {}
-    config = config if isinstance(config, dict) else {}
-    objective = config.get("objective", {}) if isinstance(config.get("objective"), dict) else {}
-    source = config.get("world", {}) if objective.get("kind") == "students" else objective
-    rate = source.get("label_noise", 0.0) if isinstance(source, dict) else 0.0
-    return float(rate) if _is_rate(rate) else 0.0
-
-
-NOISE_FOLDER = re.compile(r"noise-(\d+(?:\.\d+)?)(?:-k(\d+))?")  # noise-ETA (any K) or noise-ETA-kK
-
-
-def shipped_noise_losses() -> dict[tuple[float, int | None], str]:
-    """(rate, class count or None for every K) -> folder name, for each shipped noise-aware loss."""
-    found = {}
-    for name in shipped_names():
-        match = NOISE_FOLDER.fullmatch(name)
-        if match:
-            found[(float(match[1]), int(match[2]) if match[2] else None)] = name
-    return found
-
-
-LONGTAIL_MIN_IMBALANCE = 30.0  # largest / smallest class count from which pretrained() picks a long-tail loss
-
-
-def regime_loss_name(class_counts: Any, prior_strength: Any = None) -> str:
-    """The shipped loss ``EDLLoss.pretrained(class_counts=...)`` picks for these counts (validated):
-    ``longtail-kK`` where one ships for their class count K and largest / smallest >=
-    LONGTAIL_MIN_IMBALANCE, else ``default`` (told the prior all the same).
-
-    Why both conditions: on CIFAR-10-LT (ResNet-32, 5 epochs, validation and test) the loss evolved
-    at K = 10 beat the default's weights at imbalance 100 (3 seeds) and 30 (2 seeds) and lost at 10
-    (3 of 3 seeds: 52.30 vs 56.01), where the students world (benchmarks/longtail_threshold.py)
-    had it winning from 10 up: CIFAR decides. At K = 20, 40 and 100 it no longer won in the world,
-    and on CIFAR-100-LT the default's weights led (README). ``prior_strength=0`` switches the
-    prior off, and a long-tail loss was evolved to be used with it: then the default."""
-    if log_prior(class_counts) is None:  # validates the counts
-        return "default"
-    if prior_strength is not None and _prior_strength(prior_strength) == 0:
-        return "default"
-    counts = _counts_tensor(class_counts)
-    name = f"longtail-k{counts.numel()}"
-    if is_shipped(name) and float(counts.max() / counts.min()) >= LONGTAIL_MIN_IMBALANCE:
-        return name
-    return "default"
-
-
-def _noise_loss_name(name: str, rate: Any, num_classes: Any = None) -> str:
-    """The shipped loss for a noise rate: the default at 0, else the nearest rate's folder, the
-    one pretrained for ``num_classes`` where it ships."""
-    lo, hi = NOISE_RANGE
-    if not _is_rate(rate) or not lo <= rate <= hi:
-        raise ValueError(f"noise_rate must be a number in [{lo}, {hi}] (the share of wrong training labels), got {rate!r}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
-        raise ValueError(f"num_classes must be an integer >= 2 (your class count), got {num_classes!r}")
-    if name != "default":
-        raise ValueError(f"pass either a loss name ({name!r}) or noise_rate, not both")
-    if rate == 0:
-        return "default"
-    shipped = shipped_noise_losses()
-    general = sorted(r for r, k in shipped if k is None)
-    if not general:
-        raise FileNotFoundError("this edloss ships no noise-aware losses; pretrain one with `edloss pretrain --label-noise ETA`")
-    nearest = min(general, key=lambda r: (abs(r - rate), r))
-    return shipped.get((nearest, num_classes), shipped[(nearest, None)])
-
-
-def definition_digest(meta: dict[str, Any], blob: bytes) -> str:
-    """sha256 of everything that decides behaviour: format, architecture, scale, weights and, from
-    format 3 on, the provenance (``from_file(noise_rate=...)`` checks the rate recorded there, and a
-    load warns with its notes: an edited provenance would pass a loss off as another)."""
-    keys = ("format", "format_version", "lossnet", "scale") + (("provenance",) if meta["format_version"] >= 3 else ())
-    keys += ("prior",) if meta["format_version"] >= 4 else ()
-    definition = {key: meta.get(key) for key in keys}
-    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(canonical + b"\0" + blob).hexdigest()
-
-
-def lossnet_fields(cfg: LossNetConfig) -> dict[str, Any]:
-    """The architecture as loss.json stores it."""
-    return {"features": list(cfg.features), "hidden": list(cfg.hidden), "activation": cfg.activation, "form": cfg.form,
-            **({"noise_rate": cfg.noise_rate} if cfg.form == "corrected" else {})}
-
-
-def definition_tensor(cfg: LossNetConfig, scale: float, prior: tuple[list[int], float] | None = None) -> torch.Tensor:
-    """sha256 of the architecture, scale and (for a loss told a prior) class counts and tau as 32
-    uint8: a state-dict entry (a tensor, so a state dict stays loadable with ``weights_only`` and
-    savable as safetensors) that names the function the weights belong to. Integer, so
-    ``.half()`` leaves it alone. A prior-blind loss hashes as before the prior existed, so its
-    saved state dicts stay loadable."""
-    fields: dict[str, Any] = {"lossnet": lossnet_fields(cfg), "scale": float(scale)}
-    if prior is not None:
-        fields["prior"] = {"class_counts": list(prior[0]), "prior_strength": float(prior[1])}
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-    return torch.frombuffer(bytearray(hashlib.sha256(canonical.encode()).digest()), dtype=torch.uint8)
-
-
-def _values_readable(x: torch.Tensor) -> bool:
-    """False where a tensor's values cannot be read: ``torch.compile`` tracing, ``torch.func``
-    transforms (grad, vmap, jacrev, ...) and the meta device. There the input checks (a host sync)
-    are skipped (under compile the fused operator runs them), and outside compile the plain
-    autograd path replaces the fused one (an operator these transforms have no rules for)."""
-    return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or x.device.type == "meta")
+        prior = None if self.class_counts is None else {"class_counts": list(self.class_counts), "prior_strength": self.prior_strength}
+        return write_checkpoint(Path(path), self.net, self.scale, self.metadata, prior)
 
 
 # torch >= 2.4 says which device types autocast knows (not the meta device); before, assume all but meta
 _autocast_available = getattr(torch.amp, "is_autocast_available", lambda device_type: device_type != "meta")
-
-
-# ---------------------------------------------------------------------- input handling
-def _as_rows(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]:  # noqa: A002
-    """CE's shapes -> (rows (M, C), targets (M,) or (M, C), the unreduced output shape, soft?).
-
-    (C,) with () is one sample; (N, C) with (N,); (N, C, d1, ...) with (N, d1, ...); probability
-    targets have the input's shape. The class dimension is moved last and the rest flattened."""
-    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise TypeError(f"EDLLoss expects tensors (input, target), got {type(input).__name__}, {type(target).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(f"input (logits) must be a floating-point tensor, got {input.dtype}")
-    if input.dim() == 0:
-        raise ValueError("input must have a class dimension: (C,), (N, C) or (N, C, d1, ...), got a scalar")
-    soft = target.is_floating_point()
-    if target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(f"target must hold class indices (an integer dtype) or class probabilities (float), got {target.dtype}")
-    unbatched = input.dim() == 1
-    x = input.unsqueeze(0) if unbatched else input
-    t = target.unsqueeze(0) if unbatched else target
-    k = x.shape[1]
-    if k < 2:
-        raise ValueError(f"need at least 2 classes, got input of shape {tuple(input.shape)} (classes are dimension {0 if unbatched else 1})")
-    if soft:
-        if t.shape != x.shape:
-            raise ValueError(f"probability targets must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
-    elif t.shape != (x.shape[0], *x.shape[2:]):
-        expected = () if unbatched else (x.shape[0], *x.shape[2:])
-        raise ValueError(
-            f"class-index target must have shape {expected} for input of shape {tuple(input.shape)}, got {tuple(target.shape)} "
-            "(for one-hot or soft labels pass float probabilities of the input's shape)"
-        )
-    if x.numel() == 0:  # deliberately an error, for every reduction: CE's NaN / 0 / [] would hide an empty loader
-        raise ValueError(f"empty batch: input of shape {tuple(input.shape)} has no elements (CE would return NaN for the "
-                         "mean); skip empty batches in the data loader, e.g. drop_last=True or a check on len(batch)")
-    out_shape = tuple(t.shape[:0]) if unbatched else tuple(x.shape[:1] + x.shape[2:])
-    if x.dim() > 2:
-        x = x.movedim(1, -1).reshape(-1, k)
-        t = t.movedim(1, -1).reshape(-1, k) if soft else t.reshape(-1)
-    if not soft and t.dtype != torch.long:
-        t = t.long()
-    return x, t, out_shape, soft
-
-
-MAX_CLASS_COUNT = 2.0 ** 53  # the largest whole number float64 holds exactly; their sum must stay finite too
-
-
-def _counts_tensor(class_counts: Any) -> torch.Tensor:
-    """Per-class training counts as a float64 CPU tensor, validated: 1-D, at least 2 classes, each a
-    finite whole number in [1, 2^53]. Booleans are refused: a class mask is no count."""
-    if isinstance(class_counts, (str, bytes, bool)):
-        raise ValueError(f"class_counts must be a sequence or 1-D tensor of per-class training counts, got {class_counts!r}")
-    try:
-        raw = torch.as_tensor(class_counts).detach().cpu()
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"class_counts must be a sequence or 1-D tensor of per-class training counts, got {class_counts!r} ({err})") from None
-    if raw.dtype == torch.bool or (isinstance(class_counts, (list, tuple)) and any(isinstance(c, bool) for c in class_counts)):
-        raise ValueError("class_counts holds booleans (a class mask?); give the number of training examples of each class, "
-                         "e.g. torch.bincount(train_labels, minlength=num_classes)")
-    if raw.is_complex():
-        raise ValueError(f"class_counts must be real whole numbers, got {raw.dtype}")
-    counts = raw.to(torch.float64)
-    if counts.dim() != 1 or counts.numel() < 2:
-        raise ValueError(f"class_counts must be 1-D with one count per class (at least 2), got shape {tuple(counts.shape)}")
-    bad = ~torch.isfinite(counts) | (counts <= 0) | (counts != counts.round()) | (counts > MAX_CLASS_COUNT)
-    if bad.any():
-        i = int(bad.nonzero()[0])
-        raise ValueError(f"class_counts must be whole numbers in [1, 2^53] (a class with no training example has no prior); "
-                         f"entry {i} is {counts[i].item()!r}")
-    return counts
-
-
-def log_prior(class_counts: Any) -> torch.Tensor | None:
-    """log pi_c (float64) from per-class training counts, validated: one finite, positive, whole
-    number per class. float64 because the loss adds it in the logits' dtype: float64 logits get
-    the exact prior, float32 ones its rounding, as with every other part of the loss."""
-    if class_counts is None:
-        return None
-    counts = _counts_tensor(class_counts)
-    prior = (counts / counts.sum()).log()
-    if not torch.isfinite(prior).all():  # counts near 2^53 each can sum past what the ratio resolves
-        raise ValueError(f"class_counts are too large for their ratios to be computed (sum {float(counts.sum()):.3g}); "
-                         "pass the actual per-class training counts")
-    return prior
-
-
-def _prior_strength(value: Any) -> float:
-    """tau as a float in [0, 10]: Python, numpy and 0-d torch numbers alike (a bool is no strength)."""
-    if not isinstance(value, (bool, int, float)) and tuple(getattr(value, "shape", (0,))) == () and hasattr(value, "item"):
-        value = value.item()  # a 0-d tensor or numpy scalar; a bool or complex one stays refused below
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 <= value <= 10):
-        raise ValueError(f"prior_strength must be a number in [0, 10] (1: the logit-adjusted loss), got {value!r}")
-    return float(value)
-
-
-def _check_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
-    if weight is None:
-        return None
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or not weight.is_floating_point():
-        got = f"a tensor of shape {tuple(weight.shape)}, {weight.dtype}" if isinstance(weight, torch.Tensor) else repr(weight)
-        raise ValueError(f"weight must be a 1-D float tensor with one entry per class, got {got}")
-    if weight.device.type != "meta" and (not torch.isfinite(weight).all() or (weight < 0).any()):  # meta: no values
-        raise ValueError(f"weight must be finite and >= 0, got {weight.tolist()}")
-    return weight.detach().float() if weight.dtype != torch.float64 else weight.detach()
 
 
 def _short_list(values: list[int], shown: int = 6) -> str:
@@ -738,137 +458,3 @@ def _short_list(values: list[int], shown: int = 6) -> str:
     if len(values) <= shown:
         return str(values)
     return "[" + ", ".join(map(str, values[: shown - 1])) + f", ..., {values[-1]}] ({len(values)} classes)"
-
-
-def evolved_with_prior(metadata: dict[str, Any]) -> bool:
-    """Whether a loss's provenance says it was evolved to score the logit-adjusted prediction
-    (a prior-aware students world: ``longtail-k10``, any ``edloss pretrain --imbalance`` output)."""
-    config = metadata.get("config") if isinstance(metadata, dict) else None
-    world = config.get("world") if isinstance(config, dict) else None
-    objective = config.get("objective") if isinstance(config, dict) else None
-    kind = objective.get("kind") if isinstance(objective, dict) else None
-    return kind == "students" and isinstance(world, dict) and world.get("prior_aware") is True
-
-
-def _warn_if_probabilities(x: torch.Tensor) -> None:
-    """The probabilities-instead-of-logits mistake, judged on the first row of the first call."""
-    first = x[0].detach()
-    if float(first.min()) >= 0 and float(first.max()) <= 1 and abs(float(first.sum()) - 1) < 1e-3:
-        warnings.warn(
-            "the first row of logits lies in [0, 1] and sums to 1: it looks like probabilities. "
-            "EDLLoss applies log_softmax itself; pass raw logits (drop the softmax).",
-            stacklevel=6,
-        )
-
-
-def _check_finite(x: torch.Tensor, per_row: torch.Tensor) -> None:
-    """NaN or +-Inf anywhere in a row makes that row's log-probabilities (and loss) non-finite, so
-    checking the per-row values finds bad logits without another pass over (M, C). -Inf in a
-    wrong class is a mask, as in CE, and is allowed."""
-    if math.isfinite(per_row.detach().sum().item()) or bool(torch.isfinite(per_row).all()):  # the sum: one kernel, not isfinite's four
-        return
-    rows = (~torch.isfinite(per_row)).nonzero().flatten()[:5].tolist()
-    raise ValueError(
-        f"logits contain NaN or Inf (rows {rows}...), or a target's logit is -Inf; the model diverged or "
-        "its inputs are bad - lower the learning rate or check the data"
-    )
-
-
-def _check_logits_finite(x: torch.Tensor) -> None:
-    """NaN or +-Inf logits (-Inf in a wrong class allowed, as a mask), rows named; one host sync."""
-    if not math.isfinite(x.detach().sum().item()):  # cheap; on overflow the exact test decides
-        _check_finite(x, torch.logsumexp(x.detach(), dim=1))
-
-
-def _check_probabilities(probs: torch.Tensor) -> None:
-    """Finite, >= 0, rows summing to 1; on detached values, so a target that requires grad (a
-    teacher's output) reads without torch's requires_grad-to-scalar warning."""
-    probs = probs.detach()
-    lo, total_err = probs.min(), (probs.sum(1) - 1).abs().max()
-    if not bool(torch.isfinite(probs).all()) or float(lo) < 0 or float(total_err) > 1e-3:
-        raise ValueError(
-            "probability targets must be finite, >= 0 and sum to 1 over the class dimension "
-            f"(found min {float(lo):.3g}, largest |sum - 1| {float(total_err):.3g}); for class indices pass an integer tensor"
-        )
-
-
-def loss_folder(path: str | os.PathLike[str]) -> Path | None:
-    """The loss folder a path names, as ``edloss inspect`` reads it: a loss folder, its
-    ``loss.json`` or ``loss.safetensors``, or a run folder holding ``loss/``; None where none is."""
-    path = Path(path)
-    folder = path.parent if path.name in (WEIGHTS_FILE, CONFIG_FILE) and path.is_file() else path
-    for candidate in (folder, folder / "loss"):
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate
-    return None
-
-
-def _checkpoint_folder(path: Path) -> Path:
-    folder = path.parent if path.name in (WEIGHTS_FILE, CONFIG_FILE) else path
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no EDL loss checkpoint at {path}: expected a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
-    return folder
-
-
-def _read_bytes(path: Path) -> bytes:
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a file; a checkpoint folder holds the files {CONFIG_FILE} and {WEIGHTS_FILE}")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} is missing; a checkpoint folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    return path.read_bytes()
-
-
-FIELD_TYPES: dict[str, tuple[type, ...]] = {"format": (str,), "format_version": (int,), "lossnet": (dict,), "scale": (float, int), "sha256": (str,)}
-
-
-def _read_config(path: Path, allow_unverified: bool = False) -> dict[str, Any]:
-    """Parse loss.json and check every field that defines the loss: presence, type, range. A
-    format-1 file (no definition checksum) only with ``allow_unverified``."""
-    try:
-        meta = json.loads(_read_bytes(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON (truncated or edited?): {err}") from err
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not an edloss loss checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    for key, types in FIELD_TYPES.items():
-        if key not in meta:
-            raise ValueError(f"{path} lacks the field {key!r}; the checkpoint is incomplete")
-        value = meta[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise ValueError(f"{path}: field {key!r} must be {' or '.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
-    version = meta["format_version"]
-    if version > FORMAT_VERSION or version < 1:
-        raise ValueError(f"{path} has format version {version}; this edloss reads 1..{FORMAT_VERSION} (newer: pip install -U edloss)")
-    if version >= 2 and not isinstance(meta.get("definition_sha256"), str):
-        raise ValueError(f"{path}: field 'definition_sha256' must be a string (format version {version} requires it)")
-    if not isinstance(meta.get("provenance", {}), dict):
-        raise ValueError(f"{path}: field 'provenance' must be a dict, got {type(meta['provenance']).__name__}")
-    if version == 1 and not allow_unverified:
-        raise ValueError(f"{path} is format version 1: no checksum covers its architecture, scale or provenance, so an edit "
-                         "would load silently. If you trust it, load it with EDLLoss.from_file(path, allow_unverified=True) "
-                         "and re-save it with loss.save(path)")
-    if version == 1:
-        warnings.warn(f"{path} is format version 1, loaded unverified (allow_unverified=True); re-save it with loss.save()", stacklevel=3)
-    if version == 2:
-        warnings.warn(f"{path} is format version 2: its provenance (the noise rate it was pretrained for) is not checksummed; "
-                      "re-save it with loss.save()", stacklevel=3)
-    if not (math.isfinite(meta["scale"]) and meta["scale"] > 0):
-        raise ValueError(f"{path}: field 'scale' must be a finite positive number, got {meta['scale']!r}")
-    if "prior" in meta or version >= 4:
-        _check_prior_field(path, meta.get("prior"), version)
-    return meta
-
-
-def _check_prior_field(path: Path, prior: Any, version: int) -> None:
-    """loss.json's ``prior`` (format 4): the class counts and tau the loss was saved with."""
-    if version < 4:
-        raise ValueError(f"{path}: field 'prior' needs format version 4 (found {version}); the file was edited")
-    if prior is None:
-        return
-    if not isinstance(prior, dict) or set(prior) != {"class_counts", "prior_strength"}:
-        raise ValueError(f"{path}: field 'prior' must be an object with 'class_counts' and 'prior_strength', got {prior!r}")
-    try:
-        log_prior(prior["class_counts"])
-        _prior_strength(prior["prior_strength"])
-    except ValueError as err:
-        raise ValueError(f"{path}: invalid field 'prior': {err}") from None
