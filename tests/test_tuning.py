@@ -147,3 +147,18 @@ def test_a_foreign_result_json_is_refused_not_described(tiny_config: TrainConfig
     (tmp_path / RESULT).write_text(json.dumps({"accuracy": 0.9, "model": "mine"}))
     with pytest.raises(ValueError, match="is not an edloss training result \\(it has no 'status'\\)"):
         train(tiny_config, tmp_path, progress=False)
+
+
+def test_tuned_grid_with_label_noise_and_long_tail(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    """--lr-grid composes with --label-noise and --imbalance: the picked runs carry both."""
+    from dataclasses import replace
+
+    recipe = replace(tiny_config, train_subset=60, balanced_subset=True, imbalance=2.0, label_noise=0.2)
+    summary = C.compare(recipe, ["ce", "logit_adjusted"], [0], tmp_path, progress=False, lr_grid=[0.5, 2.0])
+    for row in summary["rows"]:
+        assert row["n"] == 1 and row["lr_pick"] in (0.5, 2.0)
+        result = json.loads((tmp_path / "resnet20" / row["label"] / tuning.lr_folder(row["lr_pick"]) / "seed0"
+                             / RESULT).read_text())
+        assert result["config"]["imbalance"] == 2.0 and result["config"]["label_noise"] == 0.2
+        assert result.get("test_shot_acc") is not None and result["temperature"] > 0
+    assert "Learning-rate choice" in (tmp_path / "summary.md").read_text()
