@@ -18,8 +18,8 @@ its functions, and nothing else in edloss imports this module unless ``--ray`` i
   whose worker dies (killed, out of memory, node lost) is retried, resuming from its run's
   checkpoint; a task that raises is reported, and the rest of the grid goes on.
 * :class:`RayEvaluator` scores a population on Ray actors, each taking whole chunks of
-  ``objective.POPULATION_CHUNK`` individuals on the same synthetic batches; the metrics are
-  bit-identical to ``objective.evaluate_population`` in one process with the same number of
+  ``objectives.ranking.POPULATION_CHUNK`` individuals on the same synthetic batches; the metrics are
+  bit-identical to ``objectives.ranking.evaluate_population`` in one process with the same number of
   torch threads on the same CPU type (thread count and instruction set can change the last bits
   of a float, in Ray or not).
 """
@@ -289,7 +289,7 @@ def _scorer_class():
             torch.set_num_threads(threads)
 
         def score(self, theta: torch.Tensor, shared: tuple) -> dict[str, torch.Tensor]:
-            from edloss.objective import evaluate_population
+            from edloss.objectives.ranking import evaluate_population
 
             batches, net, objective = shared
             return evaluate_population(theta, net, batches, objective)
@@ -298,7 +298,7 @@ def _scorer_class():
 
 
 class RayEvaluator:
-    """``objective.evaluate_population`` spread over Ray actors; a drop-in ``pretrain(evaluator=...)``.
+    """``objectives.ranking.evaluate_population`` spread over Ray actors; a drop-in ``pretrain(evaluator=...)``.
 
     Each generation the synthetic batches go to the object store once; every actor receives a
     contiguous run of whole population chunks and returns its individuals' metrics, which are
@@ -322,7 +322,7 @@ class RayEvaluator:
     def __call__(self, theta: torch.Tensor, net: Any, batches: list, objective: Any) -> dict[str, torch.Tensor]:
         import ray
 
-        from edloss.objective import POPULATION_CHUNK
+        from edloss.objectives.ranking import POPULATION_CHUNK
 
         chunks = -(-theta.shape[0] // POPULATION_CHUNK)
         used = min(len(self.actors), chunks)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from edloss.loss import CONFIG_FILE, EDLLoss
-from edloss.pretrain import loss_rows
+from edloss.pretrain_export import loss_rows
 from edloss.shapes import (LossFn, TABLE_POINTS, format_gradient_ratio_table, format_shape_table, gradient_ratio_table,
                             loss_profile, plot_shapes, shape_table)
 

@@ -17,21 +17,20 @@ checkpoint) first removes everything a previous run wrote, so no old loss can pa
 
 Each generation's synthetic batch is drawn from a generator seeded by (seed, generation), and
 the ES state carries its own generator, so a resumed run reproduces an uninterrupted one.
+
+Here: the run (``Run``, ``pretrain``) and its command line. Around it, one concept a file: the
+config (``pretrain_config``), the objective a generation is scored by (``objectives``: ranking
+or students, behind one interface), the run folder (``pretrain_folder``) and the export
+(``pretrain_export``); their names stay importable from here.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import shlex
-import shutil
 import sys
 import time
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,81 +38,22 @@ import torch
 from tqdm import tqdm
 
 from edloss import evolve, students
-from edloss.configs import check_fields, check_range, diff_dicts, from_dict, load_file, to_dict, versions
-from edloss.evolve import ESConfig, ESState
-from edloss.files import (LockedRun, RunLock, append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, check_output_path,
-                          folder_kept_only_if_used, prepare_output_folder, read_jsonl, writing)
-from edloss.loss import CONFIG_FILE, WEIGHTS_FILE, EDLLoss, is_shipped, loss_folder, shipped_names
-from edloss.lossnet import LossNet, LossNetConfig, init_offset, init_scale
-from edloss.objective import (
-    ObjectiveConfig,
-    anchor_gradient_norm,
-    ce_anchor_norm,
-    cross_entropy_penalty,
-    evaluate,
-    evaluate_population,
-    forward_corrected_penalty,
-    heldout_batches,
-    poly1_penalty,
-    population_penalty,
-    sample_batches,
-)
-from edloss.shapes import format_shape_table, plot_shapes, shape_table
-from edloss.students import WorldConfig
+from edloss.configs import diff_dicts, from_dict, load_file, to_dict, versions
+from edloss.evolve import ESState
+from edloss.files import LockedRun, RunLock, atomic_torch_save, atomic_write_json, check_output_path, folder_kept_only_if_used, prepare_output_folder, writing
+from edloss.loss import EDLLoss
+from edloss.lossnet import init_offset, init_scale
+from edloss.objectives import objective_for
+from edloss.objectives.ranking import Evaluator, evaluate_population, ranking_heldout  # noqa: F401 (re-exported)
+from edloss.pretrain_config import PretrainConfig, saved_config  # noqa: F401 (re-exported)
+from edloss.pretrain_export import export_best, export_candidates, heldout_by_k, loss_rows  # noqa: F401 (re-exported)
+from edloss.pretrain_folder import (LOSS_FILES, RUN_FILES, _visible, append_row, check_run_folder,  # noqa: F401 (re-exported)
+                                    discard_previous_run, holds_pretraining_run, truncate_metrics, write_csv)
+from edloss.shapes import format_shape_table
+from edloss.start import start_parameters
 
 STUDENTS_POPULATION, STUDENTS_GENERATIONS = 32, 60  # the students objective's defaults: ~10 s a generation on 2 cores
 CHECKPOINT_VERSION = 1  # "elapsed_seconds" was added later, optional: older checkpoints still load
-# What a run writes into its folder; --fresh (or a start without a checkpoint) removes all of it.
-RUN_FILES = ("loss", "summary.json", "loss_shape.png", "metrics.csv", "metrics.jsonl", "checkpoint.pt", "config.json")
-LOSS_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what EDLLoss.save writes into loss/
-
-# (theta (P, D), lossnet config, batches, objective config) -> per-individual metrics, as
-# objective.evaluate_population; distributed.RayEvaluator spreads it over Ray actors.
-Evaluator = Callable[[torch.Tensor, LossNetConfig, list, ObjectiveConfig], dict[str, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Everything that decides a pretraining run's numbers."""
-
-    lossnet: LossNetConfig = field(default_factory=LossNetConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    es: ESConfig = field(default_factory=ESConfig)
-    heldout_every: int = 10
-    checkpoint_every: int = 10
-    heldout_seed: int = 20260528
-    heldout_evals_per_block: int = 0  # 0: four times a training block's; set to hold the held-out set fixed
-    world: WorldConfig = field(default_factory=WorldConfig)  # the students objective's world (objective.kind = "students")
-    start: str = ""  # a loss (shipped name or folder) the first population is drawn around; "" draws it fresh
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        check_range("heldout_every", self.heldout_every, 1)
-        check_range("checkpoint_every", self.checkpoint_every, 1)
-        if self.heldout_evals_per_block != 0:
-            check_range("heldout_evals_per_block", self.heldout_evals_per_block, 16)
-        if not 0 <= self.heldout_seed < 2**63:
-            raise ValueError(f"heldout_seed must be in [0, 2**63), got {self.heldout_seed}")
-        if self.lossnet.form == "corrected" and self.lossnet.noise_rate != self.label_noise:
-            where = "world.label_noise" if self.students else "objective.label_noise"
-            raise ValueError(f"the corrected form's base must match the regime: lossnet.noise_rate {self.lossnet.noise_rate} "
-                             f"!= {where} {self.label_noise}")
-        if not self.students and self.world != WorldConfig():  # else the world would be ignored, silently
-            raise ValueError(f"config.world is set ({', '.join(diff_dicts(to_dict(WorldConfig()), to_dict(self.world))[:3])}) but "
-                             f"objective.kind is {self.objective.kind!r}: only objective.kind = \"students\" uses the world; "
-                             "set it (or --objective students), or remove the [world] section")
-        if self.students and self.objective.label_noise > 0:
-            raise ValueError("with the students objective the regime's label noise is world.label_noise (objective.label_noise is the ranking's)")
-
-    @property
-    def students(self) -> bool:
-        """Fitness from the students world instead of the ranking objective."""
-        return self.objective.kind == "students"
-
-    @property
-    def label_noise(self) -> float:
-        """The regime's label-noise rate, wherever the objective keeps it."""
-        return self.world.label_noise if self.students else self.objective.label_noise
 
 
 def initial_state(cfg: PretrainConfig) -> ESState:
@@ -130,102 +70,16 @@ def initial_state(cfg: PretrainConfig) -> ESState:
     return state
 
 
-def start_parameters(cfg: PretrainConfig) -> torch.Tensor:
-    """Flat parameters of ``cfg.start`` (a shipped name, a loss folder or its loss.json, or a run
-    folder holding loss/: what ``edloss inspect`` takes), which must have this run's network."""
-    folder = None if is_shipped(cfg.start) else loss_folder(cfg.start)
-    if not is_shipped(cfg.start) and folder is None:
-        raise ValueError(f"start loss {cfg.start!r} is neither a shipped loss ({', '.join(shipped_names())}) nor a loss folder "
-                         f"with {CONFIG_FILE} (nor its {CONFIG_FILE}, nor a run folder holding loss/)")
-    with warnings.catch_warnings():  # only its parameters are used: a load-time advisory (v3's) is not this run's news
-        warnings.simplefilter("ignore")
-        loss = EDLLoss.pretrained(cfg.start) if folder is None else EDLLoss.from_file(folder)
-    if to_dict(loss.net.config) != to_dict(cfg.lossnet):
-        raise ValueError(f"start loss {cfg.start!r} has another network ({to_dict(loss.net.config)}) than this run's lossnet "
-                         f"({to_dict(cfg.lossnet)}); set the lossnet section to match it")
-    return loss.net.flat().detach().float()
-
-
 def heldout_set(cfg: PretrainConfig) -> Any:
     """The run's fixed held-out set (selection of the exported loss, progress curves): synthetic
     ranking batches, or for the students objective held-out tasks with their CE students."""
-    if cfg.students:
-        return students.heldout_worlds(cfg.world, cfg.heldout_seed)
-    return ranking_heldout(cfg)
-
-
-def ranking_heldout(cfg: PretrainConfig) -> list:
-    return heldout_batches(cfg.objective, cfg.heldout_seed, cfg.heldout_evals_per_block or None)
+    return objective_for(cfg).heldout()
 
 
 def sample_generation(cfg: PretrainConfig, generation: int) -> Any:
     """A generation's fresh data, from a generator seeded by (seed, generation): ranking batches or tasks."""
     gen = torch.Generator().manual_seed(batch_seed(cfg.es.seed, generation))
-    if cfg.students:
-        return students.sample_worlds(cfg.world, gen)
-    return sample_batches(cfg.objective, gen)
-
-
-def saved_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config.json/checkpoint config as today's ``to_dict`` writes it: fields added since it was
-    saved take their defaults (each added with the default that keeps the older numbers), so an
-    older run still resumes and still compares equal. A config that no longer parses is kept as
-    it was, so the difference is reported instead of hidden."""
-    try:
-        return to_dict(from_dict(PretrainConfig, saved))
-    except ValueError:
-        return saved
-
-
-def discard_previous_run(out: Path, names: tuple[str, ...] = RUN_FILES) -> None:
-    """Remove what an earlier run wrote into ``out`` (exported loss first, config last), so an
-    interrupted new run can never leave the old loss or summary looking like its own."""
-    for name in names:
-        path = Path(out) / name
-        if path.is_dir() and not path.is_symlink():
-            foreign = sorted(p.name for p in path.iterdir() if p.name not in LOSS_FILES and not p.name.startswith("."))
-            if foreign:  # not a folder a run exported: never delete what we did not write
-                raise ValueError(f"{path} holds files a pretraining run does not write ({', '.join(foreign[:3])}); "
-                                 "move them or choose another --out")
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def holds_pretraining_run(out: Path) -> bool:
-    """Whether ``out`` holds what ``edloss pretrain`` writes: a checkpoint, or the config.json it
-    writes first (an object with its ``config``, ``command`` and ``versions``)."""
-    if (Path(out) / "checkpoint.pt").is_file():
-        return True
-    try:
-        saved = json.loads((Path(out) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(saved, dict) and {"config", "command", "versions"} <= set(saved)
-
-
-def check_run_folder(out: Path) -> None:
-    """Refuse an existing, non-empty ``out`` that holds no pretraining run: starting (or
-    ``--fresh``) replaces config.json, summary.json, metrics.csv and loss/, which there would be
-    a user's own files. Hidden files (the lock) do not count."""
-    out = Path(out)
-    if not out.is_dir() or holds_pretraining_run(out):
-        return
-    present = sorted(_visible(out))
-    if present:
-        raise ValueError(f"--out {out} is not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}) and holds no "
-                         "edloss pretraining run, so its files could be replaced; choose a new or empty folder for --out")
-
-
-def _visible(out: Path) -> list[str]:
-    """The entries of ``out``, a folder's by its files (``loss/notes.txt``), hidden ones (the lock) left out."""
-    names = []
-    for path in out.iterdir():
-        if path.name.startswith("."):
-            continue
-        inner = sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() and not path.is_symlink() else []
-        names += [f"{path.name}/{name}" for name in inner] or [path.name]
-    return names
+    return objective_for(cfg).sample(gen)
 
 
 def batch_seed(seed: int, generation: int) -> int:
@@ -256,8 +110,7 @@ class Run(LockedRun):
         self._lock = RunLock(self.out, "pretraining run").__enter__()
         try:
             check_run_folder(self.out)
-            if cfg.students and evaluator is not None:
-                raise ValueError("the students objective runs in this process; --ray is for the ranking objectives")
+            objective_for(cfg).check_evaluator(evaluator)  # the students objective takes none: its students train here
             self.evaluator = evaluator or evaluate_population  # where, not what: the numbers are the same
             self.heldout = heldout_set(cfg)
             if fresh:
@@ -332,35 +185,9 @@ def evaluate_generation(cfg: PretrainConfig, theta: torch.Tensor, data: Any, eva
     """Per-individual metrics of a generation's population on its fresh data: every individual
     trains one student per task (students objective), else the ranking objective, scored by
     ``evaluator`` where one is given (in chunks, or on Ray) or in one ``evaluate`` call."""
-    if cfg.students:
-        return students.evaluate_worlds(theta, cfg.lossnet, data, cfg.world)
-    if evaluator is not None:
-        return evaluator(theta, cfg.lossnet, data, cfg.objective)
-    return evaluate(population_penalty(theta, cfg.lossnet), theta.shape[0], data, cfg.objective)
+    return objective_for(cfg).evaluate(theta, data, evaluator)
 
 
-def export_candidates(cfg: PretrainConfig, candidates: torch.Tensor, heldout: Any, out: Path, command: str, wall_seconds: float,
-                      summary_extra: dict[str, Any] | None = None, **kwargs: Any) -> tuple[EDLLoss, dict[str, Any], int]:
-    """``export_best`` for any objective: under the students objective the candidate with the best
-    held-out world fitness (``world.select``'s worlds, else the search's) is chosen first, the start
-    loss among them, and its ranking metrics are recorded beside."""
-    if not cfg.students:
-        return export_best(cfg, candidates, heldout, out, command, wall_seconds, summary_extra=summary_extra, **kwargs)
-    if cfg.start:  # the start competes too: a search that found nothing better on the selection worlds exports its start
-        candidates = torch.cat([candidates, start_parameters(cfg)[None]])
-    world = students.evaluate_heldout_worlds(candidates, cfg.lossnet, heldout, cfg.world.combine)
-    best = int(torch.argmax(world["fitness"]))
-    chosen = {"world_heldout": {name: float(value[best]) for name, value in world.items()}}
-    if cfg.start:
-        chosen["world_heldout_start"] = {name: float(value[-1]) for name, value in world.items()}
-        chosen["exported_start"] = best == candidates.shape[0] - 1
-    summary_extra = {**(summary_extra or {}), **chosen}
-    loss, summary, _ = export_best(cfg, candidates[best : best + 1], ranking_heldout(cfg), out, command, wall_seconds,
-                                   summary_extra=summary_extra, **kwargs)
-    return loss, summary, best
-
-
-# ---------------------------------------------------------------------- shared by every strategy
 def generation_row(cfg: PretrainConfig, t: int, sigma: float, batches: list, theta: torch.Tensor, metrics: dict[str, torch.Tensor], heldout: list) -> dict[str, Any]:
     """One metrics row: fitness on this generation's batch, and every ``heldout_every``
     generations the held-out metrics of the generation's best individual."""
@@ -369,104 +196,8 @@ def generation_row(cfg: PretrainConfig, t: int, sigma: float, batches: list, the
     row.update(summarise(metrics))
     if t % cfg.heldout_every == 0 or t == cfg.es.generations - 1:
         best = theta[int(torch.argmax(metrics["fitness"]))][None]
-        if cfg.students:
-            scores = students.evaluate_heldout_worlds(best, cfg.lossnet, heldout, cfg.world.combine)
-        else:
-            scores = evaluate(population_penalty(best, cfg.lossnet), 1, heldout, cfg.objective, all_metrics=True)
-        row.update(summarise(scores, "heldout_"))
+        row.update(summarise(objective_for(cfg).heldout_scores(best, heldout), "heldout_"))
     return row
-
-
-def append_row(out: Path, row: dict[str, Any]) -> None:
-    with writing(out / "metrics.jsonl"):
-        append_jsonl(out / "metrics.jsonl", row)
-
-
-def truncate_metrics(out: Path, generation: int) -> None:
-    """Drop metric rows written after the checkpoint (a resumed run recomputes them identically),
-    and a last line torn by a crash or a full disk, with a note."""
-    path = out / "metrics.jsonl"
-    if path.exists():
-        rows = [r for r in read_jsonl(path, repair=True) if isinstance(r.get("generation"), int) and r["generation"] < generation]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def export_best(
-    cfg: PretrainConfig,
-    candidates: torch.Tensor,
-    heldout: list,
-    out: Path,
-    command: str,
-    wall_seconds: float,
-    summary_extra: dict[str, Any] | None = None,
-    provenance_extra: dict[str, Any] | None = None,
-    label: str | None = None,
-) -> tuple[EDLLoss, dict[str, Any], int]:
-    """Save the candidate with the best held-out fitness as ``out/loss`` (scale anchored to CE),
-    with ``summary.json``, ``metrics.csv`` and ``loss_shape.png``; returns it, the summary and its index."""
-    metrics = evaluate(population_penalty(candidates, cfg.lossnet), candidates.shape[0], heldout, cfg.objective, all_metrics=True)
-    best = int(torch.argmax(metrics["fitness"]))
-    chosen = candidates[best]
-    norm = float(anchor_gradient_norm(population_penalty(chosen[None], cfg.lossnet), 1)[0])
-    scale = ce_anchor_norm() / max(norm, 1e-12)
-    scores = {name: float(value[best]) for name, value in metrics.items()}
-    ce, poly1 = ({name: float(v[0]) for name, v in evaluate(ref, 1, heldout, cfg.objective, all_metrics=True).items()}
-                 for ref in (cross_entropy_penalty, poly1_penalty))
-    references = {"edl": population_penalty(chosen[None], cfg.lossnet), "cross_entropy": cross_entropy_penalty, "poly1": poly1_penalty}
-    summary_extra = dict(summary_extra or {})
-    if cfg.objective.label_noise > 0:  # the fair rival under noise: it knows the rate too
-        references["forward_corrected"] = forward_corrected_penalty(cfg.objective.label_noise)
-        fc = evaluate(references["forward_corrected"], 1, heldout, cfg.objective, all_metrics=True)
-        summary_extra["forward_corrected_heldout"] = {name: float(v[0]) for name, v in fc.items()}
-    summary_extra["heldout_by_k"] = heldout_by_k(references, heldout, cfg.objective)
-    provenance = {"command": command, "seed": cfg.es.seed, "config": to_dict(cfg), "heldout_metrics": scores, "versions": versions(), "real_data_stage": False}
-    loss = EDLLoss(LossNet.from_flat(chosen, cfg.lossnet), scale=scale, metadata={**provenance, **(provenance_extra or {})})
-    loss.save(out / "loss")
-    summary = {"seed": cfg.es.seed, **(summary_extra or {}), "heldout": scores, "cross_entropy_heldout": ce, "poly1_heldout": poly1, "scale": scale,
-               "wall_seconds": wall_seconds, "shape": shape_table(loss_rows(loss))}
-    atomic_write_json(out / "summary.json", summary)
-    write_csv(out / "metrics.jsonl", out / "metrics.csv")
-    try:
-        plot_shapes({label or f"EDL ({cfg.es.mutation}, seed {cfg.es.seed})": loss_rows(loss)}, out / "loss_shape.png")
-    except ModuleNotFoundError as err:  # the figure needs the lab extra; the loss itself does not
-        if err.name != "matplotlib":
-            raise
-        print(f"note: {out / 'loss_shape.png'} not drawn: matplotlib is missing (pip install 'edloss[lab]')", file=sys.stderr)
-    return loss, summary, best
-
-
-def heldout_by_k(penalties: dict[str, Any], heldout: list, objective: ObjectiveConfig) -> dict[str, dict[str, dict[str, float]]]:
-    """Fitness, value and calibration of each penalty on each held-out block (one class count K each).
-
-    The pooled held-out numbers weigh blocks by their pair counts, and one block can dominate: under
-    label noise the K = 2 block, where the labels carry least information, decided the pooled
-    ranking of losses while K = 10 (CIFAR-10's) ranked them the other way."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for batch in heldout:
-        k = str(batch.logits.shape[-1])
-        out[k] = {name: {m: float(v[0]) for m, v in evaluate(penalty, 1, [batch], objective).items()
-                         if m in ("fitness", "value", "calibration")} for name, penalty in penalties.items()}
-    return out
-
-
-def loss_rows(loss: EDLLoss):
-    """A per-row view of an EDLLoss, for shape tables and plots."""
-    unreduced = EDLLoss(loss.net, scale=float(loss.scale), reduction="none", check_inputs=False)
-    return lambda logits, target: unreduced(logits, target)
-
-
-def write_csv(jsonl: Path, csv_path: Path) -> None:
-    """The JSONL rows as a CSV table, written atomically."""
-    rows = read_jsonl(jsonl, repair=True)
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
-    atomic_write_text(csv_path, text.getvalue())
 
 
 def pretrain(cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = False, progress: bool = True,
@@ -476,8 +207,7 @@ def pretrain(cfg: PretrainConfig, out: Path, command: str = "", fresh: bool = Fa
     ``evaluator`` scores each generation's population (default ``objective.evaluate_population``
     in this process; ``distributed.RayEvaluator`` on Ray actors, with identical numbers).
     """
-    if cfg.students:  # knobs that pass one by one can together need tens of GB: say so before allocating
-        students.check_memory(cfg.world, cfg.es.population)
+    objective_for(cfg).check(cfg.es.population)  # knobs that pass one by one can together need tens of GB: say so before allocating
     with Run(cfg, Path(out), command, fresh, evaluator) as run:  # holds out/.lock until the loss is exported
         bar = tqdm(total=cfg.es.generations, initial=run.state.generation, disable=not progress, desc=f"pretrain {cfg.es.mutation}", unit="gen")
         while not run.done:

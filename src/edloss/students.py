@@ -1,6 +1,6 @@
 """The students world: score a loss by the networks it trains, on synthetic tasks, with no real data.
 
-The ranking objective (``objective.py``) scores a loss by its *shape* on synthetic predictions;
+The ranking objective (``objectives.ranking``) scores a loss by its *shape* on synthetic predictions;
 it cannot see *training*: how fast a network fits, whether it memorises wrong labels, how it
 treats rare classes. Here a loss is scored the way a user judges it: each candidate trains small
 **student** networks on freshly drawn synthetic tasks, and its fitness is the students' clean
@@ -28,6 +28,9 @@ dimension and every layer is one batched matmul (``baddbmm``; convolutions over 
 the loss network of every individual is evaluated in the same population pass as in pretraining.
 A student whose weights or loss stop being finite is frozen and scored 0 (worse than chance);
 the fraction of such students is reported, and a run never stops for it.
+
+This module is the world; the students objective that pretraining runs in it is
+``objectives.students``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import torch.nn.functional as F
 
 from edloss.configs import check_fields, check_range
 from edloss.lossnet import LossNetConfig
+from edloss.penalties import anchor_gradient_norm, ce_anchor_norm, population_penalty
 
 FAMILIES = ("gaussian", "images")
 NOISE_KINDS = ("symmetric", "pair")
@@ -414,8 +418,6 @@ def population_group_loss(theta: torch.Tensor, net: LossNetConfig, batch_size: i
     gradient at the uniform prediction as an exported ``EDLLoss`` is, so every candidate trains
     with the learning rate a user would give it. With ``log_prior`` each scores the logit-adjusted
     prediction softmax(z + log pi), as ``EDLLoss(class_counts=...)`` does."""
-    from edloss.objective import anchor_gradient_norm, ce_anchor_norm, population_penalty
-
     penalty = population_penalty(theta, net)
     scale = ce_anchor_norm() / anchor_gradient_norm(penalty, theta.shape[0]).clamp_min(1e-12)
 

@@ -49,7 +49,8 @@ from edloss.files import (RunLock, append_jsonl, atomic_torch_save, atomic_write
                           read_jsonl)
 from edloss.loss import EDLLoss, evolved_with_prior, is_shipped, loss_folder, pretrained_noise_rate
 from edloss.lossnet import LossNet
-from edloss.objective import ObjectiveConfig, anchor_gradient_norm, ce_anchor_norm, evaluate_population, population_penalty
+from edloss.objectives.ranking import ObjectiveConfig, evaluate_population
+from edloss.penalties import anchor_gradient_norm, ce_anchor_norm, population_penalty
 from edloss.pretrain import PretrainConfig, heldout_set
 from edloss.lab.train import TrainConfig, train
 

@@ -35,7 +35,7 @@ from edloss.configs import to_dict, versions
 from edloss.files import atomic_write_json
 from edloss.lab import ablate as A
 from edloss.lab import stats
-from edloss.objective import evaluate_population, sample_batches
+from edloss.objectives.ranking import evaluate_population, sample_batches
 from edloss.pretrain import PretrainConfig
 
 DEFAULT_EVALS = (256, 1024, 4096, 16384)

@@ -171,7 +171,7 @@ def told_counts(module: torch.nn.Module, tasks: Any) -> torch.nn.Module:
 def ranking_fitness(module: torch.nn.Module, label_noise: float) -> float:
     """The ranking objective's held-out fitness of a loss module at K = 10 (severity: the default
     KL + disagreement when clean, total variation under noise, as `edloss pretrain` picks)."""
-    from edloss.objective import ObjectiveConfig, evaluate, heldout_batches
+    from edloss.objectives.ranking import ObjectiveConfig, evaluate, heldout_batches
 
     cfg = ObjectiveConfig(classes=(10, 10), label_noise=label_noise, severity="tv" if label_noise > 0 else "kl_disagreement")
     per_row = _per_row_loss(module)
