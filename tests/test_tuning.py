@@ -38,6 +38,7 @@ def test_pick_prefers_best_then_nearest_one() -> None:
     assert tuning.pick({0.5: 62.0, 2.0: 62.0}) == 0.5
     assert tuning.pick({0.5: 62.0, 2.0: None}) is None  # undecided until every multiplier has run
     assert tuning.flatness({0.5: 60.0, 1.0: 63.5}) == pytest.approx(3.5)
+    assert tuning.at_edge(0.5, [0.5, 1.0, 2.0]) and not tuning.at_edge(1.0, [0.5, 1.0, 2.0])
 
 
 def test_temperature_recovers_the_scale_of_overconfident_logits() -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from edloss.files import atomic_write_text, save_figure
 from edloss.lab.data import get_spec
 from edloss.lab.recipe import TrainConfig
+from edloss.lab.tuning import at_edge
 
 ROLES = ("calibration", "held-out")
 DEFAULT_GRID = (0.5, 1.0, 2.0)
@@ -170,11 +171,13 @@ def collect_matrix(out: Path) -> dict[str, Any]:
             continue
         summary = json.loads(path.read_text())
         rows = [r for r in summary["rows"] if r.get("n")]
+        grid = (summary.get("tuning") or {}).get("grid", [])
         for row in rows:
             others = [o for o in rows if o["label"] != row["label"] and o["test_mean"] is not None]
             best = max(others, key=lambda o: o["test_mean"], default=None)
             cells.append({"regime": regime.name, "role": regime.role, "arm": row["label"], "spec": row["spec"],
                           "n": row["n"], "lr_pick": row.get("lr_pick"), "lr": row.get("lr"),
+                          "lr_at_edge": row.get("lr_pick") is not None and at_edge(row["lr_pick"], grid),
                           "spread": row.get("spread"), "test_mean": row["test_mean"], "test_std": row["test_std"],
                           "val_mean": row["val_mean"], "ece_mean": row.get("ece_mean"),
                           "ece_ts_mean": row.get("ece_ts_mean"), "nll_ts_mean": row.get("nll_ts_mean"),
@@ -225,7 +228,7 @@ def render_matrix(matrix: dict[str, Any]) -> str:
                   "| arm | seeds | lr pick | spread (val) | test acc | gap to best other | paired | ECE (%) "
                   "| ECE after TS (%) |", "|---|---|---|---|---|---|---|---|---|"]
         for c in (c for c in matrix["cells"] if c["regime"] == name):
-            pick = "—" if c["lr_pick"] is None else f"{c['lr_pick']:g}× ({c['lr']:.3g})"
+            pick = "—" if c["lr_pick"] is None else f"{c['lr_pick']:g}× ({c['lr']:.3g})" + (" edge" if c.get("lr_at_edge") else "")
             gap = "—" if c["gap_to_best_other"] is None else f"{c['gap_to_best_other']:+.2f} vs {c['best_other']}"
             paired = "—" if c.get("paired_n") is None else (
                 f"{c['paired_wins']}/{c['paired_n']} better"

@@ -116,6 +116,11 @@ def test_runs(recipe: TrainConfig, arms: list[Arm], models: list[str], seeds: li
             if chosen.get(model, {}).get(arm.label, {}).get("pick") is not None]
 
 
+def at_edge(multiplier: float, grid: list[float]) -> bool:
+    """A pick at the smallest or largest multiplier: its best rate may lie outside the grid."""
+    return multiplier in (min(grid), max(grid))
+
+
 def flatness(curve: dict[float, float | None]) -> float | None:
     """Best minus worst validation accuracy over the grid (points): how much a user loses by not
     sweeping the learning rate. None until the curve is complete."""
@@ -132,13 +137,14 @@ def tuning_table(tuning: dict[str, Any], model: str) -> list[str]:
     lines = [f"Learning-rate choice ({model}): final validation accuracy (%) at each multiplier of the peak "
              f"rate {tuning['base_lr']:g}, mean over tuning seeds {', '.join(map(str, tuning['tune_seeds']))}; "
              "every arm gets the same grid and picks on validation (the test set plays no part). "
-             "Spread: best − worst over the grid.", "",
+             "Spread: best − worst over the grid. A pick at the grid's edge (\"edge\") may not be that arm's best rate: "
+             "widen the grid to know.", "",
              "| loss | " + " | ".join(f"{m:g}× ({tuning['base_lr'] * m:.3g})" for m in grid) + " | pick | spread |",
              "|---|" + "---|" * (len(grid) + 2)]
     for label, entry in rows.items():
         curve = {float(k): v for k, v in entry["curve"].items()}
         cells = ["—" if curve.get(m) is None else f"{curve[m]:.2f}" for m in grid]
-        chosen = "—" if entry["pick"] is None else f"{entry['pick']:g}×"
+        chosen = "—" if entry["pick"] is None else f"{entry['pick']:g}×" + (" (edge)" if at_edge(entry["pick"], grid) else "")
         spread = flatness(curve)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {chosen} | {'—' if spread is None else f'{spread:.2f}'} |")
     return lines + [""]
