@@ -38,6 +38,9 @@ FROM_DOCS = {
     "students-clean": ("docs/figures/students/evolution/clean-chaotic/loss", "evolved in the gaussian-default clean world, 60 generations (CIFAR arm edl-students-clean)"),
     "students-noise-0.4": ("docs/figures/students/evolution/noise-0.4-chaotic/loss", "evolved in the gaussian-small-data world at eta 0.4, 60 generations (CIFAR arm edl-students-noise)"),
     "students-noise-0.4-long": ("docs/figures/students/evolution/noise-0.4-long-chaotic/loss", "evolved in the gaussian-long world at eta 0.4, 40 generations (CIFAR arm edl-students-noise-long)"),
+    # near pairs (world-check's second gate, edloss.lab.world_pairs): evolved losses against their start
+    "students-images-clean": ("docs/figures/students/evolution/images-clean/loss", "evolved in the images-default clean world, 25 generations (CIFAR arm edl-students-images)"),
+    "students-robust-clean": ("docs/figures/students/evolution/robust-clean/loss", "evolved in the worst of three clean worlds, 20 generations (CIFAR arm edl-students-robust)"),
 }
 REGENERATED = {
     "v3-gaussian": ("1079b30", "v3 objective, Gaussian mutation, seed 0 (CIFAR arm edl-kldcal-gaussian)"),

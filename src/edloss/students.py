@@ -49,11 +49,12 @@ import torch.nn.functional as F
 from edloss.configs import check_fields, check_range
 from edloss.lossnet import LossNetConfig
 from edloss.penalties import anchor_gradient_norm, ce_anchor_norm, population_penalty
+from edloss.student_tasks import IMAGE_SIZE, gaussian_inputs, image_inputs, noisy_labels
+from edloss.world_lr import ce_scaled_gradient, check_lr_options, multipliers, select, student_rates, take_step
 
 FAMILIES = ("gaussian", "images")
 NOISE_KINDS = ("symmetric", "pair")
 COMBINE = ("mean", "min")
-IMAGE_SIZE = 12
 ECE_BINS = 15
 
 # (logits (G, M, K), labels (G, M)) -> (G,): each group's summed per-student mean loss, where a
@@ -73,6 +74,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gaussian-lr0.1": {"family": "gaussian", "lr": 0.1},
     "images-default": {"family": "images"},
     "images-long": {"family": "images", "steps": 400},
+    # 100 classes, CIFAR-100's 8,000-image budget scaled down: 80 training and 20 test points a class
+    "gaussian-k100": {"family": "gaussian", "classes": (100, 100), "points_per_class": 80, "test_points_per_class": 20},
+    "images-k100": {"family": "images", "classes": (100, 100), "points_per_class": 80, "test_points_per_class": 20},
 }
 
 
@@ -102,6 +106,8 @@ class WorldConfig:
     mix: tuple[str, ...] = ()  # PRESETS applied on top of these knobs; the fitness is their mean. () = this world alone
     select: tuple[str, ...] = ()  # PRESETS held out from the search: the held-out set that picks the exported loss. () = the mix
     combine: str = "mean"  # a mixture's fitness: "mean" over its worlds, or "min": the worst world's (a loss must help in every one)
+    lr_grid: tuple[float, ...] = ()  # multipliers of lr: every loss, CE too, scored at its best on validation (edloss.world_lr). () = lr alone
+    normalize_gradient: bool = False  # each student's logit gradient rescaled to CE's norm per minibatch (edloss.world_lr)
 
     def __post_init__(self) -> None:
         """Each knob is checked here, naming it and its valid range, before any student trains."""
@@ -125,6 +131,7 @@ class WorldConfig:
         check_range("world.steps", self.steps, 1, 100_000)
         check_range("world.batch_size", self.batch_size, 1, 100_000)
         check_range("world.lr", self.lr, 0, 10, lo_open=True)
+        check_lr_options(self)
         check_range("world.momentum", self.momentum, 0, 0.999)
         check_range("world.imbalance", self.imbalance, 1, 1e6)
         check_range("world.nll_weight", self.nll_weight, 0, 100)
@@ -169,6 +176,8 @@ class Tasks:
     init: list[torch.Tensor]  # each (T, ...): initial student parameters per task
     order: torch.Tensor  # (steps, T, B) indices into the training set
     family: str
+    x_val: torch.Tensor | None = None  # (T, N_test, ...) with world.lr_grid: where each loss's rate is chosen
+    y_val: torch.Tensor | None = None  # (T, N_test), clean and balanced like the test set
 
     @property
     def num_classes(self) -> int:
@@ -194,62 +203,13 @@ def sample_tasks(cfg: WorldConfig, gen: torch.Generator, k: int | None = None) -
     counts = cfg.class_counts(k)
     y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)]).expand(cfg.tasks, -1)
     y_test = torch.arange(k).repeat_interleave(cfg.test_points_per_class).expand(cfg.tasks, -1)
-    draw = _gaussian_inputs if cfg.family == "gaussian" else _image_inputs
-    x, x_test = draw(cfg, k, y, y_test, gen)
-    noisy = _noisy_labels(y, k, cfg, gen)
+    draw = gaussian_inputs if cfg.family == "gaussian" else image_inputs
+    x, x_test, more = draw(cfg, k, y, y_test, gen)
+    noisy = noisy_labels(y, k, cfg, gen)
     init = _student_init(cfg, k, gen)
     order = torch.randint(0, y.shape[1], (cfg.steps, cfg.tasks, cfg.batch_size), generator=gen)
-    return Tasks(x, noisy, y.clone(), x_test, y_test.clone(), init, order, cfg.family)
-
-
-def _gaussian_inputs(cfg: WorldConfig, k: int, y: torch.Tensor, y_test: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    means = torch.randn(cfg.tasks, k, cfg.dim, generator=gen) * (cfg.separation * 3 / math.sqrt(cfg.dim))
-
-    def draw(labels: torch.Tensor) -> torch.Tensor:
-        centre = means.gather(1, labels[..., None].expand(-1, -1, cfg.dim))
-        return centre + torch.randn(centre.shape, generator=gen)
-
-    return draw(y), draw(y_test)
-
-
-def _image_inputs(cfg: WorldConfig, k: int, y: torch.Tensor, y_test: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class templates: random smooth patterns, sums of plane waves cos(2 pi (a u + b v) / S + phase)
-    with |a|, |b| < 4 and amplitudes falling with frequency, at unit pixel std; a sample is its
-    template circularly shifted by up to 2 pixels each way, scaled in contrast, plus unit noise."""
-    s, f = IMAGE_SIZE, 4
-    a = torch.arange(f).float()[:, None].expand(f, 2 * f - 1)
-    b = torch.arange(-f + 1, f).float()[None, :].expand(f, 2 * f - 1)
-    u = torch.arange(s).float()
-    theta = 2 * math.pi * (a[..., None, None] * u[:, None] + b[..., None, None] * u[None, :]) / s  # (F, 2F-1, S, S)
-    amp = torch.randn(cfg.tasks, k, f, 2 * f - 1, generator=gen) / (1 + a.abs() + b.abs())
-    phase = torch.rand(cfg.tasks, k, f, 2 * f - 1, generator=gen) * (2 * math.pi)
-    templates = torch.einsum("tkab,abuv->tkuv", amp * phase.cos(), theta.cos()) - torch.einsum("tkab,abuv->tkuv", amp * phase.sin(), theta.sin())
-    templates = (templates - templates.mean((-1, -2), keepdim=True)) / templates.std((-1, -2), keepdim=True).clamp_min(1e-6)
-    rows = torch.arange(s)
-
-    def draw(labels: torch.Tensor) -> torch.Tensor:
-        t, n = labels.shape
-        du, dv = torch.randint(-2, 3, (2, t, n, 1, 1), generator=gen)
-        task = torch.arange(t)[:, None, None, None]
-        img = templates[task, labels[..., None, None], (rows[:, None] + du) % s, (rows[None, :] + dv) % s]
-        contrast = 0.5 + torch.rand(t, n, 1, 1, generator=gen)
-        img = cfg.separation * contrast * img + torch.randn(img.shape, generator=gen)
-        return img.unsqueeze(2)  # (T, N, 1, S, S)
-
-    return draw(y), draw(y_test)
-
-
-def _noisy_labels(y: torch.Tensor, k: int, cfg: WorldConfig, gen: torch.Generator) -> torch.Tensor:
-    """The labels the students see: each flipped with probability ``label_noise`` to another
-    class, uniformly (symmetric) or to the next one (pair-flip)."""
-    if cfg.label_noise == 0:
-        return y.clone()
-    flip = torch.rand(y.shape, generator=gen) < cfg.label_noise
-    if cfg.noise_kind == "pair":
-        other = (y + 1) % k
-    else:
-        other = (y + torch.randint(1, k, y.shape, generator=gen)) % k
-    return torch.where(flip, other, y)
+    val = (more(y_test), y_test.clone()) if cfg.lr_grid else (None, None)  # drawn last: the rest is the plain world's
+    return Tasks(x, noisy, y.clone(), x_test, y_test.clone(), init, order, cfg.family, *val)
 
 
 def _student_shapes(cfg: WorldConfig, k: int) -> list[tuple[int, int]]:
@@ -308,24 +268,34 @@ def _expand(t: torch.Tensor, groups: int) -> torch.Tensor:
     return t.unsqueeze(0).expand(groups, *t.shape).reshape(groups * t.shape[0], *t.shape[1:])
 
 
-def train_students(tasks: Tasks, loss: GroupLoss, groups: int, cfg: WorldConfig) -> dict[str, torch.Tensor]:
-    """Train ``groups`` x T students (group g: loss group g on every task) and score them.
+def train_students(tasks: Tasks, loss: GroupLoss, groups: int, cfg: WorldConfig, normalize: bool = True) -> dict[str, torch.Tensor]:
+    """Train ``groups`` x T students (group g: loss group g on every task) and score them; with
+    ``world.lr_grid`` each group's students train at every multiplier (``runs`` = G x L sets, the
+    loss group g seeing its L x T students' rows) and the group keeps the multiplier of its best
+    validation accuracy; with ``world.normalize_gradient`` (and ``normalize``: the CE reference
+    passes False) each student's logit gradient is rescaled to CE's norm (``edloss.world_lr``).
 
     Returns per-student (G, T) clean test accuracy, NLL, ECE and a diverged flag."""
-    t = tasks.count
-    params = [_expand(p, groups).clone().requires_grad_(True) for p in tasks.init]
+    t, grid = tasks.count, multipliers(cfg)
+    runs, rate = groups * len(grid), student_rates(cfg, groups, tasks.count)
+    params = [_expand(p, runs).clone().requires_grad_(True) for p in tasks.init]
     velocity = [torch.zeros_like(p) for p in params]
-    diverged = torch.zeros(groups * t, dtype=torch.bool)
+    diverged = torch.zeros(runs * t, dtype=torch.bool)
     x_all, rows = tasks.x, torch.arange(t)[:, None]
     for step in range(tasks.order.shape[0]):
         idx = tasks.order[step]  # (T, B)
         xb = x_all[rows, idx]  # (T, B, ...): each task's minibatch
         yb = tasks.y.gather(1, idx)
         with torch.enable_grad():
-            logits = _forward(params, _expand(xb, groups), tasks.family)
+            logits = _forward(params, _expand(xb, runs), tasks.family)
             k = logits.shape[-1]
-            total = loss(logits.reshape(groups, -1, k), _expand(yb, groups).reshape(groups, -1))
-            grads = torch.autograd.grad(total.sum(), params)
+            total = loss(logits.reshape(groups, -1, k), _expand(yb, runs).reshape(groups, -1))
+            if cfg.normalize_gradient and normalize:
+                (gz,) = torch.autograd.grad(total.sum(), logits, retain_graph=True)
+                gz = ce_scaled_gradient(gz, logits, _expand(yb, runs), cfg.batch_size)
+                grads = torch.autograd.grad(logits, params, gz)
+            else:
+                grads = torch.autograd.grad(total.sum(), params)
         with torch.no_grad():
             bad = diverged.clone()
             for g in grads:
@@ -336,14 +306,42 @@ def train_students(tasks: Tasks, loss: GroupLoss, groups: int, cfg: WorldConfig)
                 mask = keep.reshape(-1, *[1] * (g.dim() - 1))
                 g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) * mask
                 v.mul_(cfg.momentum).add_(g)
-                p.sub_(cfg.lr * v)
-    return _score(params, tasks, groups, diverged)
+                take_step(p, v, rate)
+    scores = _score(params, tasks, runs, diverged)
+    if not cfg.lr_grid:
+        return scores
+    chosen = _score(params, tasks, runs, diverged, validation=True)["accuracy"]
+    return select(scores, chosen, groups, grid)
 
 
-def _score(params: list[torch.Tensor], tasks: Tasks, groups: int, diverged: torch.Tensor) -> dict[str, torch.Tensor]:
+SCORE_CHUNK_BYTES = 2**30  # activations of one chunk of students on a whole test set (K = 100 would not fit at once)
+
+
+def _score(params: list[torch.Tensor], tasks: Tasks, groups: int, diverged: torch.Tensor, validation: bool = False) -> dict[str, torch.Tensor]:
+    """Per-student test metrics (or validation ones), in chunks of students so the test set's
+    activations stay under ``SCORE_CHUNK_BYTES``; each student's matmuls are the same at any chunk
+    size (bmm is per student), so the numbers are too."""
+    x, y = (tasks.x_val, tasks.y_val) if validation else (tasks.x_test, tasks.y_test)
+    n, t = y.shape[1], tasks.count
+    per_task = max(1, SCORE_CHUNK_BYTES // max(1, t * n * _point_bytes(params, tasks.family)))
+    chunks = [_score_chunk([p[i * t:(i + per_task) * t] for p in params], x, y, min(per_task, groups - i), tasks.family,
+                           diverged[i * t:(i + per_task) * t]) for i in range(0, groups, per_task)]
+    out = {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
+    return {key: value.reshape(groups, t) for key, value in out.items()}
+
+
+def _point_bytes(params: list[torch.Tensor], family: str) -> int:
+    """Bytes of one student's activations per test point, roughly: every layer's outputs in float32
+    (the convnet's unfolded patches too), the logits again in float64."""
+    widths = sum(p.shape[-1] for p in params[1::2]) + (IMAGE_SIZE * IMAGE_SIZE * 9 if family == "images" else 0)
+    return 4 * widths + 16 * params[-1].shape[-1]
+
+
+def _score_chunk(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, groups: int, family: str,
+                 diverged: torch.Tensor) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        logits = _forward([p.detach() for p in params], _expand(tasks.x_test, groups), tasks.family)
-        labels = _expand(tasks.y_test, groups)
+        logits = _forward([p.detach() for p in params], _expand(x, groups), family)
+        labels = _expand(y, groups)
         finite = torch.isfinite(logits).all(-1).all(-1)
         diverged = diverged | ~finite
         logits = torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
@@ -354,8 +352,7 @@ def _score(params: list[torch.Tensor], tasks: Tasks, groups: int, diverged: torc
         nll = -logp.gather(-1, labels[..., None]).squeeze(-1).mean(-1)
         nll = torch.where(diverged, math.log(logits.shape[-1]) * 10, nll)
         ece = torch.where(diverged, 1.0, expected_calibration_error(conf, correct))
-    shape = (groups, tasks.count)
-    return {"accuracy": acc.reshape(shape), "nll": nll.reshape(shape), "ece": ece.reshape(shape), "diverged": diverged.reshape(shape).double()}
+    return {"accuracy": acc, "nll": nll, "ece": ece, "diverged": diverged.double()}
 
 
 def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
@@ -381,6 +378,9 @@ def score_against_reference(results: dict[str, torch.Tensor], reference: dict[st
         "reference_accuracy": reference["accuracy"].mean(1).expand_as(delta),
     }
     metrics["fitness"] = delta + cfg.nll_weight * metrics["nll_delta"] + cfg.ece_weight * metrics["ece_delta"]
+    if "lr_multiplier" in results:  # world.lr_grid: the rate each loss chose, and CE's
+        metrics["lr_multiplier"] = results["lr_multiplier"].mean(1)
+        metrics["reference_lr_multiplier"] = reference["lr_multiplier"].mean(1).expand_as(delta)
     return metrics
 
 
@@ -402,14 +402,14 @@ def module_group_loss(module: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 def reference_results(tasks: Tasks, cfg: WorldConfig) -> dict[str, torch.Tensor]:
     """The cross-entropy students on these tasks: the reference every loss is scored against."""
-    return train_students(tasks, lambda z, y: cross_entropy_group_loss(z, y, cfg.batch_size), 1, cfg)
+    return train_students(tasks, lambda z, y: cross_entropy_group_loss(z, y, cfg.batch_size), 1, cfg, normalize=False)
 
 
 def score_module(module: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tasks: Tasks, cfg: WorldConfig,
                  reference: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """World metrics of one loss module (the lab's registry losses, a shipped ``EDLLoss``)."""
     reference = reference if reference is not None else reference_results(tasks, cfg)
-    results = train_students(tasks, module_group_loss(module, tasks.count), 1, cfg)
+    results = train_students(tasks, module_group_loss(module, tasks.count * len(multipliers(cfg))), 1, cfg)
     return {name: float(value[0]) for name, value in score_against_reference(results, reference, cfg).items()}
 
 
@@ -466,21 +466,26 @@ MEMORY_HEADROOM = 0.8  # the share of the machine's available memory an estimate
 
 
 def memory_estimate(cfg: WorldConfig, groups: int) -> int:
-    """Bytes at the peak of training and scoring ``groups`` x T students in the world at its
-    largest class count, roughly (within a factor of about 2): the tasks' data, each student's
-    parameters four times (weights, velocity, gradient, a masked copy) and the activations of a
-    minibatch and of the test set (float64 logits there). Knobs that each pass their own range
-    check can together need tens of GB; this says so before a raw allocator error does."""
+    """Bytes at the peak of training and scoring ``groups`` x T students (x the multipliers of
+    ``world.lr_grid``) in the world at its largest class count, roughly (within a factor of about
+    2): the tasks' data (and validation set), each student's parameters four times (weights,
+    velocity, gradient, a masked copy), the activations of a minibatch, and those of the test set
+    for one chunk of students (``SCORE_CHUNK_BYTES``); image tasks also hold the draw's int64 index
+    tensors. Knobs that each pass their own range check can together need tens of GB; this says so
+    before a raw allocator error does."""
     k = cfg.classes[1]
-    inputs = cfg.dim if cfg.family == "gaussian" else IMAGE_SIZE * IMAGE_SIZE * 9  # images: unfolded 3x3 patches
-    n_train, n_test = sum(cfg.class_counts(k)), k * cfg.test_points_per_class
+    raw = cfg.dim if cfg.family == "gaussian" else IMAGE_SIZE * IMAGE_SIZE
+    inputs = cfg.dim if cfg.family == "gaussian" else raw * 9  # images: unfolded 3x3 patches
+    n_train, n_test = sum(cfg.class_counts(k)), k * cfg.test_points_per_class * (2 if cfg.lr_grid else 1)
     shapes = _student_shapes(cfg, k)
     params = sum(i * o for i, o in shapes)
     hidden = sum(o for i, o in shapes if i > 1) + inputs
-    students = groups * max(cfg.tasks, HELDOUT_TASKS)
-    data = max(cfg.tasks, HELDOUT_TASKS) * (n_train + n_test) * inputs
+    tasks = max(cfg.tasks, HELDOUT_TASKS)
+    students = groups * len(multipliers(cfg)) * tasks
+    data = tasks * (n_train + n_test) * raw * (1 if cfg.family == "gaussian" else 5)
     state = 4 * students * params
-    activations = students * (3 * cfg.batch_size * hidden + n_test * (hidden + 2 * k))
+    scored = min(students, max(tasks, SCORE_CHUNK_BYTES // max(1, 4 * cfg.test_points_per_class * k * (hidden + 4 * k))))
+    activations = students * 3 * cfg.batch_size * hidden + scored * k * cfg.test_points_per_class * (hidden + 4 * k)
     return 4 * (data + state + activations)
 
 
@@ -503,10 +508,10 @@ def check_memory(cfg: WorldConfig, groups: int, available: int | None = None) ->
         return
     need = max(memory_estimate(world, groups) for _, world in variants(cfg))
     if need > MEMORY_HEADROOM * available:
-        raise ValueError(f"this students world needs about {need / 2**30:.1f} GiB ({groups} losses x {max(cfg.tasks, HELDOUT_TASKS)} "
+        raise ValueError(f"this students world needs about {need / 2**30:.1f} GiB ({groups} losses x {len(multipliers(cfg))} rates x {max(cfg.tasks, HELDOUT_TASKS)} "
                          f"tasks of students: width {cfg.width}, depth {cfg.depth}, dim {cfg.dim}, classes up to {cfg.classes[1]}), "
                          f"more than the {available / 2**30:.1f} GiB available; lower world.width, world.depth, world.dim, "
-                         "world.tasks or the population")
+                         "world.tasks, world.classes, world.points_per_class, world.lr_grid or the population")
 
 
 # ---------------------------------------------------------------------- mixtures of worlds

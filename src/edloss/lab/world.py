@@ -6,8 +6,14 @@ A **panel** of losses with recorded CIFAR results (``PANEL``: each arm's mean la
 accuracy over its training seeds, copied from the run records under ``docs/figures/``, with the
 folder it comes from) is scored in the world, and the Spearman correlation between world score
 and CIFAR accuracy is reported per regime, beside the same correlation for the ranking
-objective's held-out fitness (at K = 10, the regime's severity), which is what pretraining
-optimised until now.
+objective's held-out fitness (at the regime's K, the regime's severity), which is what pretraining
+optimised until now. That is the first gate. The second (``world_pairs``) asks the world for the
+sign of near differences, a loss against its start or its own gain, counted over pairs whose
+recorded CIFAR difference exceeds seed noise; the report puts both gates side by side per regime.
+Two regimes are at 100 classes (CIFAR-100 records; the regime sets world.classes to (100, 100)):
+give them with --regimes, they are not in the default list. Learning-rate-invariant scoring
+(world.lr_grid, world.normalize_gradient; --lr-grid, --normalize-gradient) is described in
+``edloss.world_lr``.
 
 Knobs are chosen on half of each regime's arms and judged on the other half: arms are sorted by
 CIFAR accuracy and alternate between the halves (ranks 0, 2, 4, ... **calibration**; 1, 3, 5, ...
@@ -34,7 +40,9 @@ import torch
 
 from edloss.configs import from_dict, load_file, to_dict, versions
 from edloss.files import RunLock, append_jsonl, atomic_write_json, check_output_path, read_jsonl
+from edloss.lab.world_pairs import PAIRS, pair_gate, pair_specs
 from edloss.students import WorldConfig, check_memory, combine_metrics, reference_results, sample_tasks, score_module, variants
+from edloss.world_lr import parse_lr_grid
 
 # each regime's knobs, set in the world before its panel is scored: every knob its CIFAR records
 # fix (balanced classes for the clean and noise panels, clean labels for the long-tail one), so a
@@ -44,7 +52,10 @@ REGIMES: dict[str, dict[str, Any]] = {
     "noise-0.4": {"label_noise": 0.4, "imbalance": 1.0},
     "noise-0.6": {"label_noise": 0.6, "imbalance": 1.0},
     "longtail-100": {"label_noise": 0.0, "imbalance": 100.0},  # exponential profile, balanced test: balanced accuracy
+    "clean-k100": {"label_noise": 0.0, "imbalance": 1.0, "classes": (100, 100)},
+    "longtail-100-k100": {"label_noise": 0.0, "imbalance": 100.0, "classes": (100, 100)},
 }
+DEFAULT_REGIMES = ["clean", "noise-0.4", "noise-0.6", "longtail-100"]  # the K = 100 ones are asked for by name
 PANEL_SEED = 20261205  # the tasks the panel is scored on: the same for every loss and every world
 
 
@@ -66,6 +77,8 @@ N04 = "noise-cifar10-eta0.4 (3k images, 15 epochs, no augmentation)"
 N06 = "noise-cifar10-eta0.6 (same recipe)"
 LT100 = "longtail/cifar10-rho100 (CIFAR-10-LT rho 100, ResNet-32, 5 epochs, balanced test accuracy)"
 EVOLVED = "students/cifar (the regime's recipe, seeds 0-2): losses the search found in a world"
+C100 = "cifar100-resnet20-grid (CIFAR-100, ResNet-20, 8k images, 8 epochs, seeds 0-2)"
+LT100_K100 = "longtail/cifar100-rho100 (CIFAR-100-LT rho 100, ResNet-32, 5 epochs, balanced test accuracy)"
 PANEL: dict[str, list[Arm]] = {
     "clean": [
         Arm("ce", "ce", 59.62, 1.67, 10, V4GRID),
@@ -122,6 +135,24 @@ PANEL: dict[str, list[Arm]] = {
         Arm("edl-students-lt", "edl:checkpoint={panel}/students-longtail-100,prior_aware=true", 35.77, 2.10, 3, LT100),
         Arm("edl-students-lt-hard", "edl:checkpoint={panel}/students-longtail-100-hard,prior_aware=true", 35.45, 1.03, 3, LT100),
     ],
+    # CIFAR-100: the four arms the records hold (halves of two: only the all-arms Spearman has a value)
+    "clean-k100": [
+        Arm("ce", "ce", 18.56, 0.52, 3, C100),
+        Arm("poly1", "poly1", 18.91, 1.09, 3, C100),
+        Arm("label_smoothing", "label_smoothing:0.1", 17.88, 1.10, 3, C100),
+        Arm("edl-v4", "edl", 18.49, 1.08, 3, C100),
+    ],
+    "longtail-100-k100": [  # LDAM-DRW left out as at K = 10
+        Arm("ce", "ce", 11.18, 1.01, 3, LT100_K100),
+        Arm("poly1", "poly1", 10.88, 0.96, 3, LT100_K100),
+        Arm("edl-v4", "edl", 10.90, 0.57, 3, LT100_K100),
+        Arm("edl-prior", "edl:prior_aware=true", 13.52, 0.54, 3, LT100_K100),
+        Arm("logit_adjusted", "logit_adjusted", 13.30, 0.91, 3, LT100_K100),
+        Arm("balanced_softmax", "balanced_softmax", 12.91, 0.87, 3, LT100_K100),
+        Arm("cb_ce", "cb_ce", 6.48, 0.39, 3, LT100_K100),
+        Arm("edl-students-lt", "edl:checkpoint={panel}/students-longtail-100,prior_aware=true", 12.12, 0.59, 3, LT100_K100),
+        Arm("edl-students-lt-hard", "edl:checkpoint={panel}/students-longtail-100-hard,prior_aware=true", 12.32, 0.18, 3, LT100_K100),
+    ],
 }
 PANEL_DIR = Path(__file__).with_name("panel")  # losses that no longer ship (benchmarks/panel_losses.py wrote them)
 
@@ -163,17 +194,17 @@ def told_counts(module: torch.nn.Module, tasks: Any) -> torch.nn.Module:
     told the training counts of ``tasks`` (None: ten equal classes, what the ranking objective sees),
     as ``edloss train`` tells it CIFAR's; other losses unchanged."""
     if hasattr(module, "set_class_counts"):
-        counts = [1] * 10 if tasks is None else torch.bincount(tasks.y_clean[0], minlength=tasks.num_classes).tolist()
+        counts = [1] * (tasks or 10) if isinstance(tasks, (int, type(None))) else torch.bincount(tasks.y_clean[0], minlength=tasks.num_classes).tolist()
         module.set_class_counts(counts)
     return module
 
 
-def ranking_fitness(module: torch.nn.Module, label_noise: float) -> float:
-    """The ranking objective's held-out fitness of a loss module at K = 10 (severity: the default
+def ranking_fitness(module: torch.nn.Module, label_noise: float, k: int = 10) -> float:
+    """The ranking objective's held-out fitness of a loss module at K = ``k`` (severity: the default
     KL + disagreement when clean, total variation under noise, as `edloss pretrain` picks)."""
     from edloss.objectives.ranking import ObjectiveConfig, evaluate, heldout_batches
 
-    cfg = ObjectiveConfig(classes=(10, 10), label_noise=label_noise, severity="tv" if label_noise > 0 else "kl_disagreement")
+    cfg = ObjectiveConfig(classes=(k, k), label_noise=label_noise, severity="tv" if label_noise > 0 else "kl_disagreement")
     per_row = _per_row_loss(module)
 
     def penalty(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -194,8 +225,18 @@ def _per_row_loss(module: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tens
     return torch.func.vmap(lambda z, y: module(z[None], y[None]))
 
 
+def pair_arms(regime: str) -> list[Arm]:
+    """The near pairs' losses the panel does not hold, as arms (label "pair:SPEC") to be scored in
+    the same draws; their rows carry ``role = "pair"`` and stay out of the panel's correlations."""
+    panel = {a.spec for a in PANEL[regime]}
+    sides = {s.spec: s for p in PAIRS.get(regime, []) for s in (p.a, p.b)}
+    return [Arm(f"pair:{spec}", spec, sides[spec].cifar, sides[spec].std, sides[spec].seeds, sides[spec].source)
+            for spec in pair_specs(regime) if spec not in panel]
+
+
 def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bool, progress: bool,
-                 done: dict[str, dict[str, Any]] | None = None, record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                 done: dict[str, dict[str, Any]] | None = None, record: Callable[[dict[str, Any]], None] | None = None,
+                 arms: list[Arm] | None = None) -> list[dict[str, Any]]:
     """Every arm of the regime scored in the world (the regime's noise rate set in it): mean over
     ``repeats`` draws of ``world.tasks`` tasks, the same draws for every arm (a mixture: over every
     world of ``world.mix``, each drawn as it is alone, and combined as the search combines them). Arms in ``done``
@@ -206,7 +247,7 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
     done = done or {}
     draws: list[tuple[Any, Any]] = []
     rows = []
-    for arm in PANEL[regime]:
+    for arm in PANEL[regime] if arms is None else arms:
         if not available(arm):
             print(f"  {regime:10s} {arm.label:18s} skipped: {arm.spec} is missing (benchmarks/panel_losses.py writes it)", file=sys.stderr)
             continue
@@ -226,10 +267,12 @@ def score_regime(world: WorldConfig, regime: str, repeats: int, with_ranking: bo
         start = time.perf_counter()
         scores = [score_module(told_counts(module, tasks), tasks, world, ref) for _, world, tasks, ref in draws]
         row = {"regime": regime, "label": arm.label, "spec": arm.spec, "cifar": arm.cifar, "cifar_std": arm.std, "cifar_seeds": arm.seeds,
+               **({"role": "pair"} if arms is not None else {}),
                **combined_scores(cfg, draws, scores), "seconds": time.perf_counter() - start,
                "definition_sha256": definition, "regime_world": to_dict(cfg)}
         if with_ranking:
-            row["ranking_fitness"] = ranking_fitness(told_counts(module, None), REGIMES[regime]["label_noise"])
+            k = cfg.classes[1]
+            row["ranking_fitness"] = ranking_fitness(told_counts(module, k), REGIMES[regime]["label_noise"], k)
         if progress:
             print(f"  {regime:10s} {arm.label:18s} world {100 * row['fitness']:+7.2f}  CIFAR {arm.cifar:6.2f}"
                   + (f"  ranking {row['ranking_fitness']:.4f}" if with_ranking else ""), file=sys.stderr)
@@ -291,7 +334,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     keys = [k for k in ("fitness", "ranking_fitness") if all(k in r for r in rows)]
     fig, axes = plt.subplots(len(keys), len(regimes), figsize=(4.5 * len(regimes), 3.8 * len(keys)), squeeze=False)
     for j, regime in enumerate(regimes):
-        sub = [r for r in rows if r["regime"] == regime]
+        sub = [r for r in rows if r["regime"] == regime and r.get("role") != "pair"]
         _, heldout = halves(PANEL[regime])
         held = {a.label for a in heldout}
         for i, key in enumerate(keys):
@@ -347,16 +390,19 @@ def _world_check_locked(world: WorldConfig, regimes: list[str], out: Path, repea
     def record(row: dict[str, Any]) -> None:
         append_jsonl(partial, {**row, "key": key})
 
-    rows = []
+    rows, pair_rows = [], []  # the panel's arms; the near pairs' losses the panel lacks (gate 2 only)
     for regime in regimes:
         done = {r["label"]: {k: v for k, v in r.items() if k != "key"} for r in earlier if r["regime"] == regime}
         rows += score_regime(world, regime, repeats, with_ranking, progress, done, record)
-    result: dict[str, Any] = {"world": to_dict(world), "repeats": repeats, "panel_seed": PANEL_SEED, "rows": rows, "regimes": {},
+        pair_rows += score_regime(world, regime, repeats, False, progress, done, record, arms=pair_arms(regime))
+    result: dict[str, Any] = {"world": to_dict(world), "repeats": repeats, "panel_seed": PANEL_SEED, "rows": rows, "pair_rows": pair_rows, "regimes": {},
                               "command": command, "versions": versions(), "wall_seconds": time.perf_counter() - start,
                               "halves": "arms sorted by CIFAR accuracy alternate: ranks 0, 2, 4, ... calibration; 1, 3, 5, ... held-out"}
     for regime in regimes:
         sub = [r for r in rows if r["regime"] == regime]
         result["regimes"][regime] = {"world": correlations(sub, "fitness")}
+        scored = {r["spec"]: r["fitness"] for r in sub + [r for r in pair_rows if r["regime"] == regime]}
+        result.setdefault("pairs", {})[regime] = pair_gate(regime, scored)
         if with_ranking:
             result["regimes"][regime]["ranking"] = correlations(sub, "ranking_fitness")
     try:  # the figure first: a failure never leaves a new world_check.json beside an old figure
@@ -373,6 +419,20 @@ def format_result(result: dict[str, Any]) -> str:
         for name, c in by.items():
             cells = [f"{c[h]['spearman']:+.2f} (n = {c[h]['n']}, p = {c[h]['p']:.3f})" for h in ("all", "calibration", "heldout")]
             lines.append(f"| {regime} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", format_gates(result)])
+
+
+def format_gates(result: dict[str, Any]) -> str:
+    """Both gates side by side per regime: held-out Spearman (gate 1) and near-pair sign agreement
+    (gate 2), with how many pairs are recorded and how many count (CIFAR difference above seed noise)."""
+    lines = ["| regime | gate 1: held-out Spearman | gate 2: near pairs right | pairs counted / recorded | CIFAR numbers |",
+             "|---|---|---|---|---|"]
+    for regime, by in result["regimes"].items():
+        held = by["world"]["heldout"]
+        gate = result.get("pairs", {}).get(regime, {"recorded": 0, "counted": 0, "agreement": None, "right": 0, "tuned": None})
+        share = "—" if gate["agreement"] is None else f"{100 * gate['agreement']:.0f}% ({gate['right']} of {gate['counted']})"
+        tuned = {None: "—", True: "tuned", False: "one shared lr (untuned)"}[gate["tuned"]]
+        lines.append(f"| {regime} | {held['spearman']:+.2f} (n = {held['n']}) | {share} | {gate['counted']} / {gate['recorded']} | {tuned} |")
     return "\n".join(lines)
 
 
@@ -382,7 +442,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", metavar="FILE", help="JSON or TOML with a [world] section (default: the built-in world)")
     p.add_argument("--family", choices=("gaussian", "images"), help="task family (overrides the file)")
-    p.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=list(REGIMES))
+    p.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=DEFAULT_REGIMES,
+                   help=f"default: {' '.join(DEFAULT_REGIMES)}; clean-k100 and longtail-100-k100 score CIFAR-100 arms at K = 100")
+    p.add_argument("--lr-grid", metavar="M,M,...", help="world.lr_grid: multipliers of world.lr (e.g. 0.5,1,2); every loss, CE's "
+                   "reference too, trains at each and is scored on the test points at the one of best validation accuracy")
+    p.add_argument("--normalize-gradient", action="store_true", help="world.normalize_gradient: each student's logit gradient "
+                   "rescaled per minibatch to the Frobenius norm of CE's at the same logits and labels")
     p.add_argument("--repeats", type=int, default=2, help="draws of world.tasks tasks per regime (default 2)")
     p.add_argument("--no-ranking", action="store_true", help="skip the ranking objective's correlation")
     p.add_argument("--out", default="runs/world-check")
@@ -399,6 +464,10 @@ def world_from_args(args: argparse.Namespace) -> WorldConfig:
     data = world_table(Path(args.world)) if args.world else {}
     if args.family:
         data["family"] = args.family
+    if getattr(args, "lr_grid", None) is not None:
+        data["lr_grid"] = list(parse_lr_grid(args.lr_grid, "--lr-grid"))
+    if getattr(args, "normalize_gradient", False):
+        data["normalize_gradient"] = True
     return from_dict(WorldConfig, data, "world")
 
 
