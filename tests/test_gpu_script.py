@@ -74,3 +74,18 @@ def test_gpu_script_long_tail_recipe_on_cpu(tmp_path):
     table = (out / "table.md").read_text()
     assert "CIFAR-10-LT at imbalance 2" in table and "70.4 / 38.3" in table and "77.9 / 44.1" in table
     assert "thirds of the 10 classes" in table
+
+
+def test_gpu_regimes_script_runs_a_regime_end_to_end_on_cpu(tmp_path):
+    """benchmarks/gpu_regimes.py, prepared for a lent GPU: the archive decoded, one regime run as its
+    own process, the matrix written (c10-limited-50 cut to 2 images per class and 2 steps)."""
+    data = tiny_npz(tmp_path / "tiny.npz", n_train=1100, n_test=10)  # the regime's 1,000 validation images + 100
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_regimes.py"), "--tiny", "--device", "cpu", "--data", str(data),
+           "--out", str(out), "--regimes", "c10-limited-50", "--parallel", "1", "--budget", "600", "--workers", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**__import__("os").environ,
+                                                                                 "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "c10-limited-50   finished" in done.stdout
+    matrix = json.loads((out / "matrix.json").read_text())
+    assert [c["arm"] for c in matrix["cells"]] == ["ce"] and matrix["cells"][0]["n"] == 5
