@@ -20,6 +20,12 @@ pretraining method make better losses" needs. ``--versus A B`` compares two arms
 the summary: difference of means with a bootstrap interval, a Mann–Whitney test (unpaired: right
 when each seed's loss is an independent pretraining draw) and the Wilcoxon test paired by seed.
 
+``--lr-grid 0.5,1,2`` makes it a tuned comparison (``edloss.lab.tuning``): every arm, CE included,
+trains its tuning seeds at each multiplier of ``--lr``, picks on validation and runs its seeds at
+its pick, in ``OUT/<model>/<label>/lr<m>/seed<k>/``; the summary adds each arm's validation curve
+over the grid, its pick and its spread (``lr_curves.png``). A loss compared at one shared rate is
+credited with what the step size did.
+
 ``--ray ADDRESS`` (or ``auto``) runs every unfinished run as a Ray task (``edloss.distributed``)
 declaring ``--threads`` CPUs (1 by default) and a GPU when the device is cuda (or ``auto`` on a
 cluster with GPUs); the tasks write the same run folders, on a file system every node shares.
