@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The regime matrix (issue 33) on this 2-core machine: two background jobs of one thread each,
+# every run checkpointed, so a job stopped by the end of a session resumes where it was.
+#
+#   benchmarks/regimes.sh A    # CIFAR-10: calibration regimes first, then the held-out ones
+#   benchmarks/regimes.sh B    # CIFAR-100 (with the K = 100 candidate), then c10-full
+#   nohup benchmarks/regimes.sh A > logs/regimes-A.log 2>&1 &   # as the sessions run it
+#
+# Records go to docs/figures/regimes/ (checkpoints and locks are ignored by git); the matrix
+# (matrix.md/json/png) is rewritten after every regime. Candidates for a new default join the
+# calibration regimes as extra arms here, so every session runs the same arms.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOB=${1:?name a job: A (CIFAR-10) or B (CIFAR-100, then c10-full)}
+OUT=docs/figures/regimes
+DEFAULT_ARMS=(ce ls=label_smoothing:0.1 poly1 cosine edl)
+K100=(edl-k100=edl:$OUT/candidates/edl-k100)
+
+ROOT=$PWD
+mkdir -p data  # ignored by git: both data sets in the pickle layout, in one folder
+[ -f data/cifar-100-python/train ] || (cd ../shared/data && "$ROOT/.venv/bin/python" materialize.py "$ROOT/data")
+[ -d data/cifar-10-batches-py ] || cp -r ../shared/data/cifar-10-batches-py data/
+
+run() { EDLOSS_DATA="$PWD/data" .venv/bin/edloss regimes "$@" --out "$OUT" --threads 1; }
+case "$JOB" in
+  A) run c10-limited-50; run c10-budget; run c10-limited-250; run c10-noise-0.4; run c10-lt-100 ;;
+  B) run c100-budget --arms "${DEFAULT_ARMS[@]}" "${K100[@]}"; run c100-limited --arms "${DEFAULT_ARMS[@]}" "${K100[@]}"
+     run c10-full ;;
+  *) echo "unknown job $JOB: A or B" >&2; exit 2 ;;
+esac
