@@ -52,6 +52,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
     "world-check": (["--out", "{out}", "--regimes", "clean", "--repeats", "1", "--no-ranking", "--quiet", "--threads", "1"], {
         "--world": ["{missing}", "{file}", "{folder}"], "--family": ["bogus"], "--regimes": ["bogus"],
         "--repeats": ["0", "1000"], "--out": ["{file}", "{file}/under"], "--threads": ["0"],
+        "--lr-grid": ["", "1", "0,1", "nan,1", "-1,1", "1,1", "x,1", "1,500"],
     }),
     "inspect": (["default"], {
         "checkpoint": ["{missing}"], "--classes": ["1", "0", str(10**9)], "--beside": ["bogus"],
@@ -86,7 +87,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
 # Flags with no value to get wrong: switches.
 SWITCHES = {"--help", "--fresh", "--quiet", "--download", "--balanced-subset", "--no-augment", "--no-nesterov",
             "--channels-last", "--no-channels-last", "--compile", "--no-amp", "--summary-only", "--no-ranking",
-            "--list", "--matrix-only"}
+            "--list", "--matrix-only", "--normalize-gradient"}
 # The functions where a command's real work begins: reaching one means the bad value was accepted.
 # (report has none: build_report checks its inputs itself, before it writes, and the sweep checks nothing is written)
 WORK = ["edloss.lab.train._train_locked", "edloss.lab.compare._compare_locked", "edloss.pretrain.pretrain",
