@@ -19,7 +19,7 @@ from edloss.lab.train import RESULT, TrainConfig
 
 @pytest.mark.parametrize("text, match", [
     ("0,1", "finite number > 0"), ("-1,1", "finite number > 0"), ("nan,1", "finite number > 0"),
-    ("inf,2", "finite number > 0"), ("1,1", "repeats 1"), ("1", "at least two"), ("", "not a number"),
+    ("inf,2", "finite number > 0"), ("1,1", "repeats 1"), ("1", "at least two"), ("", "at least two"),
     ("a,2", "'a' is not a number"), ("0.5,,2", "not a number")])
 def test_bad_lr_grids_are_refused(text: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):

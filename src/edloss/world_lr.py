@@ -39,17 +39,20 @@ import torch
 LR_MAX = 10.0  # world.lr's own upper bound: no multiplier may take the rate past it
 
 
-def parse_lr_grid(values: str | Iterable[Any], where: str = "world.lr_grid") -> tuple[float, ...]:
-    """``"0.5,1,2"`` or a list -> the sorted multipliers, or a one-line ValueError before any work:
-    a grid needs at least two distinct finite numbers > 0 (one value is no choice: change
-    ``world.lr`` instead; an empty grid is no grid)."""
-    parts = [p.strip() for p in values.split(",") if p.strip()] if isinstance(values, str) else list(values)
+def parse_lr_grid(values: str | Iterable[Any], where: str = "world.lr_grid", rate: str = "world.lr") -> tuple[float, ...]:
+    """``"0.5,1,2"`` or a list -> the sorted multipliers of ``rate``, or a one-line ValueError before
+    any work: a grid needs at least two distinct finite numbers > 0 (one value is no choice: change
+    ``rate`` instead; an empty grid is no grid). The lab's ``edloss compare --lr-grid`` parses with it too."""
+    if isinstance(values, str):
+        parts = [p.strip() for p in values.split(",")] if values.strip() else []
+    else:
+        parts = list(values)
     out: list[float] = []
     for part in parts:
         try:
             value = float(part)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: {part!r} is not a number; give multipliers of world.lr, e.g. 0.5,1,2") from None
+            raise ValueError(f"{where}: {part!r} is not a number; give multipliers of {rate}, e.g. 0.5,1,2") from None
         if isinstance(part, bool) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"{where}: every multiplier must be a finite number > 0, got {part!r}")
         out.append(value)
@@ -58,7 +61,7 @@ def parse_lr_grid(values: str | Iterable[Any], where: str = "world.lr_grid") -> 
         raise ValueError(f"{where} repeats {', '.join(f'{v:g}' for v in repeated)}: give each multiplier once")
     if len(out) < 2:
         raise ValueError(f"{where} needs at least two multipliers (got {len(out)}); one value is no choice: "
-                         "set world.lr instead, or leave the grid empty for one rate")
+                         f"set {rate} instead, without a grid")
     return tuple(sorted(out))
 
 

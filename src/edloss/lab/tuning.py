@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edloss import world_lr
 from edloss.lab.grid import Arm, GridRun, check_grid
 from edloss.lab.recipe import TrainConfig
 from edloss.lab.runfiles import read_result
@@ -27,24 +28,9 @@ from edloss.lab.runfiles import read_result
 
 def parse_lr_grid(text: str | list[float] | tuple[float, ...]) -> list[float]:
     """``"0.5,1,2"`` -> [0.5, 1.0, 2.0], or a one-line ValueError before any work: a grid needs at
-    least two distinct finite multipliers > 0 (one value is no choice: use ``--lr`` instead)."""
-    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
-    values: list[float] = []
-    for part in parts:
-        try:
-            value = float(part)
-        except (TypeError, ValueError):
-            raise ValueError(f"--lr-grid: {part!r} is not a number; give multipliers of --lr, e.g. 0.5,1,2") from None
-        if isinstance(part, bool) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"--lr-grid: every multiplier must be a finite number > 0, got {part!r}")
-        values.append(value)
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        raise ValueError(f"--lr-grid repeats {', '.join(f'{v:g}' for v in repeated)}: give each multiplier once")
-    if len(values) < 2:
-        raise ValueError(f"--lr-grid needs at least two multipliers (got {len(values)}); "
-                         "for one learning rate use --lr without a grid")
-    return sorted(values)
+    least two distinct finite multipliers > 0 (one value is no choice: use ``--lr`` instead). The
+    same rule as a world's ``lr_grid`` (``edloss.world_lr``), whose parser this is."""
+    return list(world_lr.parse_lr_grid(text, "--lr-grid", rate="--lr"))
 
 
 def lr_folder(multiplier: float) -> str:
