@@ -12,6 +12,7 @@ from _cifar_fixtures import _one_thread, tiny_cifar, tiny_config  # noqa: F401
 from edloss.cli import main as cli_main
 from edloss.lab import regimes as R
 from edloss.lab.train import TrainConfig
+from edloss.lab.tuning import parse_lr_grid
 
 
 def test_every_regime_has_a_role_and_a_valid_recipe(tiny_cifar: Path) -> None:
@@ -20,6 +21,7 @@ def test_every_regime_has_a_role_and_a_valid_recipe(tiny_cifar: Path) -> None:
         config = regime.recipe(TrainConfig(data_dir=str(tiny_cifar), device="cpu"))
         config.validate()
         assert config.dataset == regime.dataset and config.val_size == regime.val_size
+        assert parse_lr_grid(regime.grid) == sorted(regime.grid)  # a valid grid, given sorted
     limited = R.REGIMES["c10-limited-50"]
     assert limited.train_images() == 500 and limited.epochs_for(128) == round(limited.steps / 4)
     assert [r.name for r in R.resolve(["calibration"])] == [r.name for r in R.REGIMES.values() if r.role == "calibration"]

@@ -55,6 +55,7 @@ class Regime:
     label_noise: float = 0.0
     imbalance: float | None = None
     arms: tuple[str, ...] = DEFAULT_ARMS  # the noise and long-tail regimes bring their own field's baselines
+    grid: tuple[float, ...] = DEFAULT_GRID  # widened where the arms' picks sit at its edge (the same for every arm)
 
     def train_images(self) -> int:
         k = get_spec(self.dataset).num_classes
@@ -136,10 +137,11 @@ def override(regime: Regime, per_class: int | None = None, steps: int | None = N
     return regime
 
 
-def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | None, grid: list[float],
+def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | None, grid: list[float] | None,
         progress: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Run (or resume) each regime's tuned comparison into ``OUT/<regime>/``, then the matrix.
-    ``arms`` None: each regime's own (the default arms, or its field's baselines)."""
+    ``arms`` None: each regime's own (the default arms, or its field's baselines); ``grid`` None:
+    each regime's own learning-rate grid."""
     from edloss.lab.compare import compare
 
     configs = {r.name: r.recipe(base) for r in regimes}
@@ -148,7 +150,8 @@ def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | N
     for regime in regimes:
         _say(progress, f"== regime {regime.name} ({regime.role}): {regime.about}")
         compare(configs[regime.name], list(arms or regime.arms), list(regime.seeds), out / regime.name,
-                progress=progress, threads=threads, lr_grid=list(grid), tune_seeds=list(regime.tune_seeds))
+                progress=progress, threads=threads, lr_grid=list(grid or regime.grid),
+                tune_seeds=list(regime.tune_seeds))
         write_matrix(out)
     return write_matrix(out)
 
@@ -293,10 +296,10 @@ def _cli(args: argparse.Namespace) -> int:
 
     if args.list:
         for r in REGIMES.values():
-            print(f"{r.name:16s} {r.role:12s} {r.about}")
+            print(f"{r.name:16s} {r.role:12s} {r.about} (lr grid {', '.join(f'{m:g}' for m in r.grid)}x)")
         return 0
     regimes = [override(r, args.per_class, args.steps) for r in resolve(args.regimes or ["calibration"])]
-    grid = parse_lr_grid(args.lr_grid)
+    grid = None if args.lr_grid is None else parse_lr_grid(args.lr_grid)
     out = Path(args.out)
     if args.matrix_only:
         print(render_matrix(write_matrix(out)))
@@ -318,8 +321,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arms", nargs="+", default=None, metavar="[LABEL=]SPEC",
                    help=f"loss arms (default: each regime's own: {' '.join(DEFAULT_ARMS)}, or the noise and "
                         "long-tail regimes' field baselines)")
-    p.add_argument("--lr-grid", default=",".join(f"{m:g}" for m in DEFAULT_GRID), metavar="M1,M2,...",
-                   help="multipliers of the recipe's peak lr, the same for every arm (default %(default)s)")
+    p.add_argument("--lr-grid", default=None, metavar="M1,M2,...",
+                   help="multipliers of the recipe's peak lr, the same for every arm (default: each regime's own, "
+                        f"{','.join(f'{m:g}' for m in DEFAULT_GRID)} unless widened)")
     p.add_argument("--per-class", type=int, default=None, help="override the regimes' images per class")
     p.add_argument("--steps", type=int, default=None, help="override the regimes' optimiser step budget")
     p.add_argument("--out", default="runs/regimes", help="matrix folder (default %(default)s)")
