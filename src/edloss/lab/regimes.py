@@ -82,7 +82,8 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
     Regime("c10-budget", "calibration", "today's CPU recipe: CIFAR-10, 8,000 images, 8 epochs",
            per_class=800, epochs=8),
     Regime("c10-limited-50", "calibration", "CIFAR-10, 50 images per class, trained to convergence",
-           per_class=50, steps=400, val_size=1000, val_every=5, seeds=(0, 1, 2, 3, 4)),
+           per_class=50, steps=400, val_size=1000, val_every=5, seeds=(0, 1, 2, 3, 4),
+           grid=(0.25, 0.5, 1.0, 2.0)),  # widened: CE, LS and Poly-1 picked 0.5x, the edge, on validation
     Regime("c100-budget", "calibration", "CIFAR-100 (K = 100), 20,000 images, 5 epochs",
            dataset="cifar100", per_class=200, epochs=5),
     Regime("c10-limited-250", "held-out", "CIFAR-10, 250 images per class, trained to convergence",
