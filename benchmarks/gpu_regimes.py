@@ -97,7 +97,10 @@ def main() -> int:
     args = parser.parse_args()
     from edloss.lab.regimes import resolve
 
-    regimes = [r for r in resolve(args.regimes)]
+    try:
+        regimes = resolve(args.regimes)
+    except ValueError as err:
+        parser.error(str(err))
     if args.parallel < 1 or args.budget <= 0:
         parser.error("--parallel must be >= 1 and --budget > 0")
     out = Path(args.out)
