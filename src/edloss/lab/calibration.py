@@ -24,15 +24,27 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) ->
     return F.cross_entropy(logits.double() / temperature, labels).item()
 
 
+def confidence_bins(confidence: torch.Tensor, hit: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
+    """(3, bins) float64: per equal-width confidence bin, the count, the summed confidence and the
+    summed hits. Sums, so a loader's batches add up to the whole set's (``lab.evaluate``) and the
+    binning lives in one place."""
+    confidence = confidence.double()
+    index = (confidence * bins).long().clamp_max(bins - 1)
+    out = torch.zeros(3, bins, dtype=torch.float64, device=confidence.device)
+    for row, value in enumerate((torch.ones_like(confidence), confidence, hit.double())):
+        out[row].index_add_(0, index, value)
+    return out
+
+
+def ece_of_bins(sums: torch.Tensor) -> float:
+    """Top-label ECE from ``confidence_bins`` sums: sum over bins of |hits - confidence| / N."""
+    return ((sums[2] - sums[1]).abs().sum() / sums[0].sum()).item()
+
+
 def ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, bins: int = ECE_BINS) -> float:
     """Top-label expected calibration error of ``logits / temperature`` over equal-width bins."""
-    probs = (logits.double() / temperature).softmax(1)
-    confidence, predicted = probs.max(1)
-    hit = (predicted == labels).double()
-    index = (confidence * bins).long().clamp_max(bins - 1)
-    conf = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, confidence)
-    right = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, hit)
-    return ((right - conf).abs().sum() / labels.numel()).item()
+    confidence, predicted = (logits.double() / temperature).softmax(1).max(1)
+    return ece_of_bins(confidence_bins(confidence, predicted == labels, bins))
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:

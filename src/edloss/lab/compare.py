@@ -50,7 +50,7 @@ from edloss.lab.data import check_imbalance_feasible, check_present
 from edloss.lab.grid import (DEFAULT_LOSSES, DEFAULT_SEEDS, Arm, GridRun, _check_arms, _mismatches, check_grid,
                              check_versus, parse_arms, plan, summary_recipe)
 from edloss.lab.models import model_names
-from edloss.lab.summary import _paired_delta, collect, format_delta, render_markdown, write_summary  # noqa: F401
+from edloss.lab.summary import _paired_delta, collect, format_delta, publish_summary, render_markdown, write_summary  # noqa: F401
 from edloss.lab.train import (TrainConfig, TrainingDiverged, add_recipe_args, apply_threads, config_from_args,
                               is_finished, resolve_device, train)
 from edloss.lab.tuning import Tuned
@@ -253,13 +253,14 @@ def rewrite_summary(recipe: TrainConfig, args: argparse.Namespace, out: Path, ve
         runs = (tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, out) if tuned
                 else plan(recipe, arms, seeds, models, out))
         recipe = summary_recipe(recipe, runs)
-        lost = _finished_dirs(previous) - _finished_dirs(collect(out, recipe, arms, seeds, models, versus=versus,
-                                                                 tuned=tuned.summary(recipe, arms, models) if tuned else None))
+        tuning_summary = tuned.summary(recipe, arms, models) if tuned else None
+        summary = collect(out, recipe, arms, seeds, models, versus=versus, tuned=tuning_summary)
+        lost = _finished_dirs(previous) - _finished_dirs(summary)
         if lost:
             raise ValueError(f"--summary-only would drop {len(lost)} finished run(s) that {out / 'summary.json'} counts "
                              f"(e.g. {sorted(lost)[0]}); give the same --losses, --seeds, --models (and --lr-grid) "
                              "as the grid, or leave them out to take them from that summary")
-        return write_summary(out, recipe, arms, seeds, models, versus=versus, tuned=tuned)
+        return publish_summary(out, recipe, summary, tuning_summary)
 
 
 def _previous_summary(out: Path) -> dict[str, Any]:

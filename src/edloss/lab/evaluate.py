@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edloss.lab.calibration import ECE_BINS
+from edloss.lab.calibration import ECE_BINS, confidence_bins, ece_of_bins
 from edloss.lab.data import BatchLoader
 
 
@@ -51,9 +51,7 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True, calibratio
         count += y.numel()
         if calibration:
             confidence = logits.softmax(1).amax(1).double()
-            index = (confidence * ECE_BINS).long().clamp_max(ECE_BINS - 1)
-            for row, value in enumerate((torch.ones_like(confidence), confidence, hit.double())):
-                bins[row].index_add_(0, index, value)
+            bins += confidence_bins(confidence, hit)
             if per_class is None:
                 per_class = torch.zeros(3, logits.shape[1], dtype=torch.float64, device=loader.device)
             adjusted = hit if adjust is None else (logits - adjust.to(logits.device)).argmax(1) == y
@@ -62,8 +60,8 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True, calibratio
     nll, accuracy = (loss_sum / count).item(), (correct.double() / count).item()
     if not calibration:
         return nll, accuracy
+    ece = ece_of_bins(bins)
     n, conf, hits = bins.tolist()
-    ece = sum(abs(h - c) for h, c in zip(hits, conf)) / count
     reliability = {"count": n, "confidence": [c / k if k else None for c, k in zip(conf, n)],
                    "accuracy": [h / k if k else None for h, k in zip(hits, n)]}
     out = {"ece": ece, "bins": ECE_BINS, "reliability": reliability}

@@ -450,9 +450,15 @@ def write_summary(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: li
                   versus: list[tuple[str, str]] | None = None, tuned: Tuned | None = None) -> dict[str, Any]:
     """Write summary.md, summary.json and (with ``plot``) val_accuracy.png (and a tuned grid's
     lr_curves.png); return the summary."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     tuning_summary = tuned.summary(recipe, arms, models) if tuned else None
     summary = collect(out_dir, recipe, arms, seeds, models, failures, versus, tuning_summary)
+    return publish_summary(out_dir, recipe, summary, tuning_summary, plot)
+
+
+def publish_summary(out_dir: Path, recipe: TrainConfig, summary: dict[str, Any], tuning_summary: dict[str, Any] | None,
+                    plot: bool = True) -> dict[str, Any]:
+    """Write a collected summary's files (``write_summary`` without reading the runs again)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     if plot and tuning_summary:
         tuning.plot_lr_curves(tuning_summary, out_dir / "lr_curves.png")
     atomic_write_text(out_dir / "summary.md", render_markdown(summary))
