@@ -1,0 +1,121 @@
+"""Which learning-rate-invariant form of the students world predicts the *tuned* CIFAR matrix? (issue 34)
+
+    python benchmarks/world_forms.py --threads 1 [--draws 3] [--regimes c10-limited-50 c100-budget]
+
+The regime matrix (``edloss regimes``) gives every arm its own best learning rate on CIFAR. A world
+whose fitness a search climbs should rank those tuned arms the same way. For each matrix regime
+with records, each of its arms is scored in the world that stands for it (``WORLD_FOR``), in three
+forms:
+
+* ``plain``: every student at the world's one rate (the world as the searches so far saw it);
+* ``lr-grid``: every loss, CE too, at its best of 0.5 / 1 / 2x the world's rate on validation;
+* ``normalized``: each student's logit gradient rescaled to CE's norm every step.
+
+The CIFAR side of an arm is its tuned test accuracy where >= 3 seeds finished, else its best
+validation accuracy over the grid (seed 0; said in the table). Reported per regime and form:
+Spearman's rho over the arms, and the near-pair sign agreement over every pair of arms whose CIFAR
+difference exceeds the seed noise (pairs by test accuracy, >= 3 seeds a side) or, before the seeds
+finish, over every pair (marked provisional). Prints tables, writes
+``benchmarks/results/world_forms.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_table, write_results  # noqa: E402
+
+from edloss.lab.world import world_loss  # noqa: E402
+from edloss.students import PRESETS, WorldConfig, reference_results, sample_tasks, score_module  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MATRIX = ROOT / "docs/figures/regimes"
+# each CIFAR regime's stand-in world: little data memorised, today's under-trained budget, K = 100
+WORLD_FOR = {"c10-limited-50": "gaussian-small-data", "c10-limited-250": "gaussian-small-data",
+             "c10-budget": "gaussian-default", "c10-full": "gaussian-long",
+             "c100-budget": "gaussian-k100", "c100-limited": "gaussian-k100"}
+FORMS = {"plain": {}, "lr-grid": {"lr_grid": (0.5, 1.0, 2.0)}, "normalized": {"normalize_gradient": True}}
+MIN_SEEDS = 3
+
+
+def cifar_side(regime: str) -> list[dict]:
+    """Per arm of a recorded regime: spec, the CIFAR number the world should predict, its std and seeds."""
+    summary = json.loads((MATRIX / regime / "summary.json").read_text())
+    picks = next(iter(summary["tuning"]["picks"].values()))
+    arms = []
+    for row in summary["rows"]:
+        curve = [v for v in picks.get(row["label"], {}).get("curve", {}).values() if v is not None]
+        if row.get("n", 0) >= MIN_SEEDS:
+            arms.append({"arm": row["label"], "spec": row["spec"], "cifar": row["test_mean"], "std": row["test_std"],
+                         "seeds": row["n"], "source": "test"})
+        elif curve:
+            arms.append({"arm": row["label"], "spec": row["spec"], "cifar": max(curve), "std": None, "seeds": 1,
+                         "source": "best val, seed 0"})
+    return arms
+
+
+def world_scores(world: WorldConfig, arms: list[dict], draws: int) -> dict[str, float]:
+    """Each arm's accuracy over CE's students (points), averaged over ``draws`` task draws."""
+    totals = {a["arm"]: 0.0 for a in arms}
+    for draw in range(draws):
+        tasks = sample_tasks(world, torch.Generator().manual_seed(2000 + draw))
+        reference = reference_results(tasks, world)
+        for arm in arms:
+            module = world_loss(arm["spec"])  # candidate paths are relative to the repository (main chdirs there)
+            totals[arm["arm"]] += 100 * score_module(module, tasks, world, reference)["accuracy_delta"] / draws
+    return totals
+
+
+def agreement(arms: list[dict], scores: dict[str, float]) -> tuple[int, int, bool]:
+    """(right, counted, provisional): pairs whose world difference has the CIFAR difference's sign."""
+    tested = all(a["source"] == "test" for a in arms)
+    right = counted = 0
+    for a, b in itertools.combinations(arms, 2):
+        diff = a["cifar"] - b["cifar"]
+        if tested and abs(diff) <= math.sqrt(a["std"] ** 2 / a["seeds"] + b["std"] ** 2 / b["seeds"]):
+            continue
+        counted += 1
+        right += (scores[a["arm"]] - scores[b["arm"]]) * diff > 0
+    return right, counted, not tested
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--regimes", nargs="+", default=[r for r in WORLD_FOR if (MATRIX / r / "summary.json").is_file()])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    rows, detail = [], {}
+    for regime in args.regimes:
+        arms = cifar_side(regime)
+        base = replace(WorldConfig(), **PRESETS[WORLD_FOR[regime]])
+        for form, knobs in FORMS.items():
+            scores = world_scores(replace(base, **knobs), arms, args.draws)
+            rho = spearmanr([scores[a["arm"]] for a in arms], [a["cifar"] for a in arms])[0] if len(arms) > 2 else float("nan")
+            right, counted, provisional = agreement(arms, scores)
+            rows.append({"regime": regime, "world": WORLD_FOR[regime], "form": form, "arms": len(arms), "spearman": float(rho),
+                         "pairs_right": right, "pairs_counted": counted, "provisional": provisional})
+            detail[f"{regime}/{form}"] = {"world": scores, "cifar": {a["arm"]: a for a in arms}}
+            print_table(rows[-1:], list(rows[-1]))
+            print("   world:", "  ".join(f"{k} {v:+.2f}" for k, v in scores.items()), "| cifar:",
+                  "  ".join(f"{a['arm']} {a['cifar']:.2f}" for a in arms), flush=True)
+    print()
+    print_table(rows, list(rows[0]))
+    print(f"wrote {write_results('world_forms', {'rows': rows, 'detail': detail, 'draws': args.draws, 'forms': FORMS, 'world_for': WORLD_FOR})}")
+
+
+if __name__ == "__main__":
+    main()
