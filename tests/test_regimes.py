@@ -65,3 +65,17 @@ def test_tiny_matrix_end_to_end(tiny_config: TrainConfig, tmp_path: Path, monkey
     assert "## c10-budget (calibration)" in md and "| poly1 | 2 |" in md and "ECE after TS" in md
     assert (tmp_path / "matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "matrix.json").read_text())["cells"] == json.loads(json.dumps(matrix["cells"]))
+
+
+def test_overview_has_a_row_per_regime_and_bolds_its_best() -> None:
+    regimes = {"c10-budget": {"role": "calibration"}, "c100-budget": {"role": "calibration"}}
+    cell = {"lr_pick": 0.5, "n": 3}
+    cells = [{**cell, "regime": "c10-budget", "arm": "ce", "test_mean": 60.0},
+             {**cell, "regime": "c10-budget", "arm": "edl", "test_mean": 61.5, "lr_pick": 1.0},
+             {**cell, "regime": "c100-budget", "arm": "ce", "test_mean": 23.0},
+             {**cell, "regime": "c100-budget", "arm": "edl", "test_mean": None}]
+    lines = R.render_overview({"regimes": regimes, "cells": cells})
+    assert "| regime | role | ce | edl |" in lines
+    assert "| c10-budget | calibration | 60.00 (0.5×, 3) | **61.50** (1×, 3) |" in lines
+    assert "| c100-budget | calibration | **23.00** (0.5×, 3) | — |" in lines
+    assert R.render_overview({"regimes": regimes, "cells": []}) == []

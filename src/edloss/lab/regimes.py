@@ -227,7 +227,7 @@ def render_matrix(matrix: dict[str, Any]) -> str:
              "(`edloss regimes`; each regime's `summary.md` has the curves). Test accuracy in percent, mean ± std "
              "over the seeds at the pick; gap: to the best *other* arm (paired by seed, Wilcoxon p); ECE before and "
              "after temperature scaling fitted on validation. Calibration regimes choose what ships; held-out "
-             "regimes only report.", ""]
+             "regimes only report.", ""] + render_overview(matrix)
     for name, regime in matrix["regimes"].items():
         lines += [f"## {name} ({regime['role']})", "", f"{regime['about']}; model {regime['model']}.", "",
                   "| arm | seeds | lr pick | spread (val) | test acc | gap to best other | paired | ECE (%) "
@@ -243,6 +243,34 @@ def render_matrix(matrix: dict[str, Any]) -> str:
                          f"{_num(c['test_std'])} | {gap} | {paired} | {_num(c['ece_mean'])} | {_num(c['ece_ts_mean'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def render_overview(matrix: dict[str, Any]) -> list[str]:
+    """One row a regime, one column an arm: test accuracy at the arm's pick (its multiplier and seeds
+    beside it), the regime's best in bold: the table the README starts its results with."""
+    cells = [c for c in matrix["cells"] if c["test_mean"] is not None]
+    if not cells:
+        return []
+    arms = list(dict.fromkeys(c["arm"] for c in cells))
+    lines = ["## Overview", "", "Test accuracy % at each arm's own pick (multiplier of the recipe's rate, seeds finished); "
+             "bold: the regime's best; — : not run or not finished.", "",
+             "| regime | role | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+    for name, regime in matrix["regimes"].items():
+        row = {c["arm"]: c for c in cells if c["regime"] == name}
+        if not row:
+            continue
+        best = max(c["test_mean"] for c in row.values())
+        texts = []
+        for arm in arms:
+            c = row.get(arm)
+            if c is None:
+                texts.append("—")
+                continue
+            value = f"{c['test_mean']:.2f}"
+            texts.append((f"**{value}**" if c["test_mean"] == best else value)
+                         + f" ({'?' if c['lr_pick'] is None else format(c['lr_pick'], 'g')}×, {c['n']})")
+        lines.append(f"| {name} | {regime['role']} | " + " | ".join(texts) + " |")
+    return lines + [""]
 
 
 def _num(value: float | None) -> str:
