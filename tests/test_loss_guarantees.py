@@ -232,9 +232,29 @@ def test_num_classes_picks_the_loss_pretrained_for_that_class_count():
     for bad in (1, 0, 2.5, "10", True):
         with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
             EDLLoss.pretrained(noise_rate=0.4, num_classes=bad)
-    with pytest.raises(ValueError, match="pass noise_rate too"):
-        EDLLoss.pretrained(num_classes=10)
     assert EDLLoss.pretrained(noise_rate=0, num_classes=10).metadata["command"] == EDLLoss.pretrained().metadata["command"]
+
+
+def test_num_classes_alone_picks_the_clean_loss_made_for_that_count():
+    """Clean labels: ``default-kK`` where one ships for K, else the default (made for every K);
+    with class_counts the long-tail rule decides and the two must agree; bad input is one line."""
+    from edloss.loss import shipped_loss_name, shipped_names
+
+    tailored = {int(n.split("-k")[1]) for n in shipped_names() if n.startswith("default-k")}
+    for k in tailored:
+        assert shipped_loss_name(num_classes=k) == f"default-k{k}"
+    untailored = next(k for k in range(2, 2000) if k not in tailored)
+    assert shipped_loss_name(num_classes=untailored) == "default"
+    loss = EDLLoss.pretrained(num_classes=untailored)
+    assert torch.equal(loss.net.flat(), EDLLoss.pretrained().net.flat())
+    assert shipped_loss_name(num_classes=10, class_counts=[500] + [5] * 9) == shipped_loss_name(class_counts=[500] + [5] * 9)
+    with pytest.raises(ValueError, match="class_counts has 3 classes but num_classes is 10"):
+        EDLLoss.pretrained(num_classes=10, class_counts=[5, 5, 5])
+    with pytest.raises(ValueError, match="either a loss name .* or num_classes"):
+        EDLLoss.pretrained("default", num_classes=10)
+    for bad in (1, 0, 2.5, "10", True):
+        with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+            EDLLoss.pretrained(num_classes=bad)
 
 
 def _shipped_noise_names() -> list[str]:

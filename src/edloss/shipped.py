@@ -76,8 +76,8 @@ def _noise_loss_name(name: str, rate: Any, num_classes: Any = None) -> str:
     lo, hi = NOISE_RANGE
     if not _is_rate(rate) or not lo <= rate <= hi:
         raise ValueError(f"noise_rate must be a number in [{lo}, {hi}] (the share of wrong training labels), got {rate!r}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
-        raise ValueError(f"num_classes must be an integer >= 2 (your class count), got {num_classes!r}")
+    if num_classes is not None:
+        _check_num_classes(num_classes)
     if name != "default":
         raise ValueError(f"pass either a loss name ({name!r}) or noise_rate, not both")
     if rate == 0:
@@ -90,16 +90,37 @@ def _noise_loss_name(name: str, rate: Any, num_classes: Any = None) -> str:
     return shipped.get((nearest, num_classes), shipped[(nearest, None)])
 
 
+def _clean_loss_name(name: str | None, num_classes: Any, class_counts: Any, prior_strength: Any) -> str:
+    """The clean-label loss for ``num_classes`` K: ``default-kK`` where one ships (chosen for K on
+    the regime matrix's calibration regimes, docs/results/regimes.md), else ``default``, which was
+    pretrained over every K from 2 to 1000. With ``class_counts`` the long-tail choice
+    (``regime_loss_name``) decides, and the counts must be K long."""
+    _check_num_classes(num_classes)
+    if name is not None:
+        raise ValueError(f"pass either a loss name ({name!r}) or num_classes, not both")
+    if class_counts is not None:
+        if len(_counts_tensor(class_counts)) != num_classes:
+            raise ValueError(f"class_counts has {len(_counts_tensor(class_counts))} classes but num_classes is "
+                             f"{num_classes}; give one of them, or make them agree")
+        return regime_loss_name(class_counts, prior_strength)
+    tailored = f"default-k{num_classes}"
+    return tailored if is_shipped(tailored) else "default"
+
+
+def _check_num_classes(num_classes: Any) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2 (your class count), got {num_classes!r}")
+
+
 def shipped_loss_name(name: str | None = None, noise_rate: Any = None, num_classes: Any = None,
                       class_counts: Any = None, prior_strength: Any = None) -> str:
     """The shipped loss ``EDLLoss.pretrained(name, noise_rate=..., num_classes=..., class_counts=...,
     prior_strength=...)`` loads (see there): ``name``, else the one for the noise rate (and class
     count), else the one for the class counts, else ``default``; FileNotFoundError where none ships."""
-    if num_classes is not None and noise_rate is None:
-        raise ValueError("num_classes picks among the noise-aware losses: pass noise_rate too "
-                         "(the clean default loss serves every class count)")
     if noise_rate is not None:
         name = _noise_loss_name(name or "default", noise_rate, num_classes)
+    elif num_classes is not None:
+        name = _clean_loss_name(name, num_classes, class_counts, prior_strength)
     elif name is None:
         name = regime_loss_name(class_counts, prior_strength)
     if not is_shipped(name):
