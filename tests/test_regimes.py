@@ -79,3 +79,13 @@ def test_overview_has_a_row_per_regime_and_bolds_its_best() -> None:
     assert "| c10-budget | calibration | 60.00 (0.5×, 3) | **61.50** (1×, 3) |" in lines
     assert "| c100-budget | calibration | **23.00** (0.5×, 3) | — |" in lines
     assert R.render_overview({"regimes": regimes, "cells": []}) == []
+
+
+def test_the_long_regimes_compile_their_model_and_no_compile_turns_it_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = TrainConfig()
+    assert {n for n, r in R.REGIMES.items() if r.recipe(base).compile} == {"c10-limited-250", "c100-limited", "c10-full"}
+    seen: dict[str, list[bool]] = {}
+    monkeypatch.setattr(R, "run", lambda regimes, *a, **k: seen.setdefault("compile", [r.recipe(base).compile for r in regimes]))
+    (tmp_path / "matrix.md").write_text("")
+    assert cli_main(["regimes", "c10-full", "--no-compile", "--out", str(tmp_path), "--quiet"]) == 0
+    assert seen["compile"] == [False]
