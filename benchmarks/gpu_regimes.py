@@ -32,10 +32,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu_cifar import find_data, npz_to_pickle_layout  # noqa: E402
 
 TINY = ["--per-class", "2", "--steps", "2", "--arms", "ce"]  # the smoke test's override of every regime
-# the CIFAR-100 regimes add the K = 100 loss (shipped as default-k100) under the spec its CPU runs used,
-# as benchmarks/regimes.sh B does, so the GPU matrix has the same arms
-K100_ARMS = ["--arms", "ce", "ls=label_smoothing:0.1", "poly1", "cosine", "edl",
-             "edl-k100=edl:docs/figures/regimes/candidates/edl-k100"]
+# the CIFAR-100 regimes add the K = 100 loss (shipped as default-k100) to the default arms, under the spec
+# its CPU runs used, as benchmarks/regimes.sh B does, so the GPU matrix has the same arms
+K100_ARM = "edl-k100=edl:docs/figures/regimes/candidates/edl-k100"
 
 
 def data_folder(c10: str | None, c100: str | None, scratch: Path, workers: int, need_c100: bool) -> Path:
@@ -53,8 +52,11 @@ def data_folder(c10: str | None, c100: str | None, scratch: Path, workers: int, 
 
 
 def command(regime: str, data: Path, out: Path, device: str, tiny: bool) -> list[str]:
+    from edloss.lab.regimes import DEFAULT_ARMS
+
+    arms = ["--arms", *DEFAULT_ARMS, K100_ARM] if regime.startswith("c100") else []
     return [sys.executable, "-m", "edloss", "regimes", regime, "--out", str(out), "--data-dir", str(data),
-            "--device", device, "--quiet", *(K100_ARMS if regime.startswith("c100") else []), *(TINY if tiny else [])]
+            "--device", device, "--quiet", *arms, *(TINY if tiny else [])]
 
 
 def run_all(regimes: list[str], data: Path, out: Path, device: str, parallel: int, budget: float,

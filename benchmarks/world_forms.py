@@ -67,13 +67,13 @@ def cifar_side(regime: str) -> list[dict]:
 
 def world_scores(world: WorldConfig, arms: list[dict], draws: int) -> dict[str, float]:
     """Each arm's accuracy over CE's students (points), averaged over ``draws`` task draws."""
+    modules = {a["arm"]: world_loss(a["spec"]) for a in arms}  # candidate paths are relative to the repository (main chdirs there)
     totals = {a["arm"]: 0.0 for a in arms}
     for draw in range(draws):
         tasks = sample_tasks(world, torch.Generator().manual_seed(2000 + draw))
         reference = reference_results(tasks, world)
-        for arm in arms:
-            module = world_loss(arm["spec"])  # candidate paths are relative to the repository (main chdirs there)
-            totals[arm["arm"]] += 100 * score_module(module, tasks, world, reference)["accuracy_delta"] / draws
+        for name, module in modules.items():
+            totals[name] += 100 * score_module(module, tasks, world, reference)["accuracy_delta"] / draws
     return totals
 
 
@@ -94,8 +94,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--regimes", nargs="+", default=[r for r in WORLD_FOR if (MATRIX / r / "summary.json").is_file()])
+    parser.add_argument("--regimes", nargs="+", choices=list(WORLD_FOR),
+                        default=[r for r in WORLD_FOR if (MATRIX / r / "summary.json").is_file()])
     args = parser.parse_args()
+    missing = [r for r in args.regimes if not (MATRIX / r / "summary.json").is_file()]
+    if missing:
+        parser.error(f"no matrix records for {', '.join(missing)} under {MATRIX}: run `edloss regimes {' '.join(missing)} "
+                     "--out docs/figures/regimes` first")
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     rows, detail = [], {}

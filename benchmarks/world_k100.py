@@ -7,7 +7,7 @@ larger rate or batch, fewer tasks), it measures
 
 * the seconds of one generation of a search: P individuals x T tasks plus CE's T reference
   students, fresh tasks and scoring included (``evaluate_population`` as pretraining calls it);
-* CE's students' clean test accuracy (the presets' 6.1% at chance 1% is a world that has not
+* CE's students' clean test accuracy (the first presets' ~6% at chance 1% was a world that had not
   trained: a loss's shape cannot show there);
 * each panel loss's accuracy over CE's students on the same tasks (common random numbers), to
   set beside CIFAR-100's tuned numbers (``docs/figures/regimes/c100-budget``).

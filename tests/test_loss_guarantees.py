@@ -241,6 +241,7 @@ def test_num_classes_alone_picks_the_clean_loss_made_for_that_count():
     from edloss.loss import shipped_loss_name, shipped_names
 
     tailored = {int(n.split("-k")[1]) for n in shipped_names() if n.startswith("default-k")}
+    assert 100 in tailored, "the package ships the clean loss chosen for K = 100 (default-k100)"
     for k in tailored:
         assert shipped_loss_name(num_classes=k) == f"default-k{k}"
     untailored = next(k for k in range(2, 2000) if k not in tailored)

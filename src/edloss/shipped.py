@@ -99,9 +99,10 @@ def _clean_loss_name(name: str | None, num_classes: Any, class_counts: Any, prio
     if name is not None:
         raise ValueError(f"pass either a loss name ({name!r}) or num_classes, not both")
     if class_counts is not None:
-        if len(_counts_tensor(class_counts)) != num_classes:
-            raise ValueError(f"class_counts has {len(_counts_tensor(class_counts))} classes but num_classes is "
-                             f"{num_classes}; give one of them, or make them agree")
+        k = len(_counts_tensor(class_counts))
+        if k != num_classes:
+            raise ValueError(f"class_counts has {k} classes but num_classes is {num_classes}; give one of them, "
+                             "or make them agree")
         return regime_loss_name(class_counts, prior_strength)
     tailored = f"default-k{num_classes}"
     return tailored if is_shipped(tailored) else "default"
