@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu_cifar import find_data, npz_to_pickle_layout  # noqa: E402
 
 TINY = ["--per-class", "2", "--steps", "2", "--arms", "ce"]  # the smoke test's override of every regime
-# the CIFAR-100 regimes add the K = 100 loss (shipped as default-k100) to the default arms, under the spec
+# the CIFAR-100 regimes add the K = 100 candidate (edl-k100, not shipped) to the default arms, under the spec
 # its CPU runs used, as benchmarks/regimes.sh B does, so the GPU matrix has the same arms
 K100_ARM = "edl-k100=edl:docs/figures/regimes/candidates/edl-k100"
 

@@ -415,9 +415,10 @@ class EDLLoss(nn.Module):
         changes what a label is worth, and on noisy CIFAR-10 the K = 10 losses were measured far
         better than the ones pretrained over K in [2, 1000] (README). Otherwise the general loss
         of that rate; ``edloss pretrain --label-noise ETA --classes K`` makes yours in minutes.
-        ``num_classes`` alone (clean labels): ``default-kK`` where one ships for your K (chosen for
-        it on the regime matrix's calibration regimes: docs/results/regimes.md), else ``default``,
-        pretrained over every K from 2 to 1000. ``loss.metadata`` says which one you got.
+        ``num_classes`` alone (clean labels): ``default-kK`` where one ships for your K (it would be
+        chosen on the regime matrix's calibration regimes: docs/results/regimes.md; none ships
+        today), else ``default``, pretrained over every K from 2 to 1000. ``loss.metadata`` says
+        which one you got.
         ``class_counts`` (per-class training counts; see ``EDLLoss``): the loss is told the prior,
         and where the counts are steeply long-tailed (largest / smallest >= ``LONGTAIL_MIN_IMBALANCE``,
         30) over K classes for which a long-tail loss ships (``longtail-k10``: evolved in the

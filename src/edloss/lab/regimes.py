@@ -83,7 +83,8 @@ class Regime:
 
 REGIMES: dict[str, Regime] = {r.name: r for r in (
     Regime("c10-budget", "calibration", "today's CPU recipe: CIFAR-10, 8,000 images, 8 epochs",
-           per_class=800, epochs=8),
+           per_class=800, epochs=8,
+           grid=(0.25, 0.5, 1.0, 2.0)),  # widened: CE and LS picked 0.5x, the edge, on validation
     Regime("c10-limited-50", "calibration", "CIFAR-10, 50 images per class, trained to convergence",
            per_class=50, steps=400, val_size=1000, val_every=5, seeds=(0, 1, 2, 3, 4),
            grid=(0.25, 0.5, 1.0, 2.0)),  # widened: CE, LS and Poly-1 picked 0.5x, the edge, on validation
@@ -91,7 +92,8 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
            dataset="cifar100", per_class=200, epochs=5,
            grid=(0.5, 1.0, 2.0, 4.0)),  # widened: CE picked 2x, the edge, on validation (train acc 23%: under-trained)
     Regime("c10-limited-250", "held-out", "CIFAR-10, 250 images per class, trained to convergence",
-           per_class=250, steps=1200, val_size=1000, val_every=5, seeds=(0, 1, 2, 3, 4), compile=True),
+           per_class=250, steps=1200, val_size=1000, val_every=5, seeds=(0, 1, 2, 3, 4), compile=True,
+           grid=(0.25, 0.5, 1.0, 2.0)),  # c10-limited-50's grid, set before any of its runs: picks there sat at 0.5x
     Regime("c100-limited", "held-out", "CIFAR-100, 50 images per class, trained to convergence",
            dataset="cifar100", per_class=50, steps=1600, val_size=2000, val_every=5, seeds=(0, 1, 2, 3, 4), compile=True),
     Regime("c10-full", "held-out", "CIFAR-10, all 45,000 training images, 15 epochs (the confirmation)",
