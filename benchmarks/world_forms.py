@@ -11,8 +11,9 @@ forms:
 * ``lr-grid``: every loss, CE too, at its best of 0.5 / 1 / 2x the world's rate on validation;
 * ``normalized``: each student's logit gradient rescaled to CE's norm every step.
 
-The CIFAR side of an arm is its tuned test accuracy where >= 3 seeds finished, else its best
-validation accuracy over the grid (seed 0; said in the table). Reported per regime and form:
+The CIFAR side is the tuned test accuracy of the arms with >= 3 seeds finished, once three arms
+have them, else every arm's best validation accuracy over the grid (seed 0; said in the table).
+Rerunning some regimes keeps the others' previous results in the JSON. Reported per regime and form:
 Spearman's rho over the arms, and the near-pair sign agreement over every pair of arms whose CIFAR
 difference exceeds the seed noise (pairs by test accuracy, >= 3 seeds a side) or, before the seeds
 finish, over every pair (marked provisional). Prints tables, writes
@@ -50,16 +51,21 @@ MIN_SEEDS = 3
 
 
 def cifar_side(regime: str) -> list[dict]:
-    """Per arm of a recorded regime: spec, the CIFAR number the world should predict, its std and seeds."""
+    """Per arm of a recorded regime: spec, the CIFAR number the world should predict, its std and seeds.
+
+    One source for every arm, so no pair compares a test mean with a validation number: tuned test
+    accuracy of the arms with >= 3 seeds once at least three arms have them (arms still running are
+    left out), else every arm's best seed-0 validation accuracy over the grid (provisional)."""
     summary = json.loads((MATRIX / regime / "summary.json").read_text())
     picks = next(iter(summary["tuning"]["picks"].values()))
+    tested = [{"arm": row["label"], "spec": row["spec"], "cifar": row["test_mean"], "std": row["test_std"],
+               "seeds": row["n"], "source": "test"} for row in summary["rows"] if row.get("n", 0) >= MIN_SEEDS]
+    if len(tested) >= 3:
+        return tested
     arms = []
     for row in summary["rows"]:
         curve = [v for v in picks.get(row["label"], {}).get("curve", {}).values() if v is not None]
-        if row.get("n", 0) >= MIN_SEEDS:
-            arms.append({"arm": row["label"], "spec": row["spec"], "cifar": row["test_mean"], "std": row["test_std"],
-                         "seeds": row["n"], "source": "test"})
-        elif curve:
+        if curve:
             arms.append({"arm": row["label"], "spec": row["spec"], "cifar": max(curve), "std": None, "seeds": 1,
                          "source": "best val, seed 0"})
     return arms
@@ -117,9 +123,22 @@ def main() -> None:
             print_table(rows[-1:], list(rows[-1]))
             print("   world:", "  ".join(f"{k} {v:+.2f}" for k, v in scores.items()), "| cifar:",
                   "  ".join(f"{a['arm']} {a['cifar']:.2f}" for a in arms), flush=True)
+    rows, detail = keep_other_regimes(rows, detail, args.regimes)
     print()
     print_table(rows, list(rows[0]))
     print(f"wrote {write_results('world_forms', {'rows': rows, 'detail': detail, 'draws': args.draws, 'forms': FORMS, 'world_for': WORLD_FOR})}")
+
+
+def keep_other_regimes(rows: list[dict], detail: dict, rerun: list[str]) -> tuple[list[dict], dict]:
+    """The previous results of the regimes not rerun this time, kept beside the new ones: rerunning one
+    regime as its seeds finish does not erase the others."""
+    previous = ROOT / "benchmarks/results/world_forms.json"
+    if not previous.is_file():
+        return rows, detail
+    old = json.loads(previous.read_text())
+    kept = [r for r in old.get("rows", []) if r["regime"] not in rerun]
+    kept_detail = {k: v for k, v in old.get("detail", {}).items() if k.split("/")[0] not in rerun}
+    return kept + rows, {**kept_detail, **detail}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ gradient as world options, the near-pair gate of world-check, and 100-class worl
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from edloss.configs import from_dict, to_dict
 from edloss.students import (PRESETS, WorldConfig, check_memory, cross_entropy_group_loss, evaluate_population, memory_estimate,
                              reference_results, sample_tasks, score_module, train_students)
 from edloss.world_lr import ce_scaled_gradient, parse_lr_grid, pick
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = WorldConfig(tasks=3, points_per_class=30, test_points_per_class=20, dim=8, depth=1, width=16, steps=30, batch_size=16)
 GRID = replace(TINY, lr_grid=(0.5, 1.0, 2.0))
@@ -241,7 +244,15 @@ def test_every_pair_side_has_a_loss_and_the_gate_counts_only_pairs_above_seed_no
         for arm in pair_arms(regime):
             assert available(arm), arm
         for p in pairs:
-            assert p.tuned is False and p.a.source.startswith("docs/figures/") and p.a.spec != p.b.spec
+            assert p.a.source.startswith("docs/figures/") and p.a.spec != p.b.spec
+            if p.tuned:  # the matrix's numbers, checked against its records where the checkout has them
+                for side in (p.a, p.b):
+                    assert side.source.startswith("docs/figures/regimes/"), side
+                    summary = ROOT / side.source / "summary.json"
+                    if summary.is_file():
+                        rows = json.loads(summary.read_text())["rows"]
+                        assert any(r.get("n") == side.seeds and round(r["test_mean"], 2) == side.cifar
+                                   and round(r["test_std"], 2) == side.std for r in rows), side
             assert counts(p) == (min(p.a.seeds, p.b.seeds) >= 3 and abs(p.a.cifar - p.b.cifar) > seed_noise(p))
     # the rule on made-up world scores: a world agreeing with every CIFAR sign gets 100% of the counted pairs
     regime = "noise-0.4"
