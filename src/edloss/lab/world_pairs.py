@@ -68,6 +68,8 @@ LT_PRIOR = Side("edl-prior", "edl:prior_aware=true", 33.16, 1.20, 3, FIG + "long
 LT100_PRIOR = Side("edl-prior", "edl:prior_aware=true", 13.52, 0.54, 3, FIG + "longtail/cifar100-rho100")
 STUDENTS = FIG + "students/cifar/"
 REGIMES = FIG + "regimes/"  # issue 33's matrix: tuned numbers
+LIMITED = REGIMES + "c10-limited-50"
+V4_LIMITED = Side("edl-v4 (seeds 0-2)", "edl", 40.06, 0.39, 3, LIMITED)
 
 PAIRS: dict[str, list[Pair]] = {
     "clean": [
@@ -80,6 +82,11 @@ PAIRS: dict[str, list[Pair]] = {
                                       STUDENTS + "clean-students-robust-calibrated"), V4_10),
         Pair("version", V3, V4_10),
         Pair("mutation", V3, Side("edl-v3-gaussian", "edl:{panel}/v3-gaussian", 58.12, 1.76, 3, FIG + "cifar10-resnet20 (edl-kldcal-gaussian)")),
+        # tuned: the regime matrix's c10-limited-50 (500 images, trained to convergence), each arm at its own pick,
+        # on the seeds both sides finished (benchmarks/near_pairs.sh)
+        Pair("version", Side("edl-v3", "edl:name=v3", 41.01, 1.30, 3, LIMITED), V4_LIMITED, tuned=True),
+        Pair("gain", Side("edl-v4 gain 2", "edl:gain=2", 40.17, 1.65, 3, LIMITED), V4_LIMITED, tuned=True),
+        Pair("gain", Side("edl-v4 gain 0.5", "edl:gain=0.5", 40.37, 0.23, 3, LIMITED), V4_LIMITED, tuned=True),
     ],
     "noise-0.4": [
         Pair("evolved vs start", Side("edl-students-noise", "edl:{panel}/students-noise-0.4", 34.82, 1.11, 3, STUDENTS + "noise-0.4-students"), N04_K10),
