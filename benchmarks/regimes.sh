@@ -4,6 +4,8 @@
 #
 #   benchmarks/regimes.sh A    # CIFAR-10: calibration regimes first, then the held-out ones
 #   benchmarks/regimes.sh B    # CIFAR-100 (with the K = 100 candidate), then c10-full
+#   benchmarks/regimes.sh C    # near pairs for the students worlds' second gate (issue 34): v3 and the
+#                              # default times 2 and 0.5 as extra arms of c10-limited-50, each at its own pick
 #   nohup benchmarks/regimes.sh A > logs/regimes-A.log 2>&1 &   # as the sessions run it
 #
 # Records go to docs/figures/regimes/ (checkpoints and locks are ignored by git); the matrix
@@ -11,10 +13,12 @@
 # calibration regimes as extra arms here, so every session runs the same arms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-JOB=${1:?name a job: A (CIFAR-10) or B (CIFAR-100, then c10-full)}
+JOB=${1:?name a job: A (CIFAR-10), B (CIFAR-100, then c10-full) or C (near pairs)}
+case "$JOB" in A|B|C) ;; *) echo "unknown job $JOB: A, B or C" >&2; exit 2 ;; esac  # before any data is made
 OUT=docs/figures/regimes
 DEFAULT_ARMS=(ce ls=label_smoothing:0.1 poly1 cosine edl)
 K100=(edl-k100=edl:$OUT/candidates/edl-k100)
+NEAR=(edl-v3=edl:name=v3 edl-gain2=edl:gain=2 edl-gain0.5=edl:gain=0.5)
 
 ROOT=$PWD
 mkdir -p data  # ignored by git: both data sets in the pickle layout, in one folder
@@ -26,5 +30,5 @@ case "$JOB" in
   A) run c10-limited-50; run c10-budget; run c10-limited-250; run c10-noise-0.4; run c10-lt-100 ;;
   B) run c100-budget --arms "${DEFAULT_ARMS[@]}" "${K100[@]}"; run c100-limited --arms "${DEFAULT_ARMS[@]}" "${K100[@]}"
      run c10-full ;;
-  *) echo "unknown job $JOB: A or B" >&2; exit 2 ;;
+  C) run c10-limited-50 --arms "${DEFAULT_ARMS[@]}" "${NEAR[@]}" ;;
 esac

@@ -236,6 +236,22 @@ def test_memory_refuses_what_the_machine_cannot_hold_with_the_estimate_and_count
 
 
 # ---------------------------------------------------------------------- near pairs, the second gate
+def recorded_results(summary: Path, seeds: int) -> set[tuple[int, float, float]]:
+    """(seeds, mean, std) of test accuracy, rounded as the pairs record them, that a matrix regime's
+    records hold: each arm's row, and each arm's first ``seeds`` finished seeds (a pair's common seeds)."""
+    records = json.loads(summary.read_text())
+    found = {(r["n"], round(r["test_mean"], 2), round(r["test_std"], 2)) for r in records["rows"] if r.get("n")}
+    by_arm: dict[str, dict[int, float]] = {}
+    for run in records["runs"]:
+        if run["status"] == "finished":
+            by_arm.setdefault(run["label"], {})[run["seed"]] = 100 * run["test_acc"]
+    for tests in by_arm.values():
+        first = [tests[s] for s in sorted(tests)[:seeds]]
+        if len(first) == seeds > 1:
+            found.add((seeds, round(statistics.mean(first), 2), round(statistics.stdev(first), 2)))
+    return found
+
+
 def test_every_pair_side_has_a_loss_and_the_gate_counts_only_pairs_above_seed_noise():
     from edloss.lab.world import PANEL, REGIMES, available, pair_arms
     from edloss.lab.world_pairs import PAIRS, counts, pair_gate, seed_noise
@@ -250,18 +266,8 @@ def test_every_pair_side_has_a_loss_and_the_gate_counts_only_pairs_above_seed_no
                 for side in (p.a, p.b):
                     assert side.source.startswith("docs/figures/regimes/"), side
                     summary = ROOT / side.source / "summary.json"
-                    if summary.is_file():  # an arm's row, or its first `seeds` finished seeds (a pair's common seeds)
-                        records = json.loads(summary.read_text())
-                        found = {(r["n"], round(r["test_mean"], 2), round(r["test_std"], 2)) for r in records["rows"] if r.get("n")}
-                        by_arm: dict[str, dict[int, float]] = {}
-                        for run in records["runs"]:
-                            if run["status"] == "finished":
-                                by_arm.setdefault(run["label"], {})[run["seed"]] = 100 * run["test_acc"]
-                        for tests in by_arm.values():
-                            first = [tests[s] for s in sorted(tests)[:side.seeds]]
-                            if len(first) == side.seeds > 1:
-                                found.add((side.seeds, round(statistics.mean(first), 2), round(statistics.stdev(first), 2)))
-                        assert (side.seeds, side.cifar, side.std) in found, side
+                    if summary.is_file():
+                        assert (side.seeds, side.cifar, side.std) in recorded_results(summary, side.seeds), side
             assert counts(p) == (min(p.a.seeds, p.b.seeds) >= 3 and abs(p.a.cifar - p.b.cifar) > seed_noise(p))
     # the rule on made-up world scores: a world agreeing with every CIFAR sign gets 100% of the counted pairs
     regime = "noise-0.4"

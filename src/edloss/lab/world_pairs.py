@@ -83,7 +83,7 @@ PAIRS: dict[str, list[Pair]] = {
         Pair("version", V3, V4_10),
         Pair("mutation", V3, Side("edl-v3-gaussian", "edl:{panel}/v3-gaussian", 58.12, 1.76, 3, FIG + "cifar10-resnet20 (edl-kldcal-gaussian)")),
         # tuned: the regime matrix's c10-limited-50 (500 images, trained to convergence), each arm at its own pick,
-        # on the seeds both sides finished (benchmarks/near_pairs.sh)
+        # on the seeds both sides finished (benchmarks/regimes.sh C)
         Pair("version", Side("edl-v3", "edl:name=v3", 41.01, 1.30, 3, LIMITED), V4_LIMITED, tuned=True),
         Pair("gain", Side("edl-v4 gain 2", "edl:gain=2", 40.17, 1.65, 3, LIMITED), V4_LIMITED, tuned=True),
         Pair("gain", Side("edl-v4 gain 0.5", "edl:gain=0.5", 40.37, 0.23, 3, LIMITED), V4_LIMITED, tuned=True),
