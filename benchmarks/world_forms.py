@@ -1,6 +1,7 @@
 """Which learning-rate-invariant form of the students world predicts the *tuned* CIFAR matrix? (issue 34)
 
     python benchmarks/world_forms.py --threads 1 [--draws 3] [--regimes c10-limited-50 c100-budget]
+    python benchmarks/world_forms.py --reuse-world --regimes c10-limited-50   # more CIFAR seeds, same world scores
 
 The regime matrix (``edloss regimes``) gives every arm its own best learning rate on CIFAR. A world
 whose fitness a search climbs should rank those tuned arms the same way. For each matrix regime
@@ -100,6 +101,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--reuse-world", action="store_true",
+                        help="take each form's world scores from the previous JSON (deterministic: same draws, same "
+                             "losses) and recompute only the CIFAR side, e.g. once more seeds finished; arms without "
+                             "a stored score are scored")
     parser.add_argument("--regimes", nargs="+", choices=list(WORLD_FOR),
                         default=[r for r in WORLD_FOR if (MATRIX / r / "summary.json").is_file()])
     args = parser.parse_args()
@@ -110,11 +115,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     rows, detail = [], {}
+    stored = previous_detail(args.draws) if args.reuse_world else {}
     for regime in args.regimes:
         arms = cifar_side(regime)
         base = replace(WorldConfig(), **PRESETS[WORLD_FOR[regime]])
         for form, knobs in FORMS.items():
-            scores = world_scores(replace(base, **knobs), arms, args.draws)
+            known = {arm: score for arm, (spec, score) in stored.get(f"{regime}/{form}", {}).items()
+                     if spec == next((a["spec"] for a in arms if a["arm"] == arm), None)}  # same label, same loss
+            missing = [a for a in arms if a["arm"] not in known]
+            scores = {**known, **(world_scores(replace(base, **knobs), missing, args.draws) if missing else {})}
+            scores = {a["arm"]: scores[a["arm"]] for a in arms}
             rho = spearmanr([scores[a["arm"]] for a in arms], [a["cifar"] for a in arms])[0] if len(arms) > 2 else float("nan")
             right, counted, provisional = agreement(arms, scores)
             rows.append({"regime": regime, "world": WORLD_FOR[regime], "form": form, "arms": len(arms), "spearman": float(rho),
@@ -126,7 +136,21 @@ def main() -> None:
     rows, detail = keep_other_regimes(rows, detail, args.regimes)
     print()
     print_table(rows, list(rows[0]))
-    print(f"wrote {write_results('world_forms', {'rows': rows, 'detail': detail, 'draws': args.draws, 'forms': FORMS, 'world_for': WORLD_FOR})}")
+    print(f"wrote {write_results('world_forms', {'rows': rows, 'detail': detail, 'draws': args.draws, 'forms': FORMS, 'world_for': WORLD_FOR, 'reused_world_scores': args.reuse_world})}")
+
+
+def previous_detail(draws: int) -> dict[str, dict[str, tuple[str | None, float]]]:
+    """The previous run's world scores per "regime/form" (arm -> (spec, score)), when it used the same number
+    of draws: a world score depends only on the loss, the world and the draws, so it can be reused
+    when only the CIFAR side changed."""
+    previous = ROOT / "benchmarks/results/world_forms.json"
+    if not previous.is_file():
+        return {}
+    old = json.loads(previous.read_text())
+    if old.get("draws") != draws:
+        return {}
+    return {key: {arm: (value["cifar"].get(arm, {}).get("spec"), score) for arm, score in value["world"].items()}
+            for key, value in old.get("detail", {}).items()}
 
 
 def keep_other_regimes(rows: list[dict], detail: dict, rerun: list[str]) -> tuple[list[dict], dict]:

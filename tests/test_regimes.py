@@ -53,13 +53,17 @@ def test_tiny_matrix_end_to_end(tiny_config: TrainConfig, tmp_path: Path, monkey
     tiny = R.Regime("c10-budget", "calibration", "tiny", per_class=6, epochs=1, val_size=32, seeds=(0, 1))
     monkeypatch.setattr(R, "REGIMES", {"c10-budget": tiny})
     base = TrainConfig(data_dir=tiny_config.data_dir, device="cpu", batch_size=32, eval_batch_size=64, lr=0.05)
-    matrix = R.run([tiny], tmp_path, base, ["ce", "poly1"], [0.5, 2.0], progress=False)
+    matrix = R.run([tiny], tmp_path, base, ["ce", "poly1", "edl"], [0.5, 2.0], progress=False)
     cells = {c["arm"]: c for c in matrix["cells"]}
-    assert set(cells) == {"ce", "poly1"} and all(c["n"] == 2 and c["lr_pick"] in (0.5, 2.0) for c in cells.values())
+    assert set(cells) == {"ce", "poly1", "edl"} and all(c["n"] == 2 and c["lr_pick"] in (0.5, 2.0) for c in cells.values())
     summary = json.loads((tmp_path / "c10-budget" / "summary.json").read_text())
     rows = {r["label"]: r for r in summary["rows"]}
-    assert cells["poly1"]["gap_to_best_other"] == pytest.approx(rows["poly1"]["test_mean"] - rows["ce"]["test_mean"])
-    assert cells["poly1"]["paired_n"] == 2 and cells["ce"]["best_other"] == "poly1"
+    # gaps are to the best *baseline*: an EDL arm is never the yardstick, however well it did
+    assert cells["poly1"]["gap_to_best_baseline"] == pytest.approx(rows["poly1"]["test_mean"] - rows["ce"]["test_mean"])
+    assert cells["poly1"]["paired_n"] == 2 and cells["ce"]["best_baseline"] == "poly1"
+    best = max(("ce", "poly1"), key=lambda a: rows[a]["test_mean"])
+    assert cells["edl"]["best_baseline"] == best
+    assert cells["edl"]["gap_to_best_baseline"] == pytest.approx(rows["edl"]["test_mean"] - rows[best]["test_mean"])
     assert summary["recipe"]["train_subset"] == 60 and summary["recipe"]["balanced_subset"]
     md = (tmp_path / "matrix.md").read_text()
     assert "## c10-budget (calibration)" in md and "| poly1 | 2 |" in md and "ECE after TS" in md
