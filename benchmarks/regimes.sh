@@ -2,7 +2,7 @@
 # The regime matrix (issue 33) on this 2-core machine: two background jobs of one thread each,
 # every run checkpointed, so a job stopped by the end of a session resumes where it was.
 #
-#   benchmarks/regimes.sh A    # CIFAR-10: calibration regimes first, then the held-out ones
+#   benchmarks/regimes.sh A    # CIFAR-10: calibration regimes first, then the held-out ones (shortest first)
 #   benchmarks/regimes.sh B    # CIFAR-100 (with the K = 100 candidate), then c10-full
 #   benchmarks/regimes.sh C    # near pairs for the students worlds' second gate (issue 34): v3 and the
 #                              # default times 2 and 0.5 as extra arms of c10-limited-50, each at its own pick
@@ -34,7 +34,7 @@ mkdir -p data  # ignored by git: both data sets in the pickle layout, in one fol
 
 run() { EDLOSS_DATA="$PWD/data" .venv/bin/edloss regimes "$@" --out "$OUT" --threads 1; }
 case "$JOB" in
-  A) run c10-limited-50 --arms "${DEFAULT_ARMS[@]}" "${NEAR[@]}"; run c10-budget --arms "${DEFAULT_ARMS[@]}" "${CAND[@]}"; run c10-limited-250; run c10-noise-0.4; run c10-lt-100 ;;
+  A) run c10-limited-50 --arms "${DEFAULT_ARMS[@]}" "${NEAR[@]}"; run c10-budget --arms "${DEFAULT_ARMS[@]}" "${CAND[@]}"; run c10-noise-0.4; run c10-lt-100; run c10-limited-250 ;;  # the short held-out verdicts first
   B) run c100-budget --arms "${DEFAULT_ARMS[@]}" "${K100[@]}" "${CAND[@]}"; run c100-limited --arms "${DEFAULT_ARMS[@]}" "${K100[@]}"
      run c10-full ;;
   C) run c10-limited-50 --arms "${DEFAULT_ARMS[@]}" "${NEAR[@]}" ;;

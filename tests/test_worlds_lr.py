@@ -279,6 +279,9 @@ def test_every_pair_side_has_a_loss_and_the_gate_counts_only_pairs_above_seed_no
     gate = pair_gate(regime, scores)
     assert gate["recorded"] == len(PAIRS[regime]) and 0 < gate["counted"] < gate["recorded"]
     assert gate["agreement"] == 1.0 and gate["tuned"] is False
+    # firm pairs (> 2 standard errors) are a subset of the counted ones, and right alike
+    assert gate["firm_counted"] == sum(counts(p, 2.0) for p in PAIRS[regime]) <= gate["counted"]
+    assert gate["firm_right"] == gate["firm_counted"]
     flipped = pair_gate(regime, {k: -v for k, v in scores.items()})
     assert flipped["agreement"] == 0.0
     assert pair_gate(regime, {})["counted"] == 0 and pair_gate(regime, {})["agreement"] is None

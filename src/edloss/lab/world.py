@@ -430,15 +430,18 @@ def format_result(result: dict[str, Any]) -> str:
 
 def format_gates(result: dict[str, Any]) -> str:
     """Both gates side by side per regime: held-out Spearman (gate 1) and near-pair sign agreement
-    (gate 2), with how many pairs are recorded and how many count (CIFAR difference above seed noise)."""
-    lines = ["| regime | gate 1: held-out Spearman | gate 2: near pairs right | pairs counted / recorded | CIFAR numbers |",
-             "|---|---|---|---|---|"]
+    (gate 2), with how many pairs are recorded and how many count (CIFAR difference above seed noise),
+    and the firm pairs (above two standard errors) beside."""
+    lines = ["| regime | gate 1: held-out Spearman | gate 2: near pairs right | pairs counted / recorded "
+             "| firm pairs right (> 2 SE) | CIFAR numbers |", "|---|---|---|---|---|---|"]
     for regime, by in result["regimes"].items():
         held = by["world"]["heldout"]
         gate = result.get("pairs", {}).get(regime, {"recorded": 0, "counted": 0, "agreement": None, "right": 0, "tuned": None})
         share = "—" if gate["agreement"] is None else f"{100 * gate['agreement']:.0f}% ({gate['right']} of {gate['counted']})"
+        firm = "—" if not gate.get("firm_counted") else f"{gate['firm_right']} of {gate['firm_counted']}"
         tuned = {None: "—", True: "tuned", False: "one shared lr (untuned)"}[gate["tuned"]]
-        lines.append(f"| {regime} | {held['spearman']:+.2f} (n = {held['n']}) | {share} | {gate['counted']} / {gate['recorded']} | {tuned} |")
+        lines.append(f"| {regime} | {held['spearman']:+.2f} (n = {held['n']}) | {share} | {gate['counted']} / {gate['recorded']} "
+                     f"| {firm} | {tuned} |")
     return "\n".join(lines)
 
 

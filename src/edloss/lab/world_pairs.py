@@ -36,6 +36,10 @@ from dataclasses import dataclass
 from typing import Any
 
 MIN_SEEDS = 3  # the issue's "tuned protocol, >= 3 seeds"
+# A pair one standard error apart is apart by chance about a third of the time when the two losses are
+# equal, and a world cannot be right about chance: "firm" pairs, two standard errors apart, are the ones
+# whose sign CIFAR itself establishes. Reported beside the gate, not instead of it.
+FIRM = 2.0
 
 
 @dataclass(frozen=True)
@@ -133,9 +137,10 @@ def seed_noise(pair: Pair) -> float:
     return math.sqrt(pair.a.std ** 2 / pair.a.seeds + pair.b.std ** 2 / pair.b.seeds)
 
 
-def counts(pair: Pair) -> bool:
-    """Whether CIFAR can tell the pair's sign: both sides >= MIN_SEEDS seeds, |difference| > seed noise."""
-    return min(pair.a.seeds, pair.b.seeds) >= MIN_SEEDS and abs(pair.a.cifar - pair.b.cifar) > seed_noise(pair)
+def counts(pair: Pair, z: float = 1.0) -> bool:
+    """Whether CIFAR can tell the pair's sign: both sides >= MIN_SEEDS seeds, |difference| > z x seed noise
+    (z = 1: the issue's rule; z = FIRM: CIFAR itself sure of the sign, at about 95%)."""
+    return min(pair.a.seeds, pair.b.seeds) >= MIN_SEEDS and abs(pair.a.cifar - pair.b.cifar) > z * seed_noise(pair)
 
 
 def pair_specs(regime: str) -> list[str]:
@@ -155,11 +160,14 @@ def pair_gate(regime: str, world_score: dict[str, float], key: str = "fitness") 
         rows.append({"kind": pair.kind, "a": pair.a.label, "b": pair.b.label, "spec_a": pair.a.spec, "spec_b": pair.b.spec,
                      "cifar_a": pair.a.cifar, "cifar_b": pair.b.cifar, "seeds_a": pair.a.seeds, "seeds_b": pair.b.seeds,
                      "source_a": pair.a.source, "source_b": pair.b.source, "cifar_diff": cifar, "seed_noise": seed_noise(pair),
-                     "counts": counts(pair) and world is not None, "world_diff": world, "tuned": pair.tuned,
+                     "counts": counts(pair) and world is not None, "firm": counts(pair, FIRM) and world is not None,
+                     "world_diff": world, "tuned": pair.tuned,
                      "agrees": None if world is None else bool(world * cifar > 0)})
     counted = [r for r in rows if r["counts"]]
     right = sum(r["agrees"] for r in counted)
+    firm = [r for r in rows if r["firm"]]
     return {"pairs": rows, "recorded": len(rows), "counted": len(counted), "right": right,
+            "firm_counted": len(firm), "firm_right": sum(r["agrees"] for r in firm),
             "agreement": right / len(counted) if counted else None, "tuned": all(r["tuned"] for r in rows) if rows else None,
             "rule": f"counted: both sides >= {MIN_SEEDS} seeds and |CIFAR difference| > sqrt(std_a^2/n_a + std_b^2/n_b); "
                     "right: the world's difference has the same sign"}
