@@ -35,6 +35,8 @@ TINY = ["--per-class", "2", "--steps", "2", "--arms", "ce"]  # the smoke test's 
 # the CIFAR-100 regimes add the K = 100 candidate (edl-k100, not shipped) to the default arms, under the spec
 # its CPU runs used, as benchmarks/regimes.sh B does, so the GPU matrix has the same arms
 K100_ARM = "edl-k100=edl:docs/figures/regimes/candidates/edl-k100"
+# the default-candidates of session 20 (the default at gain 2 and 0.5) in the calibration regimes, as regimes.sh
+CANDIDATE_ARMS = ("edl-gain2=edl:gain=2", "edl-gain0.5=edl:gain=0.5")
 
 
 def data_folder(c10: str | None, c100: str | None, scratch: Path, workers: int, need_c100: bool) -> Path:
@@ -52,9 +54,11 @@ def data_folder(c10: str | None, c100: str | None, scratch: Path, workers: int, 
 
 
 def command(regime: str, data: Path, out: Path, device: str, tiny: bool) -> list[str]:
-    from edloss.lab.regimes import DEFAULT_ARMS
+    from edloss.lab.regimes import DEFAULT_ARMS, REGIMES
 
-    arms = ["--arms", *DEFAULT_ARMS, K100_ARM] if regime.startswith("c100") else []
+    candidates = list(CANDIDATE_ARMS) if REGIMES[regime].role == "calibration" else []
+    k100 = [K100_ARM] if regime.startswith("c100") else []
+    arms = ["--arms", *DEFAULT_ARMS, *k100, *candidates] if k100 or candidates else []
     return [sys.executable, "-m", "edloss", "regimes", regime, "--out", str(out), "--data-dir", str(data),
             "--device", device, "--quiet", *arms, *(TINY if tiny else [])]
 
