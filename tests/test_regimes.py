@@ -73,7 +73,7 @@ def test_tiny_matrix_end_to_end(tiny_config: TrainConfig, tmp_path: Path, monkey
 
 def test_overview_has_a_row_per_regime_and_bolds_its_best() -> None:
     regimes = {"c10-budget": {"role": "calibration"}, "c100-budget": {"role": "calibration"}}
-    cell = {"lr_pick": 0.5, "n": 3}
+    cell = {"lr_pick": 0.5, "n": 3, "ece_mean": 4.0, "ece_ts_mean": 1.25}
     cells = [{**cell, "regime": "c10-budget", "arm": "ce", "test_mean": 60.0},
              {**cell, "regime": "c10-budget", "arm": "edl", "test_mean": 61.5, "lr_pick": 1.0},
              {**cell, "regime": "c100-budget", "arm": "ce", "test_mean": 23.0},
@@ -82,6 +82,8 @@ def test_overview_has_a_row_per_regime_and_bolds_its_best() -> None:
     assert "| regime | role | ce | edl |" in lines
     assert "| c10-budget | calibration | 60.00 (0.5×, 3) | **61.50** (1×, 3) |" in lines
     assert "| c100-budget | calibration | **23.00** (0.5×, 3) | — |" in lines
+    assert "| c10-budget | 4.00 → 1.25 | 4.00 → 1.25 |" in lines  # calibration at the same cells
+    assert "| c100-budget | 4.00 → 1.25 | — |" in lines
     assert R.render_overview({"regimes": regimes, "cells": []}) == []
 
 

@@ -287,6 +287,15 @@ def render_overview(matrix: dict[str, Any]) -> list[str]:
             texts.append((f"**{value}**" if c["test_mean"] == best else value)
                          + f" ({'?' if c['lr_pick'] is None else format(c['lr_pick'], 'g')}×, {c['n']})")
         lines.append(f"| {name} | {regime['role']} | " + " | ".join(texts) + " |")
+    lines += ["", "Calibration at the same cells: test ECE % before → after temperature scaling (one temperature "
+              "per run, fitted on validation).", "",
+              "| regime | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for name in matrix["regimes"]:
+        row = {c["arm"]: c for c in cells if c["regime"] == name}
+        if row:
+            lines.append(f"| {name} | " + " | ".join(
+                "—" if arm not in row else f"{_num(row[arm]['ece_mean'])} → {_num(row[arm]['ece_ts_mean'])}"
+                for arm in arms) + " |")
     return lines + [""]
 
 
