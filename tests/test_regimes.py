@@ -71,6 +71,36 @@ def test_tiny_matrix_end_to_end(tiny_config: TrainConfig, tmp_path: Path, monkey
     assert json.loads((tmp_path / "matrix.json").read_text())["cells"] == json.loads(json.dumps(matrix["cells"]))
 
 
+def test_a_held_out_regime_runs_each_arm_at_the_pick_it_made_in_its_calibration_regime(
+        tiny_config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """c10-full's way: no sweep of its own, every arm at its c10-budget pick; an arm the source has
+    no pick for, or a missing source, is refused before any work."""
+    source = R.Regime("c10-budget", "calibration", "tiny", per_class=6, epochs=1, val_size=32, seeds=(0,))
+    held = R.Regime("c10-full", "held-out", "tiny", per_class=8, epochs=1, val_size=32, seeds=(0, 1),
+                    picks_from="c10-budget")
+    monkeypatch.setattr(R, "REGIMES", {"c10-budget": source, "c10-full": held})
+    base = TrainConfig(data_dir=tiny_config.data_dir, device="cpu", batch_size=32, eval_batch_size=64, lr=0.05)
+    with pytest.raises(ValueError, match="run `edloss regimes c10-budget` there first"):
+        R.run([held], tmp_path, base, ["ce"], None, progress=False)
+    R.run([source], tmp_path, base, ["ce", "poly1"], [0.5, 2.0], progress=False)
+    picks = json.loads((tmp_path / "c10-budget" / "summary.json").read_text())["tuning"]["picks"]["resnet20"]
+    with pytest.raises(ValueError, match="no learning-rate pick for resnet20/edl"):
+        R.run([held], tmp_path, base, ["ce", "edl"], None, progress=False)
+    assert not (tmp_path / "c10-full").exists()
+    with pytest.raises(ValueError, match="--lr-grid does not apply"):
+        R.run([held], tmp_path, base, ["ce"], [0.5, 2.0], progress=False)
+    R.run([held], tmp_path, base, ["ce", "poly1"], None, progress=False)
+    summary = json.loads((tmp_path / "c10-full" / "summary.json").read_text())
+    assert summary["tuning"]["carried_from"].endswith("c10-budget")
+    for arm in ("ce", "poly1"):  # only the test seeds, each at the source's pick: no sweep here
+        pick = picks[arm]["pick"]
+        assert sorted(p.name for p in (tmp_path / "c10-full" / "resnet20" / arm).iterdir()) == [f"lr{pick:g}"]
+        assert sorted(p.name for p in (tmp_path / "c10-full" / "resnet20" / arm / f"lr{pick:g}").iterdir()) == ["seed0", "seed1"]
+        row = next(r for r in summary["rows"] if r["label"] == arm)
+        assert row["n"] == 2 and row["lr_pick"] == pick
+    assert "Tuned elsewhere" in (tmp_path / "c10-full" / "summary.md").read_text()
+
+
 def test_overview_has_a_row_per_regime_and_bolds_its_best() -> None:
     regimes = {"c10-budget": {"role": "calibration"}, "c100-budget": {"role": "calibration"}}
     cell = {"lr_pick": 0.5, "n": 3, "ece_mean": 4.0, "ece_ts_mean": 1.25}

@@ -58,7 +58,8 @@ from edloss.lab.tuning import Tuned
 def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: Path,
             models: list[str] | None = None, progress: bool = True, ray: str | None = None,
             threads: int | None = None, versus: list[tuple[str, str]] | None = None,
-            lr_grid: list[float] | None = None, tune_seeds: list[int] | None = None) -> dict[str, Any]:
+            lr_grid: list[float] | None = None, tune_seeds: list[int] | None = None,
+            carry_picks: Path | None = None) -> dict[str, Any]:
     """Run (or finish) the grid and write the summary; returns the summary dict.
 
     ``recipe`` supplies everything but model, loss and seed. Diverged runs are recorded and
@@ -68,13 +69,24 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
     ``versus``: pairs of arm labels compared head to head in the summary.
     ``lr_grid``: multipliers of ``recipe.lr``; every arm trains ``tune_seeds`` (default: the
     first seed) at each, picks on validation, and runs ``seeds`` at its pick (``edloss.lab.tuning``).
+    ``carry_picks``: instead, every arm runs ``seeds`` at the pick it made in that tuned grid's
+    folder (an arm without one there is refused before any work).
     """
     arms = parse_arms(losses)
     versus = list(versus or [])
     check_versus(versus, arms)
     models = list(models or [recipe.model])
     check_grid(list(seeds), models)
-    tuned = tuning.settings(lr_grid, tune_seeds, list(seeds), out_dir)
+    if carry_picks is not None:
+        if lr_grid is not None or tune_seeds:
+            raise ValueError("carried picks and a learning-rate grid exclude each other: the picks were made elsewhere")
+        tuned: tuning.Tuned | None = tuning.carried(Path(carry_picks), out_dir)
+        missing = tuned.missing(arms, models)
+        if missing:
+            raise ValueError(f"{tuned.source} has no learning-rate pick for {', '.join(missing)}: run those arms "
+                             "there first, or leave them out")
+    else:
+        tuned = tuning.settings(lr_grid, tune_seeds, list(seeds), out_dir)
     _check_arms(arms, list(seeds) + (tuned.tune_seeds if tuned else []))  # first: a missing EDL checkpoint is named
     if tuned:
         runs = tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, Path(out_dir))
@@ -247,7 +259,8 @@ def rewrite_summary(recipe: TrainConfig, args: argparse.Namespace, out: Path, ve
     arms = parse_arms(losses)
     check_versus(versus, arms)
     check_grid(seeds, models)
-    tuned = tuning.settings(grid, tune_seeds, seeds, out)
+    tuned = (tuning.carried(Path(tuned_before["carried_from"]), out) if tuned_before.get("carried_from")
+             else tuning.settings(grid, tune_seeds, seeds, out))
     out = prepare_output_folder(out)
     with RunLock(out, "comparison grid"):
         runs = (tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, out) if tuned

@@ -59,6 +59,8 @@ class Regime:
     # torch.compile the model, for every arm alike: the long regimes' ResNet-20 steps ran 1.29x faster on one
     # CPU thread (0.564 vs 0.726 s at batch 128, after a ~40 s compile); set before any of their runs started
     compile: bool = False
+    # a held-out regime too long to sweep runs every arm at the pick it made in this calibration regime
+    picks_from: str | None = None
 
     def train_images(self) -> int:
         k = get_spec(self.dataset).num_classes
@@ -100,8 +102,10 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
     # steps would, out of the CPU budget (about 45 min a run): reported as limited data, under-trained
     Regime("c100-limited", "held-out", "CIFAR-100, 50 images per class, 1,600 steps (short of convergence)",
            dataset="cifar100", per_class=50, steps=1600, val_size=2000, val_every=5, seeds=(0, 1, 2, 3, 4), compile=True),
+    # an hour a run on one thread: each arm at its c10-budget pick (the same data at a smaller budget), so its
+    # 3 seeds x 5 arms cost 15 runs, not 25; set before any of its runs
     Regime("c10-full", "held-out", "CIFAR-10, all 45,000 training images, 15 epochs (the confirmation)",
-           epochs=15, compile=True),
+           epochs=15, compile=True, picks_from="c10-budget"),
     # the noise and long-tail verdicts, tuned: do they survive when every baseline may pick its rate?
     Regime("c10-noise-0.4", "held-out", "CIFAR-10, 40% symmetric label noise, 3,000 images, 15 epochs, no augmentation",
            per_class=300, epochs=15, val_size=1000, augment=False, label_noise=0.4,
@@ -158,13 +162,33 @@ def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | N
     configs = {r.name: r.recipe(base) for r in regimes}
     for config in configs.values():
         config.validate()  # every regime's recipe is checked before the first one trains
+    check_carried(regimes, out, grid)
     for regime in regimes:
         _say(progress, f"== regime {regime.name} ({regime.role}): {regime.about}")
-        compare(configs[regime.name], list(arms or regime.arms), list(regime.seeds), out / regime.name,
-                progress=progress, threads=threads, lr_grid=list(grid or regime.grid),
-                tune_seeds=list(regime.tune_seeds))
+        if regime.picks_from:
+            compare(configs[regime.name], list(arms or regime.arms), list(regime.seeds), out / regime.name,
+                    progress=progress, threads=threads, carry_picks=out / regime.picks_from)
+        else:
+            compare(configs[regime.name], list(arms or regime.arms), list(regime.seeds), out / regime.name,
+                    progress=progress, threads=threads, lr_grid=list(grid or regime.grid),
+                    tune_seeds=list(regime.tune_seeds))
         write_matrix(out)
     return write_matrix(out)
+
+
+def check_carried(regimes: list[Regime], out: Path, grid: list[float] | None) -> None:
+    """Before any work: a regime that takes its picks from another needs that regime's tuned grid
+    in ``out``, or earlier in this call; ``--lr-grid`` does not apply to it."""
+    for i, regime in enumerate(regimes):
+        if not regime.picks_from:
+            continue
+        if grid is not None:
+            raise ValueError(f"{regime.name} runs each arm at its {regime.picks_from} pick; --lr-grid does not apply "
+                             "to it (leave it out, or run the regime alone)")
+        earlier = any(r.name == regime.picks_from for r in regimes[:i])
+        if not earlier and not (out / regime.picks_from / "summary.json").is_file():
+            raise ValueError(f"{regime.name} takes each arm's learning rate from {regime.picks_from}, which has no "
+                             f"records under {out}: run `edloss regimes {regime.picks_from}` there first")
 
 
 def _say(progress: bool, message: str) -> None:
@@ -352,7 +376,9 @@ def _cli(args: argparse.Namespace) -> int:
 
     if args.list:
         for r in REGIMES.values():
-            print(f"{r.name:16s} {r.role:12s} {r.about} (lr grid {', '.join(f'{m:g}' for m in r.grid)}x)")
+            rates = (f"each arm at its {r.picks_from} pick" if r.picks_from
+                     else f"lr grid {', '.join(f'{m:g}' for m in r.grid)}x")
+            print(f"{r.name:16s} {r.role:12s} {r.about} ({rates})")
         return 0
     regimes = [override(r, args.per_class, args.steps) for r in resolve(args.regimes or ["calibration"])]
     if args.no_compile:

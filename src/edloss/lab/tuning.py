@@ -15,8 +15,9 @@ multiplier nearest 1 (the recipe's own rate), then to the smaller one.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,10 @@ def tuning_table(tuning: dict[str, Any], model: str) -> list[str]:
     """Markdown: each arm's validation accuracy at every multiplier, its pick and its spread."""
     grid = tuning["grid"]
     rows = tuning["picks"].get(model, {})
+    where = (f"in `{tuning['carried_from']}`, where the picks were made" if tuning.get("carried_from")
+             else f"mean over tuning seeds {', '.join(map(str, tuning['tune_seeds']))}")
     lines = [f"Learning-rate choice ({model}): final validation accuracy (%) at each multiplier of the peak "
-             f"rate {tuning['base_lr']:g}, mean over tuning seeds {', '.join(map(str, tuning['tune_seeds']))}; "
+             f"rate {tuning['base_lr']:g}, {where}; "
              "every arm gets the same grid and picks on validation (the test set plays no part). "
              "Spread: best − worst over the grid. A pick at the grid's edge (\"edge\") may not be that arm's best rate: "
              "widen the grid to know.", "",
@@ -186,6 +189,46 @@ class Tuned:
             for entry in entries.values():
                 entry["spread"] = flatness(entry["curve"])
         return {"grid": self.grid, "tune_seeds": self.tune_seeds, "base_lr": recipe.lr, "picks": chosen}
+
+
+@dataclass
+class Carried(Tuned):
+    """Picks made in another tuned grid (a calibration regime), used as they are: no tuning runs
+    here, so a held-out grid reports at the rates chosen elsewhere ("choose on calibration, report
+    held-out") and an hour-a-run regime does not pay for its own sweep."""
+
+    source: Path = Path()
+    fixed: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # {model: {label: {curve, pick}}}
+
+    def chosen(self, arms: list[Arm], models: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        return {model: {arm.label: dict(self.fixed.get(model, {}).get(arm.label, {"curve": {}, "pick": None}))
+                        for arm in arms} for model in models}
+
+    def summary(self, recipe: TrainConfig, arms: list[Arm], models: list[str]) -> dict[str, Any]:
+        return {**super().summary(recipe, arms, models), "carried_from": str(self.source)}
+
+    def missing(self, arms: list[Arm], models: list[str]) -> list[str]:
+        """``model/label`` of the arms the source grid has no pick for."""
+        return [f"{model}/{arm.label}" for model in models for arm in arms
+                if self.fixed.get(model, {}).get(arm.label, {}).get("pick") is None]
+
+
+def carried(source: Path, out_dir: Path) -> Carried:
+    """The picks of the tuned grid whose ``summary.json`` is ``source`` (its folder or the file), or a
+    one-line error when it is missing or was not tuned."""
+    path = source / "summary.json" if source.is_dir() or not source.suffix else source
+    if not path.is_file():
+        raise ValueError(f"no tuned grid to take the learning-rate picks from: {path} is missing "
+                         "(run that grid first)")
+    try:
+        tuning = json.loads(path.read_text())["tuning"]
+        fixed = {model: {label: {"curve": {float(m): v for m, v in entry["curve"].items()}, "pick": entry["pick"]}
+                         for label, entry in entries.items()} for model, entries in tuning["picks"].items()}
+        grid = [float(m) for m in tuning["grid"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} holds no tuned grid's picks ({type(exc).__name__}: {exc}); "
+                         "picks come from a grid run with --lr-grid") from None
+    return Carried(grid, [], Path(out_dir), source=path.parent, fixed=fixed)
 
 
 def settings(lr_grid: list[float] | None, tune_seeds: list[int] | None, seeds: list[int], out_dir: Path) -> Tuned | None:
