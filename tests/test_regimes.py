@@ -99,6 +99,10 @@ def test_a_held_out_regime_runs_each_arm_at_the_pick_it_made_in_its_calibration_
         row = next(r for r in summary["rows"] if r["label"] == arm)
         assert row["n"] == 2 and row["lr_pick"] == pick
     assert "Tuned elsewhere" in (tmp_path / "c10-full" / "summary.md").read_text()
+    # the same from `edloss compare`: carried picks exclude a grid of one's own
+    assert cli_main(["compare", "--carry-picks", str(tmp_path / "c10-budget"), "--lr-grid", "0.5,2", "--losses", "ce",
+                     "--out", str(tmp_path / "cli"), "--data-dir", str(tiny_config.data_dir), "--device", "cpu"]) == 2
+    assert not (tmp_path / "cli").exists()
 
 
 def test_overview_has_a_row_per_regime_and_bolds_its_best() -> None:

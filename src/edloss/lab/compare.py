@@ -232,7 +232,8 @@ def _cli(args: argparse.Namespace) -> int:
         return 0
     summary = compare(recipe, args.losses or list(DEFAULT_LOSSES), args.seeds or list(DEFAULT_SEEDS), args.out,
                       args.models, progress=not args.quiet, ray=args.ray, threads=args.threads, versus=versus,
-                      lr_grid=grid, tune_seeds=args.tune_seeds)
+                      lr_grid=grid, tune_seeds=args.tune_seeds,
+                      carry_picks=None if args.carry_picks is None else Path(args.carry_picks))
     print((out / "summary.md").read_text())
     failed = [r for r in summary["runs"] if r["status"] == "failed"]
     for run in failed:
@@ -310,6 +311,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-grid", default=None, metavar="M1,M2,...",
                    help="tuned comparison: multipliers of --lr (e.g. 0.5,1,2); every arm trains --tune-seeds at "
                         "each, picks the best final validation accuracy, then runs --seeds at its pick")
+    p.add_argument("--carry-picks", default=None, metavar="DIR",
+                   help="instead of --lr-grid: every arm runs --seeds at the multiplier it picked in the tuned grid "
+                        "in DIR (e.g. a smaller budget's), with no sweep here")
     p.add_argument("--tune-seeds", nargs="+", type=int, default=None,
                    help="with --lr-grid: the seeds that choose each arm's learning rate (default: the first of --seeds)")
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
