@@ -62,7 +62,7 @@ def cifar_side(regime: str) -> list[dict]:
     picks = next(iter(summary["tuning"]["picks"].values()))
     tested = [{"arm": row["label"], "spec": row["spec"], "cifar": row["test_mean"], "std": row["test_std"],
                "seeds": row["n"], "source": "test"} for row in summary["rows"] if row.get("n", 0) >= MIN_SEEDS]
-    if len(tested) >= 3:
+    if len(tested) >= 3 or summary["tuning"].get("carried_from"):  # a carried grid's curves are another regime's
         return tested
     arms = []
     for row in summary["rows"]:
@@ -130,7 +130,7 @@ def main() -> None:
             scores = {a["arm"]: scores[a["arm"]] for a in arms}
             rho = spearmanr([scores[a["arm"]] for a in arms], [a["cifar"] for a in arms])[0] if len(arms) > 2 else float("nan")
             right, counted, provisional = agreement(arms, scores)
-            firm_right, firm_counted, _ = agreement(arms, scores, z=2.0)
+            firm_right, firm_counted = agreement(arms, scores, z=2.0)[:2] if not provisional else (None, None)
             rows.append({"regime": regime, "world": WORLD_FOR[regime], "form": form, "arms": len(arms), "spearman": float(rho),
                          "pairs_right": right, "pairs_counted": counted, "firm_right": firm_right,
                          "firm_counted": firm_counted, "provisional": provisional})
@@ -141,18 +141,21 @@ def main() -> None:
     rows, detail = keep_other_regimes(rows, detail, args.regimes)
     print()
     print_table(rows, list(rows[0]))
-    print(f"wrote {write_results('world_forms', {'rows': rows, 'detail': detail, 'draws': args.draws, 'forms': FORMS, 'world_for': WORLD_FOR, 'reused_world_scores': args.reuse_world})}")
+    print(f"wrote {write_results('world_forms', {'rows': rows, 'detail': detail, 'draws': args.draws, 'forms': FORMS, 'world_for': WORLD_FOR, 'presets': PRESETS, 'reused_world_scores': args.reuse_world})}")
 
 
 def previous_detail(draws: int) -> dict[str, dict[str, tuple[str | None, float]]]:
-    """The previous run's world scores per "regime/form" (arm -> (spec, score)), when it used the same number
-    of draws: a world score depends only on the loss, the world and the draws, so it can be reused
-    when only the CIFAR side changed."""
+    """The previous run's world scores per "regime/form" (arm -> (spec, score)), when it used the same
+    draws, forms, stand-in worlds and presets: a world score depends only on the loss, the world and
+    the draws, so it can be reused when only the CIFAR side changed. Not detected: a loss whose spec
+    stayed while its weights changed (a new shipped default): rerun without --reuse-world then."""
     previous = ROOT / "benchmarks/results/world_forms.json"
     if not previous.is_file():
         return {}
     old = json.loads(previous.read_text())
-    if old.get("draws") != draws:
+    same = (old.get("draws") == draws and old.get("forms") == json.loads(json.dumps(FORMS))
+            and old.get("world_for") == WORLD_FOR and old.get("presets") == json.loads(json.dumps(PRESETS)))
+    if not same:  # another world: every score is made anew
         return {}
     return {key: {arm: (value["cifar"].get(arm, {}).get("spec"), score) for arm, score in value["world"].items()}
             for key, value in old.get("detail", {}).items()}

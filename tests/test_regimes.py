@@ -4,6 +4,7 @@ a tiny matrix runs end to end as tuned comparisons and summarises every arm's ga
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from _cifar_fixtures import _one_thread, tiny_cifar, tiny_config  # noqa: F401
 from edloss.cli import main as cli_main
 from edloss.lab import regimes as R
+from edloss.lab.compare import compare
 from edloss.lab.train import TrainConfig
 from edloss.lab.tuning import parse_lr_grid
 
@@ -84,8 +86,10 @@ def test_a_held_out_regime_runs_each_arm_at_the_pick_it_made_in_its_calibration_
         R.run([held], tmp_path, base, ["ce"], None, progress=False)
     R.run([source], tmp_path, base, ["ce", "poly1"], [0.5, 2.0], progress=False)
     picks = json.loads((tmp_path / "c10-budget" / "summary.json").read_text())["tuning"]["picks"]["resnet20"]
-    with pytest.raises(ValueError, match="no learning-rate pick for resnet20/edl"):
+    with pytest.raises(ValueError, match="has no pick yet for resnet20/edl"):  # up front, before any regime runs
         R.run([held], tmp_path, base, ["ce", "edl"], None, progress=False)
+    with pytest.raises(ValueError, match="no learning-rate pick for resnet20/edl"):  # compare's own check
+        compare(held.recipe(base), ["ce", "edl"], [0], tmp_path / "c10-full", progress=False, carry_picks=tmp_path / "c10-budget")
     assert not (tmp_path / "c10-full").exists()
     with pytest.raises(ValueError, match="--lr-grid does not apply"):
         R.run([held], tmp_path, base, ["ce"], [0.5, 2.0], progress=False)
@@ -99,10 +103,42 @@ def test_a_held_out_regime_runs_each_arm_at_the_pick_it_made_in_its_calibration_
         row = next(r for r in summary["rows"] if r["label"] == arm)
         assert row["n"] == 2 and row["lr_pick"] == pick
     assert "Tuned elsewhere" in (tmp_path / "c10-full" / "summary.md").read_text()
+    # --summary-only keeps the recorded picks and the runs' recipe, even with the source gone
+    (tmp_path / "c10-budget" / "summary.json").rename(tmp_path / "moved.json")
+    assert cli_main(["compare", "--summary-only", "--out", str(tmp_path / "c10-full"), "--data-dir", str(tiny_config.data_dir)]) == 0
+    again = json.loads((tmp_path / "c10-full" / "summary.json").read_text())
+    assert again["recipe"]["train_subset"] == 80 and again["tuning"]["picks"] == summary["tuning"]["picks"]
+    assert [r["n"] for r in again["rows"]] == [2, 2]
+    (tmp_path / "moved.json").rename(tmp_path / "c10-budget" / "summary.json")
+    # a label that names another loss here, or another base rate, cannot take the source's pick
+    with pytest.raises(ValueError, match="its pick belongs to another loss"):
+        compare(held.recipe(base), ["ce", "poly1=focal:2"], [0], tmp_path / "y", progress=False,
+                carry_picks=tmp_path / "c10-budget")
+    with pytest.raises(ValueError, match="picked multipliers of lr 0.05, this grid's lr is 0.1"):
+        compare(replace(held.recipe(base), lr=0.1), ["ce"], [0], tmp_path / "y", progress=False,
+                carry_picks=tmp_path / "c10-budget")
+    assert not (tmp_path / "y").exists()
     # the same from `edloss compare`: carried picks exclude a grid of one's own
     assert cli_main(["compare", "--carry-picks", str(tmp_path / "c10-budget"), "--lr-grid", "0.5,2", "--losses", "ce",
                      "--out", str(tmp_path / "cli"), "--data-dir", str(tiny_config.data_dir), "--device", "cpu"]) == 2
     assert not (tmp_path / "cli").exists()
+
+
+def test_gaps_are_to_the_best_baseline_even_when_an_edl_arm_leads(tmp_path: Path) -> None:
+    rows, runs = [], []
+    for label, spec, accs in [("ce", "ce", (0.50, 0.52)), ("poly1", "poly1", (0.55, 0.56)),
+                              ("edl", "edl", (0.60, 0.61)), ("edl-gain2", "EDL:gain=2", (0.58, 0.57))]:
+        rows.append({"label": label, "spec": spec, "n": 2, "test_mean": 100 * sum(accs) / 2, "test_std": 1.0,
+                     "val_mean": 50.0, "lr_pick": 1.0, "lr": 0.1})
+        runs += [{"label": label, "seed": i, "status": "finished", "test_acc": a} for i, a in enumerate(accs)]
+    (tmp_path / "c10-budget").mkdir()
+    (tmp_path / "c10-budget" / "summary.json").write_text(json.dumps({"rows": rows, "runs": runs, "tuning": {"grid": [0.5, 1, 2]}}))
+    cells = {c["arm"]: c for c in R.collect_matrix(tmp_path)["cells"]}
+    assert cells["ce"]["best_baseline"] == "poly1"  # not edl, the best arm of the regime
+    assert cells["edl-gain2"]["best_baseline"] == "poly1" and cells["edl"]["best_baseline"] == "poly1"
+    assert cells["poly1"]["best_baseline"] == "ce"
+    assert cells["edl"]["gap_to_best_baseline"] == pytest.approx(60.5 - 55.5)
+    assert cells["edl"]["paired_wins"] == 2 and cells["edl"]["paired_n"] == 2
 
 
 def test_overview_has_a_row_per_regime_and_bolds_its_best() -> None:

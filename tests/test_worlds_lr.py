@@ -283,7 +283,7 @@ def test_every_pair_side_has_a_loss_and_the_gate_counts_only_pairs_above_seed_no
     assert gate["firm_counted"] == sum(counts(p, 2.0) for p in PAIRS[regime]) <= gate["counted"]
     assert gate["firm_right"] == gate["firm_counted"]
     flipped = pair_gate(regime, {k: -v for k, v in scores.items()})
-    assert flipped["agreement"] == 0.0
+    assert flipped["agreement"] == 0.0 and flipped["firm_right"] == 0 and flipped["firm_counted"] == gate["firm_counted"]
     assert pair_gate(regime, {})["counted"] == 0 and pair_gate(regime, {})["agreement"] is None
 
 

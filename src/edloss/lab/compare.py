@@ -24,7 +24,9 @@ when each seed's loss is an independent pretraining draw) and the Wilcoxon test 
 trains its tuning seeds at each multiplier of ``--lr``, picks on validation and runs its seeds at
 its pick, in ``OUT/<model>/<label>/lr<m>/seed<k>/``; the summary adds each arm's validation curve
 over the grid, its pick and its spread (``lr_curves.png``). A loss compared at one shared rate is
-credited with what the step size did.
+credited with what the step size did. ``--carry-picks DIR`` instead runs every arm's seeds at
+the pick it made in the tuned grid in DIR (same base rate, same loss under each label): a budget
+too long to sweep reuses a smaller budget's choice.
 
 ``--ray ADDRESS`` (or ``auto``) runs every unfinished run as a Ray task (``edloss.distributed``)
 declaring ``--threads`` CPUs (1 by default) and a GPU when the device is cuda (or ``auto`` on a
@@ -80,7 +82,7 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
     if carry_picks is not None:
         if lr_grid is not None or tune_seeds:
             raise ValueError("carried picks and a learning-rate grid exclude each other: the picks were made elsewhere")
-        tuned: tuning.Tuned | None = tuning.carried(Path(carry_picks), out_dir)
+        tuned: tuning.Tuned | None = tuning.carried(Path(carry_picks), out_dir, arms, recipe.lr)
         missing = tuned.missing(arms, models)
         if missing:
             raise ValueError(f"{tuned.source} has no learning-rate pick for {', '.join(missing)}: run those arms "
@@ -260,11 +262,17 @@ def rewrite_summary(recipe: TrainConfig, args: argparse.Namespace, out: Path, ve
     arms = parse_arms(losses)
     check_versus(versus, arms)
     check_grid(seeds, models)
-    tuned = (tuning.carried(Path(tuned_before["carried_from"]), out) if tuned_before.get("carried_from")
-             else tuning.settings(grid, tune_seeds, seeds, out))
+    if tuned_before.get("carried_from"):  # the picks as recorded, not re-read from a source that may have changed
+        if args.lr_grid is not None or args.tune_seeds or args.carry_picks:
+            raise ValueError(f"{out} ran at picks carried from {tuned_before['carried_from']}: --summary-only takes them "
+                             "from its summary; leave out --lr-grid, --tune-seeds and --carry-picks")
+        tuned: tuning.Tuned | None = tuning.from_tuning(tuned_before, out)
+    else:
+        tuned = tuning.settings(grid, tune_seeds, seeds, out)
     out = prepare_output_folder(out)
     with RunLock(out, "comparison grid"):
-        runs = (tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, out) if tuned
+        runs = (tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, out)
+                + tuning.test_runs(recipe, arms, models, seeds, tuned.chosen(arms, models), out) if tuned
                 else plan(recipe, arms, seeds, models, out))
         recipe = summary_recipe(recipe, runs)
         tuning_summary = tuned.summary(recipe, arms, models) if tuned else None

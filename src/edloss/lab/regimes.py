@@ -4,7 +4,9 @@ A loss chosen in one regime (CIFAR-10, 8k images, 8 epochs, one shared learning 
 there by what that regime rewards. The matrix asks the question again where it matters: little
 data trained to convergence, 100 classes, today's CPU budget and the full training set. Each
 regime is a tuned comparison (``edloss compare --lr-grid``): every arm, CE included, picks its
-learning rate from the same grid on validation and then runs its test seeds at its pick.
+learning rate from the same grid on validation and then runs its test seeds at its pick; a regime
+too long to sweep (``c10-full``) runs each arm at the pick it made in a calibration regime
+(``Regime.picks_from``).
 
 The regimes are split, before any choice is made, into **calibration** regimes (where losses
 are chosen) and **held-out** regimes (where the choice is only reported). ``edloss regimes``
@@ -26,7 +28,7 @@ from typing import Any
 from edloss.files import atomic_write_text, save_figure
 from edloss.lab.data import get_spec
 from edloss.lab.recipe import TrainConfig
-from edloss.lab.tuning import at_edge
+from edloss.lab.tuning import at_edge, carried
 
 ROLES = ("calibration", "held-out")
 DEFAULT_GRID = (0.5, 1.0, 2.0)
@@ -162,7 +164,7 @@ def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | N
     configs = {r.name: r.recipe(base) for r in regimes}
     for config in configs.values():
         config.validate()  # every regime's recipe is checked before the first one trains
-    check_carried(regimes, out, grid)
+    check_carried(regimes, out, grid, arms, configs)
     for regime in regimes:
         _say(progress, f"== regime {regime.name} ({regime.role}): {regime.about}")
         if regime.picks_from:
@@ -176,19 +178,30 @@ def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | N
     return write_matrix(out)
 
 
-def check_carried(regimes: list[Regime], out: Path, grid: list[float] | None) -> None:
+def check_carried(regimes: list[Regime], out: Path, grid: list[float] | None, arms: list[str] | None,
+                  configs: dict[str, TrainConfig]) -> None:
     """Before any work: a regime that takes its picks from another needs that regime's tuned grid
-    in ``out``, or earlier in this call; ``--lr-grid`` does not apply to it."""
+    in ``out`` with a pick for each of its arms, or that regime earlier in this call; ``--lr-grid``
+    does not apply to it. (A source run earlier in the call is checked when its turn comes.)"""
+    from edloss.lab.grid import parse_arms
+
     for i, regime in enumerate(regimes):
         if not regime.picks_from:
             continue
         if grid is not None:
             raise ValueError(f"{regime.name} runs each arm at its {regime.picks_from} pick; --lr-grid does not apply "
                              "to it (leave it out, or run the regime alone)")
-        earlier = any(r.name == regime.picks_from for r in regimes[:i])
-        if not earlier and not (out / regime.picks_from / "summary.json").is_file():
+        if any(r.name == regime.picks_from for r in regimes[:i]):
+            continue
+        if not (out / regime.picks_from / "summary.json").is_file():
             raise ValueError(f"{regime.name} takes each arm's learning rate from {regime.picks_from}, which has no "
                              f"records under {out}: run `edloss regimes {regime.picks_from}` there first")
+        regime_arms = parse_arms(list(arms or regime.arms))
+        missing = carried(out / regime.picks_from, out / regime.name, regime_arms,
+                          configs[regime.name].lr).missing(regime_arms, [regime.model])
+        if missing:
+            raise ValueError(f"{regime.name} takes each arm's learning rate from {regime.picks_from}, which has no pick "
+                             f"yet for {', '.join(missing)}: finish `edloss regimes {regime.picks_from}` first")
 
 
 def _say(progress: bool, message: str) -> None:
@@ -202,7 +215,12 @@ def _say(progress: bool, message: str) -> None:
 def is_baseline(spec: str) -> bool:
     """A hand-designed loss (CE, label smoothing, Poly-1, cosine, ...), not an EDL arm: the gap the
     issue's goal is about is an EDL loss against the best of these, not against another EDL candidate."""
-    return spec.split(":", 1)[0] != "edl"
+    from edloss.lab.losses import parse_loss_spec
+
+    try:
+        return parse_loss_spec(spec)[0] != "edl"
+    except ValueError:
+        return spec.split(":", 1)[0].strip().lower() != "edl"
 
 
 def collect_matrix(out: Path) -> dict[str, Any]:
@@ -223,6 +241,7 @@ def collect_matrix(out: Path) -> dict[str, Any]:
             cells.append({"regime": regime.name, "role": regime.role, "arm": row["label"], "spec": row["spec"],
                           "n": row["n"], "lr_pick": row.get("lr_pick"), "lr": row.get("lr"),
                           "lr_at_edge": row.get("lr_pick") is not None and at_edge(row["lr_pick"], grid),
+                          "picks_from": regime.picks_from,  # then pick and spread are that regime's
                           "spread": row.get("spread"), "test_mean": row["test_mean"], "test_std": row["test_std"],
                           "val_mean": row["val_mean"], "ece_mean": row.get("ece_mean"),
                           "ece_ts_mean": row.get("ece_ts_mean"), "nll_ts_mean": row.get("nll_ts_mean"),
@@ -264,7 +283,8 @@ def _paired_vs(summary: dict[str, Any], label: str, other: str | None) -> dict[s
 def render_matrix(matrix: dict[str, Any]) -> str:
     lines = ["# The regime matrix", "",
              "Every arm picked its peak learning rate on validation from the same grid of multipliers "
-             "(`edloss regimes`; each regime's `summary.md` has the curves). Test accuracy in percent, mean ± std "
+             "(`edloss regimes`; each regime's `summary.md` has the curves; `c10-full` runs each arm at its "
+             "`c10-budget` pick). Test accuracy in percent, mean ± std "
              "over the seeds at the pick; gap: to the best *baseline* (the best hand-designed arm other than itself, "
              "paired by seed, Wilcoxon p); ECE before and "
              "after temperature scaling fitted on validation. Calibration regimes choose what ships; held-out "
@@ -275,6 +295,8 @@ def render_matrix(matrix: dict[str, Any]) -> str:
                   "| ECE after TS (%) |", "|---|---|---|---|---|---|---|---|---|"]
         for c in (c for c in matrix["cells"] if c["regime"] == name):
             pick = "—" if c["lr_pick"] is None else f"{c['lr_pick']:g}× ({c['lr']:.3g})" + (" edge" if c.get("lr_at_edge") else "")
+            if c.get("picks_from") and c["lr_pick"] is not None:
+                pick += f", {c['picks_from']}'s"
             gap = "—" if c["gap_to_best_baseline"] is None else f"{c['gap_to_best_baseline']:+.2f} vs {c['best_baseline']}"
             paired = "—" if c.get("paired_n") is None else (
                 f"{c['paired_wins']}/{c['paired_n']} better"

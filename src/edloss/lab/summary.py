@@ -347,7 +347,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if tuned and tuned.get("carried_from"):
         lines += [f"**Tuned elsewhere**: every arm runs at the peak learning rate it picked, from the multipliers "
                   f"{', '.join(f'{m:g}' for m in tuned['grid'])} of {tuned['base_lr']:g}, on the validation of "
-                  f"`{tuned['carried_from']}` (a calibration grid); no rate was chosen here.", ""]
+                  f"`{tuned['carried_from']}`, where the picks were made; no rate was chosen here.", ""]
     elif tuned:
         lines += [f"**Tuned**: every arm picked its peak learning rate from the multipliers "
                   f"{', '.join(f'{m:g}' for m in tuned['grid'])} of {tuned['base_lr']:g} on validation "

@@ -213,22 +213,42 @@ class Carried(Tuned):
                 if self.fixed.get(model, {}).get(arm.label, {}).get("pick") is None]
 
 
-def carried(source: Path, out_dir: Path) -> Carried:
+def carried(source: Path, out_dir: Path, arms: list[Arm] | None = None, base_lr: float | None = None) -> Carried:
     """The picks of the tuned grid whose ``summary.json`` is ``source`` (its folder or the file), or a
-    one-line error when it is missing or was not tuned."""
+    one-line error when it is missing, was not tuned, ran an arm's label with another loss, or had
+    another base learning rate (a multiplier means nothing without the rate it multiplies)."""
     path = source / "summary.json" if source.is_dir() or not source.suffix else source
     if not path.is_file():
         raise ValueError(f"no tuned grid to take the learning-rate picks from: {path} is missing "
                          "(run that grid first)")
     try:
-        tuning = json.loads(path.read_text())["tuning"]
+        summary = json.loads(path.read_text())
+        tuning = summary["tuning"]
+        specs = {a["label"]: a["spec"] for a in summary.get("arms", [])}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} holds no tuned grid's picks ({type(exc).__name__}: {exc}); "
+                         "picks come from a grid run with --lr-grid") from None
+    if base_lr is not None and tuning.get("base_lr") is not None and not math.isclose(tuning["base_lr"], base_lr):
+        raise ValueError(f"{path} picked multipliers of lr {tuning['base_lr']:g}, this grid's lr is {base_lr:g}: "
+                         "carry picks only between grids of the same base rate")
+    for arm in arms or []:
+        if arm.label in specs and specs[arm.label] != arm.spec:
+            raise ValueError(f"arm {arm.label!r} is {arm.spec!r} here but {specs[arm.label]!r} in {path}: "
+                             "its pick belongs to another loss (give it another label)")
+    return from_tuning(tuning, out_dir, source=path.parent)
+
+
+def from_tuning(tuning: dict[str, Any], out_dir: Path, source: Path | None = None) -> Carried:
+    """A carried grid from a summary's ``tuning`` section (its picks as recorded, so rewriting a
+    summary does not read the source again, which may have moved or changed since)."""
+    try:
         fixed = {model: {label: {"curve": {float(m): v for m, v in entry["curve"].items()}, "pick": entry["pick"]}
                          for label, entry in entries.items()} for model, entries in tuning["picks"].items()}
         grid = [float(m) for m in tuning["grid"]]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path} holds no tuned grid's picks ({type(exc).__name__}: {exc}); "
+        raise ValueError(f"no tuned grid's picks ({type(exc).__name__}: {exc}); "
                          "picks come from a grid run with --lr-grid") from None
-    return Carried(grid, [], Path(out_dir), source=path.parent, fixed=fixed)
+    return Carried(grid, [], Path(out_dir), source=Path(source or tuning.get("carried_from", "")), fixed=fixed)
 
 
 def settings(lr_grid: list[float] | None, tune_seeds: list[int] | None, seeds: list[int], out_dir: Path) -> Tuned | None:

@@ -170,4 +170,4 @@ def pair_gate(regime: str, world_score: dict[str, float], key: str = "fitness") 
             "firm_counted": len(firm), "firm_right": sum(r["agrees"] for r in firm),
             "agreement": right / len(counted) if counted else None, "tuned": all(r["tuned"] for r in rows) if rows else None,
             "rule": f"counted: both sides >= {MIN_SEEDS} seeds and |CIFAR difference| > sqrt(std_a^2/n_a + std_b^2/n_b); "
-                    "right: the world's difference has the same sign"}
+                    "right: the world's difference has the same sign; firm: |CIFAR difference| > 2 x that noise"}
