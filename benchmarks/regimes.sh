@@ -24,7 +24,8 @@ NEAR=(edl-v3=edl:name=v3 edl-gain2=edl:gain=2 edl-gain0.5=edl:gain=0.5)
 # default trailed it, so both join the other calibration regimes. Rule fixed before their runs: a candidate
 # replaces the default if its worst calibration regime's validation gap to the best baseline (validation
 # means over the test seeds, each arm at its pick) beats the default's worst (-0.72, c10-limited-50) by
-# more than 0.1 points; of two that do, the larger worst gap. v3 is not a candidate: it is not monotone.
+# more than 0.1 points; of two that do, the larger worst gap (`python benchmarks/default_rule.py` applies it).
+# v3 is not a candidate: it is not monotone.
 CAND=(edl-gain2=edl:gain=2 edl-gain0.5=edl:gain=0.5)
 
 ROOT=$PWD
