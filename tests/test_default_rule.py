@@ -47,3 +47,7 @@ def test_gaps_are_validation_means_over_finished_seeds_against_the_best_baseline
     (tmp_path / "r" / "summary.json").write_text(json.dumps({"rows": rows}))
     gaps = rule.validation_gaps(tmp_path, ("edl", "edl-gain2", "edl-gain0.5"))
     assert gaps == {"edl": {"r": 1.0}, "edl-gain2": {"r": 8.0}, "edl-gain0.5": {"r": None}}
+    # a baseline still running (the weight-decay check's) could become the best: every gap waits for it
+    rows.append({"label": "ce-gain0.5", "spec": "ce:gain=0.5", "n": 1, "val_mean": 70.0})
+    (tmp_path / "r" / "summary.json").write_text(json.dumps({"rows": rows}))
+    assert rule.validation_gaps(tmp_path, ("edl",)) == {"edl": {"r": None}}
