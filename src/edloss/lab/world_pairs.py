@@ -74,6 +74,9 @@ STUDENTS = FIG + "students/cifar/"
 REGIMES = FIG + "regimes/"  # issue 33's matrix: tuned numbers
 LIMITED = REGIMES + "c10-limited-50"
 V4_LIMITED = Side("edl-v4", "edl", 39.12, 1.42, 5, LIMITED)
+BUDGET = REGIMES + "c10-budget"
+V4_BUDGET = Side("edl-v4", "edl", 61.59, 1.51, 3, BUDGET)
+V4_C100 = Side("edl-v4", "edl", 25.60, 2.38, 3, REGIMES + "c100-budget")
 
 PAIRS: dict[str, list[Pair]] = {
     "clean": [
@@ -91,6 +94,9 @@ PAIRS: dict[str, list[Pair]] = {
         Pair("version", Side("edl-v3", "edl:name=v3", 40.08, 1.58, 5, LIMITED), V4_LIMITED, tuned=True),
         Pair("gain", Side("edl-v4 gain 2", "edl:gain=2", 39.98, 1.20, 5, LIMITED), V4_LIMITED, tuned=True),
         Pair("gain", Side("edl-v4 gain 0.5", "edl:gain=0.5", 40.15, 0.63, 5, LIMITED), V4_LIMITED, tuned=True),
+        # the same gains on c10-budget (8,000 images, 8 epochs), 3 seeds each at its pick: the default leads both there
+        Pair("gain", Side("edl-v4 gain 2", "edl:gain=2", 60.60, 0.66, 3, BUDGET), V4_BUDGET, tuned=True),
+        Pair("gain", Side("edl-v4 gain 0.5", "edl:gain=0.5", 60.91, 0.33, 3, BUDGET), V4_BUDGET, tuned=True),
     ],
     "noise-0.4": [
         Pair("evolved vs start", Side("edl-students-noise", "edl:{panel}/students-noise-0.4", 34.82, 1.11, 3, STUDENTS + "noise-0.4-students"), N04_K10),
@@ -115,8 +121,9 @@ PAIRS: dict[str, list[Pair]] = {
                                       FIG + "longtail/cifar10-rho100-students-hard"), LT_PRIOR),
     ],
     "clean-k100": [  # tuned: the regime matrix's c100-budget (CIFAR-100, 20,000 images, 5 epochs), each arm at its pick
-        Pair("objective", Side("edl-k100", "edl:{panel}/edl-k100", 25.78, 1.16, 3, REGIMES + "c100-budget"),
-             Side("edl-v4", "edl", 25.60, 2.38, 3, REGIMES + "c100-budget"), tuned=True),
+        Pair("objective", Side("edl-k100", "edl:{panel}/edl-k100", 25.78, 1.16, 3, REGIMES + "c100-budget"), V4_C100, tuned=True),
+        Pair("gain", Side("edl-v4 gain 2", "edl:gain=2", 24.66, 0.55, 3, REGIMES + "c100-budget"), V4_C100, tuned=True),
+        Pair("gain", Side("edl-v4 gain 0.5", "edl:gain=0.5", 26.22, 1.34, 3, REGIMES + "c100-budget"), V4_C100, tuned=True),
     ],
     "longtail-100-k100": [
         Pair("evolved vs start", Side("edl-students-lt", "edl:checkpoint={panel}/students-longtail-100,prior_aware=true", 12.12, 0.59, 3,
