@@ -38,6 +38,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--seeds": ["-1", "0 0", str(2**32)], "--models": ["resnet9999", "resnet8 resnet8"],
         "--out": ["{file}", "{file}/under"], "--ray": ["not-an-address"],
         "--lr-grid": ["0,1", "1", "1,1", "nan,2", "-1,2"], "--tune-seeds": ["-1", "0 0"],
+        "--carry-picks": ["{missing}", "{file}", "{folder}"],
     }),
     "pretrain": (["--out", "{out}", "--generations", "2", "--population", "6", "--classes", "2,8", "--quiet",
                   "--threads", "1"], {
