@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -63,6 +64,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs/figures/regimes"))
     parser.add_argument("--margin", type=float, default=0.1)
     args = parser.parse_args()
+    if not math.isfinite(args.margin) or args.margin < 0:
+        parser.error(f"--margin must be a finite number >= 0 (points of validation accuracy), got {args.margin}")
+    missing = [r.name for r in REGIMES.values() if r.role == "calibration" and not (Path(args.out) / r.name / "summary.json").is_file()]
+    if missing:
+        parser.error(f"no records of {', '.join(missing)} under {args.out}: run `edloss regimes calibration --out {args.out}` first")
     gaps = validation_gaps(Path(args.out), (DEFAULT, *CANDIDATES))
     result = verdict(gaps, args.margin)
     rows = [{"arm": arm, **{r: ("—" if g is None else f"{g:+.2f}") for r, g in by.items()},

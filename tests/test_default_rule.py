@@ -51,3 +51,12 @@ def test_gaps_are_validation_means_over_finished_seeds_against_the_best_baseline
     rows.append({"label": "ce-gain0.5", "spec": "ce:gain=0.5", "n": 1, "val_mean": 70.0})
     (tmp_path / "r" / "summary.json").write_text(json.dumps({"rows": rows}))
     assert rule.validation_gaps(tmp_path, ("edl",)) == {"edl": {"r": None}}
+
+
+def test_carried_picks_from_a_summary_without_a_tuning_mapping_are_one_line_errors(tmp_path: Path) -> None:
+    from edloss.lab.tuning import carried
+
+    for text in ('{"tuning": null}', '{"tuning": []}', "{}", "not json"):
+        (tmp_path / "summary.json").write_text(text)
+        with pytest.raises(ValueError, match="holds no tuned grid's picks"):
+            carried(tmp_path, tmp_path / "out")

@@ -167,13 +167,10 @@ def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | N
     check_carried(regimes, out, grid, arms, configs)
     for regime in regimes:
         _say(progress, f"== regime {regime.name} ({regime.role}): {regime.about}")
-        if regime.picks_from:
-            compare(configs[regime.name], list(arms or regime.arms), list(regime.seeds), out / regime.name,
-                    progress=progress, threads=threads, carry_picks=out / regime.picks_from)
-        else:
-            compare(configs[regime.name], list(arms or regime.arms), list(regime.seeds), out / regime.name,
-                    progress=progress, threads=threads, lr_grid=list(grid or regime.grid),
-                    tune_seeds=list(regime.tune_seeds))
+        rates: dict[str, Any] = ({"carry_picks": out / regime.picks_from} if regime.picks_from
+                                 else {"lr_grid": list(grid or regime.grid), "tune_seeds": list(regime.tune_seeds)})
+        compare(configs[regime.name], list(arms or regime.arms), list(regime.seeds), out / regime.name,
+                progress=progress, threads=threads, **rates)
         write_matrix(out)
     return write_matrix(out)
 

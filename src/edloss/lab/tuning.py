@@ -224,8 +224,10 @@ def carried(source: Path, out_dir: Path, arms: list[Arm] | None = None, base_lr:
     try:
         summary = json.loads(path.read_text())
         tuning = summary["tuning"]
+        if not isinstance(tuning, dict):
+            raise TypeError("its tuning section is not a mapping")
         specs = {a["label"]: a["spec"] for a in summary.get("arms", [])}
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} holds no tuned grid's picks ({type(exc).__name__}: {exc}); "
                          "picks come from a grid run with --lr-grid") from None
     if base_lr is not None and tuning.get("base_lr") is not None and not math.isclose(tuning["base_lr"], base_lr):
