@@ -21,6 +21,7 @@ is compared only within one device: they go to their own ``--out`` folder.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,12 +33,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu_cifar import find_data, npz_to_pickle_layout  # noqa: E402
 
 TINY = ["--per-class", "2", "--steps", "2", "--arms", "ce"]  # the smoke test's override of every regime
-# the CIFAR-100 regimes add the K = 100 candidate (edl-k100, not shipped) to the default arms, under the spec
-# its CPU runs used, as benchmarks/regimes.sh B does, so the GPU matrix has the same arms
-K100_ARM = "edl-k100=edl:docs/figures/regimes/candidates/edl-k100"
-# the default candidates of session 20 (the default at gain 2 and 0.5) in the calibration regimes, as regimes.sh
-# adds them (its job A also runs v3 on c10-limited-50, as a near pair, not a candidate)
-CANDIDATE_ARMS = ("edl-gain2=edl:gain=2", "edl-gain0.5=edl:gain=0.5")
+# candidates whose weights do not ship (edl-k100) live in the CPU matrix's folder; a regime's arm names them as
+# ``{out}/candidates/NAME``, so the GPU matrix gets a copy beside its own records and runs the same arms
+CANDIDATES = ROOT / "docs" / "figures" / "regimes" / "candidates"
 
 
 def data_folder(c10: str | None, c100: str | None, scratch: Path, workers: int, need_c100: bool) -> Path:
@@ -55,13 +53,9 @@ def data_folder(c10: str | None, c100: str | None, scratch: Path, workers: int, 
 
 
 def command(regime: str, data: Path, out: Path, device: str, tiny: bool) -> list[str]:
-    from edloss.lab.regimes import DEFAULT_ARMS, REGIMES
-
-    candidates = list(CANDIDATE_ARMS) if REGIMES[regime].role == "calibration" else []
-    k100 = [K100_ARM] if regime.startswith("c100") else []
-    arms = ["--arms", *DEFAULT_ARMS, *k100, *candidates] if k100 or candidates else []
+    """One regime as ``edloss regimes`` runs it on the CPU: the regime's own arms (``Regime.arms``)."""
     return [sys.executable, "-m", "edloss", "regimes", regime, "--out", str(out), "--data-dir", str(data),
-            "--device", device, "--quiet", *arms, *(TINY if tiny else [])]
+            "--device", device, "--quiet", *(TINY if tiny else [])]
 
 
 def run_all(regimes: list[str], data: Path, out: Path, device: str, parallel: int, budget: float,
@@ -123,6 +117,8 @@ def main() -> int:
         parser.error("--parallel must be >= 1 and --budget > 0")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if CANDIDATES.is_dir() and not (out / "candidates").exists():
+        shutil.copytree(CANDIDATES, out / "candidates")
     with tempfile.TemporaryDirectory() as scratch:
         data = data_folder(args.data, args.data100, Path(scratch), args.workers,
                            any(r.dataset == "cifar100" for r in regimes))

@@ -86,7 +86,7 @@ def test_a_held_out_regime_runs_each_arm_at_the_pick_it_made_in_its_calibration_
         R.run([held], tmp_path, base, ["ce"], None, progress=False)
     R.run([source], tmp_path, base, ["ce", "poly1"], [0.5, 2.0], progress=False)
     picks = json.loads((tmp_path / "c10-budget" / "summary.json").read_text())["tuning"]["picks"]["resnet20"]
-    with pytest.raises(ValueError, match="has no pick yet for resnet20/edl"):  # up front, before any regime runs
+    with pytest.raises(ValueError, match="no learning-rate pick for resnet20/edl: c10-full takes its rates from there; finish `edloss regimes c10-budget`"):  # up front, before any regime runs
         R.run([held], tmp_path, base, ["ce", "edl"], None, progress=False)
     with pytest.raises(ValueError, match="no learning-rate pick for resnet20/edl"):  # compare's own check
         compare(held.recipe(base), ["ce", "edl"], [0], tmp_path / "c10-full", progress=False, carry_picks=tmp_path / "c10-budget")
@@ -165,3 +165,18 @@ def test_the_long_regimes_compile_their_model_and_no_compile_turns_it_off(tmp_pa
     (tmp_path / "matrix.md").write_text("")
     assert cli_main(["regimes", "c10-full", "--no-compile", "--out", str(tmp_path), "--quiet"]) == 0
     assert seen["compile"] == [False]
+
+
+def test_each_regime_carries_its_arms_and_names_candidates_in_the_matrix_folder(tmp_path: Path) -> None:
+    """`edloss regimes` alone reproduces the matrix: a regime's arms (the record's candidates and
+    checks included) parse, and a candidate that does not ship is read from OUT/candidates."""
+    from edloss.lab.grid import parse_arms
+
+    for regime in R.REGIMES.values():
+        arms = R.arms_for(regime, tmp_path)
+        labels = [a.label for a in parse_arms(arms)]
+        assert len(set(labels)) == len(labels) and "{out}" not in " ".join(arms)
+    c100 = R.arms_for(R.REGIMES["c100-budget"], Path("docs/figures/regimes"))
+    assert "edl-k100=edl:docs/figures/regimes/candidates/edl-k100" in c100  # as its CPU records name it
+    assert R.arms_for(R.REGIMES["c100-budget"], tmp_path, ["ce"]) == ["ce"]  # --arms replaces them
+    assert {"ce-gain0.5", "poly1-gain0.5"} <= {a.split("=")[0] for a in R.REGIMES["c10-budget"].arms}

@@ -83,10 +83,7 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
         if lr_grid is not None or tune_seeds:
             raise ValueError("carried picks and a learning-rate grid exclude each other: the picks were made elsewhere")
         tuned: tuning.Tuned | None = tuning.carried(Path(carry_picks), out_dir, arms, recipe.lr)
-        missing = tuned.missing(arms, models)
-        if missing:
-            raise ValueError(f"{tuned.source} has no learning-rate pick for {', '.join(missing)}: run those arms "
-                             "there first, or leave them out")
+        tuned.require_picks(arms, models, "run those arms there first, or leave them out")
     else:
         tuned = tuning.settings(lr_grid, tune_seeds, list(seeds), out_dir)
     _check_arms(arms, list(seeds) + (tuned.tune_seeds if tuned else []))  # first: a missing EDL checkpoint is named

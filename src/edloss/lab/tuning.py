@@ -207,10 +207,12 @@ class Carried(Tuned):
     def summary(self, recipe: TrainConfig, arms: list[Arm], models: list[str]) -> dict[str, Any]:
         return {**super().summary(recipe, arms, models), "carried_from": str(self.source)}
 
-    def missing(self, arms: list[Arm], models: list[str]) -> list[str]:
-        """``model/label`` of the arms the source grid has no pick for."""
-        return [f"{model}/{arm.label}" for model in models for arm in arms
-                if self.fixed.get(model, {}).get(arm.label, {}).get("pick") is None]
+    def require_picks(self, arms: list[Arm], models: list[str], remedy: str) -> None:
+        """Refuse, naming each ``model/label`` and ``remedy``, when the source grid has no pick for an arm."""
+        missing = [f"{model}/{arm.label}" for model in models for arm in arms
+                   if self.fixed.get(model, {}).get(arm.label, {}).get("pick") is None]
+        if missing:
+            raise ValueError(f"{self.source} has no learning-rate pick for {', '.join(missing)}: {remedy}")
 
 
 def carried(source: Path, out_dir: Path, arms: list[Arm] | None = None, base_lr: float | None = None) -> Carried:
