@@ -2,15 +2,15 @@
 
     python benchmarks/default_rule.py [--out docs/figures/regimes] [--margin 0.1]
 
-Rule (session 20, written in ``benchmarks/regimes.sh`` before the candidates' runs): for each EDL
+Rule (session 20, written in ``benchmarks/regimes.sh``, now ``src/edloss/lab/regimes.py``, before the candidates' runs): for each EDL
 arm and each calibration regime, the *validation* gap to the best baseline (validation accuracy
 means over the regime's test seeds, each arm at its own pick; a baseline is a hand-designed arm);
 an arm's score is its worst gap over the calibration regimes. A candidate replaces the default
 (``edl``) only if its score beats the default's by more than ``--margin`` points; of several, the
 largest score. The test set plays no part. Prints the table and writes
 ``benchmarks/results/default_rule.json``; the verdict is "pending" until every arm has every
-calibration regime's seeds, baselines included (the weight-decay check adds baselines at gain 0.5:
-``benchmarks/regimes.sh``).
+calibration regime's seeds, baselines included: every baseline of the regime's arms (``Regime.arms``; the
+weight-decay check adds baselines at gain 0.5), not only those its summary lists so far.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table, write_results  # noqa: E402
 
-from edloss.lab.regimes import REGIMES, is_baseline  # noqa: E402
+from edloss.lab.grid import parse_arms  # noqa: E402
+from edloss.lab.regimes import REGIMES, arms_for, is_baseline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = "edl"
@@ -39,8 +40,11 @@ def validation_gaps(out: Path, arms: tuple[str, ...]) -> dict[str, dict[str, flo
         rows = {r["label"]: r for r in summary["rows"]}
         done = {label: r for label, r in rows.items() if r.get("n") == len(regime.seeds) and r.get("val_mean") is not None}
         baselines = [r["val_mean"] for r in done.values() if is_baseline(r["spec"])]
-        # a baseline still running could become the best one: no gap is final until every baseline is
-        pending = any(is_baseline(r["spec"]) and label not in done for label, r in rows.items())
+        # a baseline still running, or not started (the regime's arms, not only those its summary lists yet),
+        # could become the best one: no gap is final until every baseline is
+        expected = {arm.label: arm.spec for arm in parse_arms(arms_for(regime, out))}
+        expected.update({label: r["spec"] for label, r in rows.items()})
+        pending = any(is_baseline(spec) and label not in done for label, spec in expected.items())
         for arm in arms:
             row = done.get(arm)
             gaps[arm][regime.name] = None if row is None or not baselines or pending else row["val_mean"] - max(baselines)

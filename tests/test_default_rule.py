@@ -37,7 +37,8 @@ def test_a_candidate_ships_only_if_its_worst_gap_beats_the_defaults_by_the_margi
 def test_gaps_are_validation_means_over_finished_seeds_against_the_best_baseline(rule, tmp_path: Path, monkeypatch) -> None:
     from edloss.lab.regimes import Regime
 
-    monkeypatch.setattr(rule, "REGIMES", {"r": Regime("r", "calibration", "tiny", seeds=(0, 1)),
+    arms = ("ce", "poly1", "edl", "edl-gain2=edl:gain=2", "edl-gain0.5=edl:gain=0.5")
+    monkeypatch.setattr(rule, "REGIMES", {"r": Regime("r", "calibration", "tiny", seeds=(0, 1), arms=arms),
                                           "h": Regime("h", "held-out", "tiny")})
     rows = [{"label": "ce", "spec": "ce", "n": 2, "val_mean": 50.0}, {"label": "poly1", "spec": "poly1", "n": 2, "val_mean": 52.0},
             {"label": "edl", "spec": "edl", "n": 2, "val_mean": 53.0},
@@ -50,6 +51,12 @@ def test_gaps_are_validation_means_over_finished_seeds_against_the_best_baseline
     # a baseline still running (the weight-decay check's) could become the best: every gap waits for it
     rows.append({"label": "ce-gain0.5", "spec": "ce:gain=0.5", "n": 1, "val_mean": 70.0})
     (tmp_path / "r" / "summary.json").write_text(json.dumps({"rows": rows}))
+    assert rule.validation_gaps(tmp_path, ("edl",)) == {"edl": {"r": None}}
+    # so does a baseline the regime runs that its summary does not list yet (added after its last call)
+    rows[-1]["n"] = 2
+    (tmp_path / "r" / "summary.json").write_text(json.dumps({"rows": rows}))
+    assert rule.validation_gaps(tmp_path, ("edl",)) == {"edl": {"r": 53.0 - 70.0}}
+    monkeypatch.setattr(rule, "REGIMES", {"r": Regime("r", "calibration", "tiny", seeds=(0, 1), arms=arms + ("ls=label_smoothing:0.1",))})
     assert rule.validation_gaps(tmp_path, ("edl",)) == {"edl": {"r": None}}
 
 
