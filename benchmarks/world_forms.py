@@ -44,6 +44,7 @@ from edloss.students import PRESETS, WorldConfig, reference_results, sample_task
 
 ROOT = Path(__file__).resolve().parents[1]
 MATRIX = ROOT / "docs/figures/regimes"
+PREVIOUS = ROOT / "benchmarks/results/world_forms.json"  # the last run: its world scores and the regimes not rerun
 # each CIFAR regime's stand-in world: little data memorised, today's under-trained budget, K = 100
 WORLD_FOR = {"c10-limited-50": "gaussian-small-data", "c10-limited-250": "gaussian-small-data",
              "c10-budget": "gaussian-default", "c10-full": "gaussian-long",
@@ -118,7 +119,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     rows, detail = [], {}
-    stored = previous_detail(args.draws) if args.reuse_world else {}
+    previous = json.loads(PREVIOUS.read_text()) if PREVIOUS.is_file() else {}  # read once: reuse, then keep
+    stored = previous_detail(previous, args.draws) if args.reuse_world else {}
     for regime in args.regimes:
         arms = cifar_side(regime)
         base = replace(WorldConfig(), **PRESETS[WORLD_FOR[regime]])
@@ -138,21 +140,17 @@ def main() -> None:
             print_table(rows[-1:], list(rows[-1]))
             print("   world:", "  ".join(f"{k} {v:+.2f}" for k, v in scores.items()), "| cifar:",
                   "  ".join(f"{a['arm']} {a['cifar']:.2f}" for a in arms), flush=True)
-    rows, detail = keep_other_regimes(rows, detail, args.regimes)
+    rows, detail = keep_other_regimes(previous, rows, detail, args.regimes)
     print()
     print_table(rows, list(rows[0]))
     print(f"wrote {write_results('world_forms', {'rows': rows, 'detail': detail, 'draws': args.draws, 'forms': FORMS, 'world_for': WORLD_FOR, 'presets': PRESETS, 'reused_world_scores': args.reuse_world})}")
 
 
-def previous_detail(draws: int) -> dict[str, dict[str, tuple[str | None, float]]]:
-    """The previous run's world scores per "regime/form" (arm -> (spec, score)), when it used the same
+def previous_detail(old: dict, draws: int) -> dict[str, dict[str, tuple[str | None, float]]]:
+    """The previous run's (``old``) world scores per "regime/form" (arm -> (spec, score)), when it used the same
     draws, forms, stand-in worlds and presets: a world score depends only on the loss, the world and
     the draws, so it can be reused when only the CIFAR side changed. Not detected: a loss whose spec
     stayed while its weights changed (a new shipped default): rerun without --reuse-world then."""
-    previous = ROOT / "benchmarks/results/world_forms.json"
-    if not previous.is_file():
-        return {}
-    old = json.loads(previous.read_text())
     same = (old.get("draws") == draws and old.get("forms") == json.loads(json.dumps(FORMS))
             and old.get("world_for") == WORLD_FOR and old.get("presets") == json.loads(json.dumps(PRESETS)))
     if not same:  # another world: every score is made anew
@@ -161,13 +159,9 @@ def previous_detail(draws: int) -> dict[str, dict[str, tuple[str | None, float]]
             for key, value in old.get("detail", {}).items()}
 
 
-def keep_other_regimes(rows: list[dict], detail: dict, rerun: list[str]) -> tuple[list[dict], dict]:
-    """The previous results of the regimes not rerun this time, kept beside the new ones: rerunning one
-    regime as its seeds finish does not erase the others."""
-    previous = ROOT / "benchmarks/results/world_forms.json"
-    if not previous.is_file():
-        return rows, detail
-    old = json.loads(previous.read_text())
+def keep_other_regimes(old: dict, rows: list[dict], detail: dict, rerun: list[str]) -> tuple[list[dict], dict]:
+    """The previous results (``old``) of the regimes not rerun this time, kept beside the new ones:
+    rerunning one regime as its seeds finish does not erase the others."""
     kept = [r for r in old.get("rows", []) if r["regime"] not in rerun]
     kept_detail = {k: v for k, v in old.get("detail", {}).items() if k.split("/")[0] not in rerun}
     return kept + rows, {**kept_detail, **detail}
