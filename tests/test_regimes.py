@@ -180,3 +180,10 @@ def test_each_regime_carries_its_arms_and_names_candidates_in_the_matrix_folder(
     assert "edl-k100=edl:docs/figures/regimes/candidates/edl-k100" in c100  # as its CPU records name it
     assert R.arms_for(R.REGIMES["c100-budget"], tmp_path, ["ce"]) == ["ce"]  # --arms replaces them
     assert {"ce-gain0.5", "poly1-gain0.5"} <= {a.split("=")[0] for a in R.REGIMES["c10-budget"].arms}
+    from edloss.lab.grid import _check_arms
+
+    for regime in R.REGIMES.values():  # every panel loss a regime names ships with the lab
+        panel_arms = [a for a in parse_arms(R.arms_for(regime, tmp_path)) if str(R.PANEL_DIR.name) in a.spec]
+        _check_arms(panel_arms, [0])
+    noise = R.arms_for(R.REGIMES["c10-noise-0.4"], tmp_path)
+    assert any(a.startswith("edl-students-noise=edl:") and a.endswith("panel/students-noise-0.4-long") for a in noise)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +40,10 @@ DEFAULT_ARMS = ("ce", "ls=label_smoothing:0.1", "poly1", "cosine", "edl")
 K100_CANDIDATE = ("edl-k100=edl:{out}/candidates/edl-k100",)  # pretrained at K = 100 (issue 34), not shipped
 # Near pairs for the students worlds' second gate (issue 34): v3 and the default times 2 and 0.5, each at its pick.
 NEAR_ARMS = ("edl-v3=edl:name=v3", "edl-gain2=edl:gain=2", "edl-gain0.5=edl:gain=0.5")
+# Near pairs at eta = 0.4 (session 21, before the regime's runs): the eta = 0.4 students world passed both of
+# issue 34's gates on untuned records; these put its two untuned near pairs on the tuned protocol: the loss made
+# for every K against the K = 10 one (a shape pair), and the world's evolved loss against its start. Reported only.
+NOISE_NEAR_ARMS = ("edl-noise-anyk=edl:noise_rate=0.4", "edl-students-noise=edl:{panel}/students-noise-0.4-long")
 # Default candidates (session 20): the default at gain 2 and 0.5 tied Poly-1 on c10-limited-50 where the default
 # trailed it. The rule, fixed before their runs (benchmarks/default_rule.py applies it): a candidate replaces the
 # default if its worst calibration regime's validation gap to the best baseline beats the default's worst (-0.72)
@@ -130,7 +135,7 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
     # the noise and long-tail verdicts, tuned: do they survive when every baseline may pick its rate?
     Regime("c10-noise-0.4", "held-out", "CIFAR-10, 40% symmetric label noise, 3,000 images, 15 epochs, no augmentation",
            per_class=300, epochs=15, val_size=1000, augment=False, label_noise=0.4,
-           arms=("ce", "poly1", "gce", "sce", "edl-noise=edl:noise_rate=0.4,num_classes=10")),
+           arms=("ce", "poly1", "gce", "sce", "edl-noise=edl:noise_rate=0.4,num_classes=10") + NOISE_NEAR_ARMS),
     Regime("c10-lt-100", "held-out", "CIFAR-10-LT, imbalance 100, ResNet-32, 5 epochs",
            model="resnet32", epochs=5, imbalance=100.0,
            arms=("ce", "logit_adjusted", "balanced_softmax", "cb_ce", "edl-lt=edl:name=longtail-k10,prior_aware=true")),
@@ -195,10 +200,15 @@ def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | N
     return write_matrix(out)
 
 
+PANEL_DIR = Path(__file__).with_name("panel")  # the lab's losses that no longer ship (as ``edloss world-check``'s)
+
+
 def arms_for(regime: Regime, out: Path, arms: list[str] | None = None) -> list[str]:
     """The arms ``regime`` runs (``arms``, else its own), with ``{out}`` naming the matrix folder,
-    where candidates that do not ship keep their weights."""
-    return [arm.replace("{out}", str(out)) for arm in (arms or regime.arms)]
+    where candidates that do not ship keep their weights, and ``{panel}`` the lab's panel folder
+    (relative to the working directory when under it, so records made in a checkout name no machine)."""
+    panel = Path(os.path.relpath(PANEL_DIR)) if PANEL_DIR.is_relative_to(Path.cwd()) else PANEL_DIR
+    return [arm.replace("{out}", str(out)).replace("{panel}", str(panel)) for arm in (arms or regime.arms)]
 
 
 def check_carried(regimes: list[Regime], out: Path, grid: list[float] | None, arms_of: dict[str, list[str]],
