@@ -40,7 +40,7 @@ DEFAULT_ARMS = ("ce", "ls=label_smoothing:0.1", "poly1", "cosine", "edl")
 K100_CANDIDATE = ("edl-k100=edl:{out}/candidates/edl-k100",)  # pretrained at K = 100 (issue 34), not shipped
 # Near pairs for the students worlds' second gate (issue 34): v3 and the default times 2 and 0.5, each at its pick.
 NEAR_ARMS = ("edl-v3=edl:name=v3", "edl-gain2=edl:gain=2", "edl-gain0.5=edl:gain=0.5")
-# Near pairs at eta = 0.4 (session 21, before the regime's runs): the eta = 0.4 students world passed both of
+# Near pairs at eta = 0.4 (session 21, after the regime's first five tuning runs, one rate an arm, unread): the eta = 0.4 students world passed both of
 # issue 34's gates on untuned records; these put its two untuned near pairs on the tuned protocol: the loss made
 # for every K against the K = 10 one (a shape pair), and the world's evolved loss against its start. Reported only.
 NOISE_NEAR_ARMS = ("edl-noise-anyk=edl:noise_rate=0.4", "edl-students-noise=edl:{panel}/students-noise-0.4-long")
