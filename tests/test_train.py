@@ -251,7 +251,7 @@ def test_label_noise_changes_training_labels_only_and_is_saved(tiny_config: Trai
 def test_best_validation_epoch_weights_are_tested(tiny_config: TrainConfig, tmp_path: Path) -> None:
     """best_val_test_acc is the test accuracy of the weights after the best validation epoch:
     checked against each epoch's checkpoint, tested by hand (resuming reproduces the run)."""
-    from edloss.lab.train import _build, evaluate
+    from edloss.lab.train import _build, autocast_on, evaluate
 
     config = replace(tiny_config, epochs=4, lr=0.5)
     result = train(config, tmp_path / "straight", progress=False)
@@ -260,7 +260,7 @@ def test_best_validation_epoch_weights_are_tested(tiny_config: TrainConfig, tmp_
         train(config, tmp_path / "sliced", progress=False, stop_after=1)
         run = _build(config)
         run.model.load_state_dict(torch.load(tmp_path / "sliced" / CHECKPOINT, weights_only=True)["model"])
-        per_epoch.append(evaluate(run.forward, run.test_loader, config.amp))
+        per_epoch.append(evaluate(run.forward, run.test_loader, autocast_on(config, run.device)))
     resumed = train(config, tmp_path / "sliced", progress=False)
     per_epoch.append((result["test_nll"], result["test_acc"]))
     best = result["best_val_epoch"]
@@ -281,3 +281,24 @@ def test_runs_of_older_versions_still_count_as_finished(tiny_config: TrainConfig
     assert train(tiny_config, tmp_path, progress=False)["wall_seconds"] == result["wall_seconds"]
     with pytest.raises(ValueError, match="label_noise"):  # a real difference is still refused
         train(replace(tiny_config, label_noise=0.5), tmp_path, progress=False)
+
+
+def test_cpu_bf16_autocast_is_a_recorded_choice_that_changes_the_numbers(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    """``cpu_amp`` trains under bf16 autocast on the CPU (the loss still gets float32 logits); the
+    choice is part of the config, so a float32 run does not resume as a bf16 one, and runs saved
+    before the field existed resume as float32."""
+    from edloss.lab.recipe import autocast_on
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not autocast_on(tiny_config, cpu) and autocast_on(replace(tiny_config, cpu_amp=True), cpu)
+    assert autocast_on(tiny_config, cuda) and not autocast_on(replace(tiny_config, amp=False, cpu_amp=True), cuda)
+    bf16 = train(replace(tiny_config, cpu_amp=True), tmp_path / "bf16", progress=False)
+    fp32 = train(tiny_config, tmp_path / "fp32", progress=False)
+    assert bf16["config"]["cpu_amp"] is True and fp32["config"]["cpu_amp"] is False
+    assert math.isfinite(bf16["test_acc"]) and _without_seconds(_epochs(tmp_path / "bf16")) != _without_seconds(_epochs(tmp_path / "fp32"))
+    with pytest.raises(ValueError, match="cpu_amp: False in the saved run, True now"):
+        train(replace(tiny_config, cpu_amp=True, epochs=tiny_config.epochs + 1), tmp_path / "fp32", progress=False)
+    saved = json.loads((tmp_path / "fp32" / RESULT).read_text())
+    del saved["config"]["cpu_amp"]  # a run of an older version
+    (tmp_path / "fp32" / RESULT).write_text(json.dumps(saved))
+    assert train(tiny_config, tmp_path / "fp32", progress=False)["status"] == "finished"

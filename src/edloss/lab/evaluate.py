@@ -16,13 +16,14 @@ from edloss.lab.data import BatchLoader
 
 
 def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on ``device`` when ``enabled`` (``recipe.autocast_on`` decides, per device)."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True, calibration: bool = False,
+def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = False, calibration: bool = False,
              adjust: torch.Tensor | None = None,
              keep_logits: bool = False) -> tuple[float, float] | tuple[float, float, dict[str, Any]]:
     """Mean cross-entropy (the NLL) and accuracy over a loader (whatever loss the model trained

@@ -82,6 +82,9 @@ class Regime:
     # torch.compile the model, for every arm alike: the long regimes' ResNet-20 steps ran 1.29x faster on one
     # CPU thread (0.564 vs 0.726 s at batch 128, after a ~40 s compile); set before any of their runs started
     compile: bool = False
+    # bf16 autocast on the CPU (TrainConfig.cpu_amp), for every arm alike: compiled ResNet-20 steps ran 1.6-1.8x faster
+    # on one thread (benchmarks/bench_cpu_amp.py); set in session 21 for the regimes with no finished run
+    cpu_amp: bool = False
     # a held-out regime too long to sweep runs every arm at the pick it made in this calibration regime
     picks_from: str | None = None
 
@@ -103,7 +106,8 @@ class Regime:
         return replace(base, dataset=self.dataset, model=self.model, train_subset=subset,
                        balanced_subset=subset is not None, val_size=self.val_size, val_every=self.val_every,
                        epochs=self.epochs_for(base.batch_size), augment=self.augment, label_noise=self.label_noise,
-                       imbalance=self.imbalance, compile=self.compile or base.compile)
+                       imbalance=self.imbalance, compile=self.compile or base.compile,
+                       cpu_amp=self.cpu_amp or base.cpu_amp)
 
 
 REGIMES: dict[str, Regime] = {r.name: r for r in (
@@ -119,7 +123,7 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
            arms=DEFAULT_ARMS + K100_CANDIDATE + CANDIDATE_ARMS + WD_CHECK_K100,
            grid=(0.5, 1.0, 2.0, 4.0)),  # widened: CE picked 2x, the edge, on validation (train acc 23%: under-trained)
     Regime("c10-limited-250", "held-out", "CIFAR-10, 250 images per class, trained to convergence",
-           per_class=250, steps=2000, val_size=1000, val_every=5, seeds=(0, 1, 2, 3, 4), compile=True,
+           per_class=250, steps=2000, val_size=1000, val_every=5, seeds=(0, 1, 2, 3, 4), compile=True, cpu_amp=True,
            grid=(0.25, 0.5, 1.0, 2.0)),  # c10-limited-50's grid, set before any of its runs: picks there sat at 0.5x
     # 2,000 steps = 100 epochs, as c10-limited-50's 400: a first try at 1,200 left CE at 0.25x at 88% train
     # accuracy and still rising ~4 points per 10 epochs, so it was discarded before any other run
@@ -131,13 +135,13 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
     # an hour a run on one thread: each arm at its c10-budget pick (the same data at a smaller budget), so its
     # 3 seeds x 5 arms cost 15 runs, not 25; set before any of its runs
     Regime("c10-full", "held-out", "CIFAR-10, all 45,000 training images, 15 epochs (the confirmation)",
-           epochs=15, compile=True, picks_from="c10-budget"),
+           epochs=15, compile=True, cpu_amp=True, picks_from="c10-budget"),
     # the noise and long-tail verdicts, tuned: do they survive when every baseline may pick its rate?
     Regime("c10-noise-0.4", "held-out", "CIFAR-10, 40% symmetric label noise, 3,000 images, 15 epochs, no augmentation",
            per_class=300, epochs=15, val_size=1000, augment=False, label_noise=0.4,
            arms=("ce", "poly1", "gce", "sce", "edl-noise=edl:noise_rate=0.4,num_classes=10") + NOISE_NEAR_ARMS),
     Regime("c10-lt-100", "held-out", "CIFAR-10-LT, imbalance 100, ResNet-32, 5 epochs",
-           model="resnet32", epochs=5, imbalance=100.0,
+           model="resnet32", epochs=5, imbalance=100.0, cpu_amp=True,
            arms=("ce", "logit_adjusted", "balanced_softmax", "cb_ce", "edl-lt=edl:name=longtail-k10,prior_aware=true")),
 )}
 

@@ -47,7 +47,7 @@ from edloss.lab.longtail import shot_accuracy, shot_groups
 from edloss.lab.losses import build_loss_from_spec, definition_sha256, parse_loss_arm, spec_definition
 from edloss.lab.models import build_model, model_names, use_cosine_head
 from edloss.lab.recipe import (MAX_EPOCHS, NAN_CHECK_EVERY, RESUME_IGNORED, SCHEDULES, STEP_DECAY,  # noqa: F401
-                               STEP_MILESTONES, TrainConfig, add_recipe_args, apply_threads, config_diff,
+                               STEP_MILESTONES, TrainConfig, add_recipe_args, apply_threads, autocast_on, config_diff,
                                config_from_args, lr_factor, resolve_device)
 from edloss.lab.runfiles import (CHECKPOINT, CHECKPOINT_FORMAT, DEFINITION_KEY, EPOCHS, RESULT,  # noqa: F401
                                  _load_checkpoint, _refuse, _remove_run_files, _sync_epochs, definition_diff,
@@ -266,7 +266,7 @@ def _temperature_scaled(run: _Run, test_logits: torch.Tensor, test_labels: torch
     temperature too); nothing without a validation split, where there is nothing to fit T on."""
     if run.val_loader is None:
         return {}
-    _, _, val = evaluate(run.forward, run.val_loader, run.config.amp, calibration=True, keep_logits=True)
+    _, _, val = evaluate(run.forward, run.val_loader, autocast_on(run.config, run.device), calibration=True, keep_logits=True)
     return temperature_scaling(val["logits"], val["labels"], test_logits, test_labels)
 
 
@@ -283,7 +283,7 @@ def _best_val_test(run: _Run, history: list[dict], test_loss: float, test_acc: f
     if run.best_state is None:
         return {"best_val_test_acc": None, "best_val_test_nll": None}
     run.model.load_state_dict(run.best_state)
-    nll, acc = evaluate(run.forward, run.test_loader, run.config.amp)
+    nll, acc = evaluate(run.forward, run.test_loader, autocast_on(run.config, run.device))
     return {"best_val_test_acc": acc, "best_val_test_nll": nll}
 
 
@@ -382,14 +382,14 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
         try:
             train_loss, train_acc, lr = _train_epoch(
                 run.forward, run.loss_fn, run.train_loader, run.optimizer, run.scheduler,
-                config.amp, bar)
+                autocast_on(config, run.device), bar)
         except TrainingDiverged as err:
             raise diverged(epoch, str(err), epoch - 1) from None
         finally:
             bar.close()
         val_loss = val_acc = None
         if run.val_loader is not None and (epoch % config.val_every == 0 or epoch == config.epochs):
-            val_loss, val_acc = evaluate(run.forward, run.val_loader, config.amp)
+            val_loss, val_acc = evaluate(run.forward, run.val_loader, autocast_on(config, run.device))
         broken = nonfinite_state(run.model)
         if val_loss is not None and not math.isfinite(val_loss):
             where = f"; the weights hold NaN/Inf ({broken})" if broken else ""
@@ -423,7 +423,7 @@ def _train_locked(config: TrainConfig, out_dir: Path, progress: bool, resume: bo
     if config.imbalance is not None:  # post-hoc logit adjustment (tau = 1) of the same model, for reference
         counts = torch.tensor(run.label_counts, dtype=torch.float64)
         adjust = (counts / counts.sum()).log().float()
-    test_loss, test_acc, calibration = evaluate(run.forward, run.test_loader, config.amp, calibration=True,
+    test_loss, test_acc, calibration = evaluate(run.forward, run.test_loader, autocast_on(config, run.device), calibration=True,
                                                 adjust=adjust, keep_logits=True)
     if not math.isfinite(test_loss):
         raise diverged(config.epochs, f"the test loss is {test_loss} after the last epoch",
