@@ -319,3 +319,27 @@ def test_the_k100_regimes_hold_the_cifar100_records():
     assert regime_world(replace(TINY, points_per_class=100), "longtail-100-k100").imbalance == 100
     with pytest.raises(ValueError, match="regime longtail-100-k100: .*no training point"):  # named before any work
         regime_world(TINY, "longtail-100-k100")
+
+
+def test_image_students_train_with_grouped_convolutions_equal_to_the_patch_form():
+    """Training uses grouped convolutions (2.5x faster: benchmarks/bench_images_world.py), scoring
+    the batched matmuls over unfolded patches; both compute the same network, values and gradients."""
+    from edloss.students import _conv_features, _grouped_conv_features
+
+    gen = torch.Generator().manual_seed(0)
+    s, b, c = 6, 5, 4
+    x = torch.randn(s, b, 1, students.IMAGE_SIZE, students.IMAGE_SIZE, generator=gen)
+    params = [torch.randn(s, 9, c, generator=gen), torch.randn(s, 1, c, generator=gen),
+              torch.randn(s, 9 * c, c, generator=gen), torch.randn(s, 1, c, generator=gen)]
+    params = [p.requires_grad_(True) for p in params]
+    patches, grouped = _conv_features(params, x), _grouped_conv_features(params, x)
+    assert grouped.shape == patches.shape == (s, b, 9 * c)
+    torch.testing.assert_close(grouped, patches, rtol=1e-5, atol=1e-5)
+    for g1, g2 in zip(torch.autograd.grad(patches.square().sum(), params), torch.autograd.grad(grouped.square().sum(), params)):
+        torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-4)
+    # a whole image world's search generation is the same run to run, as every world's is
+    world = replace(TINY, family="images", width=16)
+    tasks = tasks_of(world)
+    theta = EDLLoss.pretrained().net.flat().detach()[None].repeat(2, 1)
+    one, two = (evaluate_population(theta, EDLLoss.pretrained().net.config, tasks, world) for _ in range(2))
+    assert all(torch.equal(one[k], two[k]) for k in one)
