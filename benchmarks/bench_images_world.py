@@ -53,12 +53,14 @@ def main() -> None:
     theta = flat + 0.05 * torch.randn(args.population, flat.numel(), generator=torch.Generator().manual_seed(0))
     seconds: dict[bool, list[float]] = {False: [], True: []}
     metrics: dict[bool, dict[str, torch.Tensor]] = {}
-    for _ in range(args.rounds):
-        for grouped in (False, True):
-            took, metrics[grouped] = generation(world, theta, grouped)
-            seconds[grouped].append(took)
-            print(f"{'grouped conv' if grouped else 'bmm over patches'}: {took:.1f} s", flush=True)
-    students.GROUPED_CONV = True
+    try:
+        for _ in range(args.rounds):
+            for grouped in (False, True):
+                took, metrics[grouped] = generation(world, theta, grouped)
+                seconds[grouped].append(took)
+                print(f"{'grouped conv' if grouped else 'bmm over patches'}: {took:.1f} s", flush=True)
+    finally:
+        students.GROUPED_CONV = True
     rows = [{"form": "grouped conv" if g else "bmm over patches", "s_per_gen": min(v),
              "speedup": min(seconds[False]) / min(v), "mean_fitness": float(metrics[g]["fitness"].mean()),
              "mean_accuracy_delta": 100 * float(metrics[g]["accuracy_delta"].mean())} for g, v in seconds.items()]

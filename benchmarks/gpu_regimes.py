@@ -115,10 +115,10 @@ def main() -> int:
         parser.error(str(err))
     if args.parallel < 1 or args.budget <= 0:
         parser.error("--parallel must be >= 1 and --budget > 0")
-    out = Path(args.out)
+    out = Path(args.out).absolute()  # the regimes run with the repository as their working directory
     out.mkdir(parents=True, exist_ok=True)
-    if CANDIDATES.is_dir() and not (out / "candidates").exists():
-        shutil.copytree(CANDIDATES, out / "candidates")
+    if CANDIDATES.is_dir() and out != CANDIDATES.parent:
+        shutil.copytree(CANDIDATES, out / "candidates", dirs_exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         data = data_folder(args.data, args.data100, Path(scratch), args.workers,
                            any(r.dataset == "cifar100" for r in regimes))

@@ -204,7 +204,7 @@ def test_versus_tests_two_arms_head_to_head(tmp_path: Path) -> None:
     assert "| chaotic | gaussian | 5 / 5 | +9.00 [" in table and "| 0.00794 | 1.00 | 0.0625 (5/5) |" in table
     assert C.render_markdown(C.collect(tmp_path, TrainConfig(), arms, list(range(5)), ["resnet20"])).count("Head to head") == 0
     assert "bf16 autocast" not in table  # the recipe line says when the CPU ran in bf16, and only then
-    assert "bf16 autocast on the CPU" in C.render_markdown(C.collect(tmp_path, TrainConfig(cpu_amp=True), arms, list(range(5)), ["resnet20"]))
+    assert "bf16 autocast when on the CPU" in C.render_markdown(C.collect(tmp_path, TrainConfig(cpu_amp=True), arms, list(range(5)), ["resnet20"]))
 
 
 def test_versus_names_arms_of_the_grid(tiny_config: TrainConfig, tmp_path: Path, counted) -> None:

@@ -167,7 +167,7 @@ def test_the_long_regimes_compile_their_model_and_no_compile_turns_it_off(tmp_pa
     assert seen["compile"] == [False]
 
 
-def test_each_regime_carries_its_arms_and_names_candidates_in_the_matrix_folder(tmp_path: Path) -> None:
+def test_each_regime_carries_its_arms_and_names_candidates_in_the_matrix_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`edloss regimes` alone reproduces the matrix: a regime's arms (the record's candidates and
     checks included) parse, and a candidate that does not ship is read from OUT/candidates."""
     from edloss.lab.grid import parse_arms
@@ -183,7 +183,21 @@ def test_each_regime_carries_its_arms_and_names_candidates_in_the_matrix_folder(
     from edloss.lab.grid import _check_arms
 
     for regime in R.REGIMES.values():  # every panel loss a regime names ships with the lab
-        panel_arms = [a for a in parse_arms(R.arms_for(regime, tmp_path)) if str(R.PANEL_DIR.name) in a.spec]
+        panel_arms = [a for a in parse_arms(R.arms_for(regime, tmp_path)) if "/panel/" in a.spec]
         _check_arms(panel_arms, [0])
     noise = R.arms_for(R.REGIMES["c10-noise-0.4"], tmp_path)
-    assert any(a.startswith("edl-students-noise=edl:") and a.endswith("panel/students-noise-0.4-long") for a in noise)
+    assert any(a.startswith("edl-students-noise-long=edl:") and a.endswith("panel/students-noise-0.4-long") for a in noise)
+    # however --out is typed, a candidate's spec is the one its records hold
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    assert R.arms_for(R.REGIMES["c100-limited"], tmp_path / "m")[-1] == "edl-k100=edl:m/candidates/edl-k100"
+    assert R.arms_for(R.REGIMES["c100-limited"], Path("m"))[-1] == "edl-k100=edl:m/candidates/edl-k100"
+
+
+def test_a_missing_candidate_is_refused_before_any_regime_runs(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    """`edloss regimes calibration --out FRESH`: c100-budget's candidate weights are not in FRESH, and
+    that is said before c10-budget and c10-limited-50 train for hours, with the way out."""
+    base = TrainConfig(data_dir=tiny_config.data_dir, device="cpu")
+    with pytest.raises(FileNotFoundError, match="c100-budget: loss edl-k100=.*copy the repository's docs/figures/regimes/candidates"):
+        R.run(R.resolve(["calibration"]), tmp_path / "fresh", base, None, None, progress=False)
+    assert not (tmp_path / "fresh").exists()

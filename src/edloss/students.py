@@ -24,7 +24,8 @@ labels stay clean), and class imbalance (the exponential profile of Cao et al. 2
 the balanced accuracy).
 
 Every student of a generation trains at once: the P x T students are stacked along a batch
-dimension and every layer is one batched matmul (``baddbmm``; convolutions over unfolded patches), and
+dimension and every layer is one batched matmul (``baddbmm``; an image student's convolutions train as one
+grouped convolution and are scored as matmuls over unfolded patches), and
 the loss network of every individual is evaluated in the same population pass as in pretraining.
 A student whose weights or loss stop being finite is frozen and scored 0 (worse than chance);
 the fraction of such students is reported, and a run never stops for it.
@@ -498,7 +499,7 @@ def memory_estimate(cfg: WorldConfig, groups: int) -> int:
     before a raw allocator error does."""
     k = cfg.classes[1]
     raw = cfg.dim if cfg.family == "gaussian" else IMAGE_SIZE * IMAGE_SIZE
-    inputs = cfg.dim if cfg.family == "gaussian" else raw * 9  # images: unfolded 3x3 patches
+    inputs = cfg.dim if cfg.family == "gaussian" else raw * 9  # images: unfolded 3x3 patches (scoring's form, the larger)
     n_train, n_test = sum(cfg.class_counts(k)), k * cfg.test_points_per_class * (2 if cfg.lr_grid else 1)
     shapes = _student_shapes(cfg, k)
     params = sum(i * o for i, o in shapes)

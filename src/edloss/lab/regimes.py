@@ -39,16 +39,17 @@ DEFAULT_ARMS = ("ce", "ls=label_smoothing:0.1", "poly1", "cosine", "edl")
 # A candidate's weights that do not ship live in the matrix folder: ``{out}`` is the ``--out`` folder.
 K100_CANDIDATE = ("edl-k100=edl:{out}/candidates/edl-k100",)  # pretrained at K = 100 (issue 34), not shipped
 # Near pairs for the students worlds' second gate (issue 34): v3 and the default times 2 and 0.5, each at its pick.
-NEAR_ARMS = ("edl-v3=edl:name=v3", "edl-gain2=edl:gain=2", "edl-gain0.5=edl:gain=0.5")
-# Near pairs at eta = 0.4 (session 21, after the regime's first five tuning runs, one rate an arm, unread): the eta = 0.4 students world passed both of
-# issue 34's gates on untuned records; these put its two untuned near pairs on the tuned protocol: the loss made
-# for every K against the K = 10 one (a shape pair), and the world's evolved loss against its start. Reported only.
-NOISE_NEAR_ARMS = ("edl-noise-anyk=edl:noise_rate=0.4", "edl-students-noise=edl:{panel}/students-noise-0.4-long")
 # Default candidates (session 20): the default at gain 2 and 0.5 tied Poly-1 on c10-limited-50 where the default
 # trailed it. The rule, fixed before their runs (benchmarks/default_rule.py applies it): a candidate replaces the
 # default if its worst calibration regime's validation gap to the best baseline beats the default's worst (-0.72)
 # by more than 0.1 points. v3 is not a candidate: it is not monotone.
 CANDIDATE_ARMS = ("edl-gain2=edl:gain=2", "edl-gain0.5=edl:gain=0.5")
+NEAR_ARMS = ("edl-v3=edl:name=v3",) + CANDIDATE_ARMS
+# Near pairs at eta = 0.4 (session 21, after the regime's first five tuning runs, one rate an arm, unread): the
+# eta = 0.4 students world passed both of issue 34's gates on untuned records; these put its two untuned near
+# pairs on the tuned protocol: the loss made for every K against the K = 10 one (a shape pair), and the world's
+# evolved loss against its start (labelled as in world-check's panel). Reported only.
+NOISE_NEAR_ARMS = ("edl-noise-anyk=edl:noise_rate=0.4", "edl-students-noise-long=edl:{panel}/students-noise-0.4-long")
 # The weight-decay check (session 20, fixed before its runs): a gain g at rate m x lr is the same SGD as the loss at
 # m g x lr with weight decay / g, so gain 0.5 is also "twice the weight decay", a knob no baseline had. CE and each
 # calibration regime's best baseline get the same gain, and the rule is applied again with them as baselines.
@@ -193,6 +194,7 @@ def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | N
     for config in configs.values():
         config.validate()  # every regime's recipe is checked before the first one trains
     arms_of = {r.name: arms_for(r, out, arms) for r in regimes}
+    check_losses(regimes, out, arms_of)
     check_carried(regimes, out, grid, arms_of, configs)
     for regime in regimes:
         _say(progress, f"== regime {regime.name} ({regime.role}): {regime.about}")
@@ -204,15 +206,36 @@ def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | N
     return write_matrix(out)
 
 
-PANEL_DIR = Path(__file__).with_name("panel")  # the lab's losses that no longer ship (as ``edloss world-check``'s)
+def _as_recorded(path: Path) -> str:
+    """``path`` relative to the working directory when under it (as the records name it, however
+    ``--out`` was typed), else absolute: an arm's spec is part of its runs' configs."""
+    path = path.absolute()
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def arms_for(regime: Regime, out: Path, arms: list[str] | None = None) -> list[str]:
     """The arms ``regime`` runs (``arms``, else its own), with ``{out}`` naming the matrix folder,
-    where candidates that do not ship keep their weights, and ``{panel}`` the lab's panel folder
-    (relative to the working directory when under it, so records made in a checkout name no machine)."""
-    panel = Path(os.path.relpath(PANEL_DIR)) if PANEL_DIR.is_relative_to(Path.cwd()) else PANEL_DIR
-    return [arm.replace("{out}", str(out)).replace("{panel}", str(panel)) for arm in (arms or regime.arms)]
+    where candidates that do not ship keep their weights, and ``{panel}`` the lab's panel folder.
+    Both are written relative to the working directory (the records were made from the repository's
+    root; run from elsewhere, a finished run's spec no longer matches and it is refused, not rerun)."""
+    from edloss.lab.world import PANEL_DIR
+
+    out_text, panel_text = _as_recorded(out), _as_recorded(PANEL_DIR)
+    return [arm.replace("{out}", out_text).replace("{panel}", panel_text) for arm in (arms or regime.arms)]
+
+
+def check_losses(regimes: list[Regime], out: Path, arms_of: dict[str, list[str]]) -> None:
+    """Before any work: every regime's losses load (a candidate's weights missing from ``OUT/candidates``
+    would otherwise stop the call hours in, at its regime)."""
+    from edloss.lab.grid import _check_arms, parse_arms
+
+    for regime in regimes:
+        try:
+            _check_arms(parse_arms(arms_of[regime.name]), list(regime.seeds))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{regime.name}: {err}; a candidate's weights live in the matrix folder: copy "
+                                    f"the repository's docs/figures/regimes/candidates to {out / 'candidates'}, or "
+                                    "pass --arms without it") from None
 
 
 def check_carried(regimes: list[Regime], out: Path, grid: list[float] | None, arms_of: dict[str, list[str]],
@@ -440,6 +463,8 @@ def _cli(args: argparse.Namespace) -> int:
     regimes = [override(r, args.per_class, args.steps) for r in resolve(args.regimes or ["calibration"])]
     if args.no_compile:
         regimes = [replace(r, compile=False) for r in regimes]
+    if args.no_cpu_amp:
+        regimes = [replace(r, cpu_amp=False) for r in regimes]
     grid = None if args.lr_grid is None else parse_lr_grid(args.lr_grid)
     out = Path(args.out)
     if args.matrix_only:
@@ -462,12 +487,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arms", nargs="+", default=None, metavar="[LABEL=]SPEC",
                    help=f"loss arms (default: each regime's own, see --list: {' '.join(DEFAULT_ARMS)} and the "
                         "record's candidates, or the noise and long-tail regimes' field baselines; {out} in a spec "
-                        "is the --out folder)")
+                        "is the --out folder, {panel} the lab's panel of losses that no longer ship)")
     p.add_argument("--lr-grid", default=None, metavar="M1,M2,...",
                    help="multipliers of the recipe's peak lr, the same for every arm (default: each regime's own, "
                         f"{','.join(f'{m:g}' for m in DEFAULT_GRID)} unless widened)")
     p.add_argument("--no-compile", action="store_true",
                    help="train eagerly even where a regime compiles its model (torch.compile needs a C++ compiler on CPU)")
+    p.add_argument("--no-cpu-amp", action="store_true",
+                   help="float32 on the CPU even where a regime trains under bf16 autocast (on a CPU without bf16 "
+                        "instructions bf16 can be slower; the numbers differ, so not beside the records)")
     p.add_argument("--per-class", type=int, default=None, help="override the regimes' images per class")
     p.add_argument("--steps", type=int, default=None, help="override the regimes' optimiser step budget")
     p.add_argument("--out", default="runs/regimes", help="matrix folder (default %(default)s)")

@@ -330,7 +330,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
            if r.get("imbalance") is not None else "")
         + (f"Symmetric label noise {r['label_noise']} on the training labels (noise seed {r.get('noise_seed', 0)}; "
            "validation and test clean). " if r.get("label_noise") else "")
-        + ("Forward passes under bf16 autocast on the CPU (cpu_amp; the loss gets float32 logits). "
+        + ("cpu_amp: forward passes under bf16 autocast when on the CPU (the loss gets float32 logits). "
            if r.get("cpu_amp") else "")
         + f"Seeds: {', '.join(map(str, summary['seeds']))}.", "",
         "Accuracies in percent, mean ± sample std over finished seeds; test accuracy is measured "

@@ -90,7 +90,7 @@ PAIRS: dict[str, list[Pair]] = {
         Pair("version", V3, V4_10),
         Pair("mutation", V3, Side("edl-v3-gaussian", "edl:{panel}/v3-gaussian", 58.12, 1.76, 3, FIG + "cifar10-resnet20 (edl-kldcal-gaussian)")),
         # tuned: the regime matrix's c10-limited-50 (500 images, trained to convergence), each arm at its own pick,
-        # on the seeds both sides finished (benchmarks/regimes.sh: the near arms of c10-limited-50)
+        # on the seeds both sides finished (the near arms of c10-limited-50: Regime.arms in src/edloss/lab/regimes.py)
         Pair("version", Side("edl-v3", "edl:name=v3", 40.08, 1.58, 5, LIMITED), V4_LIMITED, tuned=True),
         Pair("gain", Side("edl-v4 gain 2", "edl:gain=2", 39.98, 1.20, 5, LIMITED), V4_LIMITED, tuned=True),
         Pair("gain", Side("edl-v4 gain 0.5", "edl:gain=0.5", 40.15, 0.63, 5, LIMITED), V4_LIMITED, tuned=True),
