@@ -55,6 +55,9 @@ NOISE_NEAR_ARMS = ("edl-noise-anyk=edl:noise_rate=0.4", "edl-students-noise-long
 # calibration regime's best baseline get the same gain, and the rule is applied again with them as baselines.
 WD_CHECK_K10 = ("ce-gain0.5=ce:gain=0.5", "poly1-gain0.5=poly1:gain=0.5")
 WD_CHECK_K100 = ("ce-gain0.5=ce:gain=0.5", "ls-gain0.5=label_smoothing:0.1,gain=0.5")
+# Its held-out part (session 21, before the rule's verdict and before any run of these regimes): the default at
+# gain 0.5 and CE at gain 0.5 in the CIFAR-10 held-out regimes not yet started, reported whatever the verdict.
+WD_HELD_OUT = ("edl-gain0.5=edl:gain=0.5", "ce-gain0.5=ce:gain=0.5")
 TRAIN_PER_CLASS = {"cifar10": 5000, "cifar100": 500}  # training images per class before validation is cut
 
 
@@ -125,6 +128,7 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
            grid=(0.5, 1.0, 2.0, 4.0)),  # widened: CE picked 2x, the edge, on validation (train acc 23%: under-trained)
     Regime("c10-limited-250", "held-out", "CIFAR-10, 250 images per class, trained to convergence",
            per_class=250, steps=2000, val_size=1000, val_every=5, seeds=(0, 1, 2, 3, 4), compile=True, cpu_amp=True,
+           arms=DEFAULT_ARMS + WD_HELD_OUT,
            grid=(0.25, 0.5, 1.0, 2.0)),  # c10-limited-50's grid, set before any of its runs: picks there sat at 0.5x
     # 2,000 steps = 100 epochs, as c10-limited-50's 400: a first try at 1,200 left CE at 0.25x at 88% train
     # accuracy and still rising ~4 points per 10 epochs, so it was discarded before any other run
@@ -136,7 +140,7 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
     # an hour a run on one thread: each arm at its c10-budget pick (the same data at a smaller budget), so its
     # 3 seeds x 5 arms cost 15 runs, not 25; set before any of its runs
     Regime("c10-full", "held-out", "CIFAR-10, all 45,000 training images, 15 epochs (the confirmation)",
-           epochs=15, compile=True, cpu_amp=True, picks_from="c10-budget"),
+           epochs=15, compile=True, cpu_amp=True, picks_from="c10-budget", arms=DEFAULT_ARMS + WD_HELD_OUT),
     # the noise and long-tail verdicts, tuned: do they survive when every baseline may pick its rate?
     Regime("c10-noise-0.4", "held-out", "CIFAR-10, 40% symmetric label noise, 3,000 images, 15 epochs, no augmentation",
            per_class=300, epochs=15, val_size=1000, augment=False, label_noise=0.4,
