@@ -9,8 +9,9 @@
 # Records go to docs/figures/regimes/ (checkpoints and locks are ignored by git); the matrix
 # (matrix.md/json/png) is rewritten after every regime. Each regime runs its own arms (`Regime.arms` in
 # src/edloss/lab/regimes.py; `edloss regimes --list` shows them), whichever job runs it. A job that finds
-# another job on a regime skips it (the other finishes it; finished runs are skipped on the next pass), so
-# the two jobs never wait for each other or collide on a lock.
+# another job on a regime backfills it (`edloss regimes R --backfill`: its runs from the end, each moved into
+# place if the other job has not started it, until the two meet), then goes on with its own queue, so the
+# two jobs never wait for each other or collide on a lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOB=${1:?name a job: A (CIFAR-10) or B (CIFAR-100 first, then c10-full)}
@@ -25,7 +26,11 @@ run() {
   local regime=$1 rc=0
   EDLOSS_DATA="$PWD/data" flock -n -E 75 "logs/.queue-$regime" \
     .venv/bin/edloss regimes "$regime" --out "$OUT" --threads 1 || rc=$?
-  if [ "$rc" -eq 75 ]; then echo "== $regime: another job is on it, skipped"; elif [ "$rc" -ne 0 ]; then exit "$rc"; fi
+  if [ "$rc" -eq 75 ]; then
+    echo "== $regime: another job is on it; backfilling it from the end"
+    EDLOSS_DATA="$PWD/data" .venv/bin/edloss regimes "$regime" --backfill --out "$OUT" --threads 1 || \
+      echo "== $regime: backfill stopped (exit $?); going on"
+  elif [ "$rc" -ne 0 ]; then exit "$rc"; fi
 }
 case "$JOB" in
   A) for r in c10-limited-50 c10-budget c100-budget c10-noise-0.4 c10-lt-100 c10-limited-250; do run $r; done ;;

@@ -201,3 +201,30 @@ def test_a_missing_candidate_is_refused_before_any_regime_runs(tiny_config: Trai
     with pytest.raises(FileNotFoundError, match="c100-budget: loss edl-k100=.*copy the repository's docs/figures/regimes/candidates"):
         R.run(R.resolve(["calibration"]), tmp_path / "fresh", base, None, None, progress=False)
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_backfill_worker_trains_a_running_grid_from_the_end(tiny_config: TrainConfig, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edloss regimes R --backfill` beside the process running R: it trains R's runs last first,
+    moves each into place, stops at the run that process is on, and the grid then skips what it
+    finds finished; with no grid running it refuses."""
+    from edloss.files import RunLock
+
+    tiny = R.Regime("c10-budget", "calibration", "tiny", per_class=6, epochs=1, val_size=32, seeds=(0, 1),
+                    arms=("ce", "poly1"), grid=(0.5, 2.0))
+    monkeypatch.setattr(R, "REGIMES", {"c10-budget": tiny})
+    base = TrainConfig(data_dir=tiny_config.data_dir, device="cpu", batch_size=32, eval_batch_size=64, lr=0.05)
+    grid = tmp_path / "c10-budget"
+    with pytest.raises(ValueError, match="no comparison is running"):
+        R.run([tiny], tmp_path, base, None, None, progress=False, backfill=True)
+    on = grid / "resnet20" / "poly1" / "lr0.5" / "seed0"  # the grid's process is on its second run
+    on.mkdir(parents=True)
+    with RunLock(grid, "comparison grid"):
+        R.run([tiny], tmp_path, base, None, None, progress=False, backfill=True)
+    done = sorted(str(p.parent.relative_to(grid)) for p in grid.glob("resnet20/*/*/*/result.json"))
+    assert done == ["resnet20/ce/lr2/seed0", "resnet20/poly1/lr2/seed0"]  # from the end, up to the grid's run
+    assert not (grid / ".backfill").exists() and not (tmp_path / "matrix.md").exists()
+    on.rmdir()
+    R.run([tiny], tmp_path, base, None, None, progress=False)  # the grid's own process: finishes the rest
+    summary = json.loads((grid / "summary.json").read_text())
+    assert all(r["n"] == 2 for r in summary["rows"])

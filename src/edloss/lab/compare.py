@@ -57,26 +57,13 @@ from edloss.lab.train import (TrainConfig, TrainingDiverged, add_recipe_args, ap
                               is_finished, resolve_device, train)
 from edloss.lab.tuning import Tuned
 
-def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: Path,
-            models: list[str] | None = None, progress: bool = True, ray: str | None = None,
-            threads: int | None = None, versus: list[tuple[str, str]] | None = None,
-            lr_grid: list[float] | None = None, tune_seeds: list[int] | None = None,
-            carry_picks: Path | None = None) -> dict[str, Any]:
-    """Run (or finish) the grid and write the summary; returns the summary dict.
-
-    ``recipe`` supplies everything but model, loss and seed. Diverged runs are recorded and
-    the grid goes on; a run folder holding another config is refused before anything trains.
-    ``ray``: a Ray cluster address (or ``auto``) to run the runs on, as tasks of ``threads``
-    CPUs; runs that fail there are reported as ``failed`` and the grid goes on.
-    ``versus``: pairs of arm labels compared head to head in the summary.
-    ``lr_grid``: multipliers of ``recipe.lr``; every arm trains ``tune_seeds`` (default: the
-    first seed) at each, picks on validation, and runs ``seeds`` at its pick (``edloss.lab.tuning``).
-    ``carry_picks``: instead, every arm runs ``seeds`` at the pick it made in that tuned grid's
-    folder (an arm without one there is refused before any work).
-    """
+def plan_grid(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: Path, models: list[str] | None = None,
+              lr_grid: list[float] | None = None, tune_seeds: list[int] | None = None,
+              carry_picks: Path | None = None) -> tuple[list[Arm], list[str], Tuned | None, list[GridRun]]:
+    """A grid's arms, models, tuning state and runs in the order ``compare`` trains them (with a
+    grid: the tuning runs, then the test runs of the arms whose pick is known), every config
+    validated and every loss built once; bad input is refused here, before any work."""
     arms = parse_arms(losses)
-    versus = list(versus or [])
-    check_versus(versus, arms)
     models = list(models or [recipe.model])
     check_grid(list(seeds), models)
     if carry_picks is not None:
@@ -94,6 +81,29 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
         runs = plan(recipe, arms, list(seeds), models, Path(out_dir))
     for run in runs:
         run.config.validate()
+    return arms, models, tuned, runs
+
+
+def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: Path,
+            models: list[str] | None = None, progress: bool = True, ray: str | None = None,
+            threads: int | None = None, versus: list[tuple[str, str]] | None = None,
+            lr_grid: list[float] | None = None, tune_seeds: list[int] | None = None,
+            carry_picks: Path | None = None) -> dict[str, Any]:
+    """Run (or finish) the grid and write the summary; returns the summary dict.
+
+    ``recipe`` supplies everything but model, loss and seed. Diverged runs are recorded and
+    the grid goes on; a run folder holding another config is refused before anything trains.
+    ``ray``: a Ray cluster address (or ``auto``) to run the runs on, as tasks of ``threads``
+    CPUs; runs that fail there are reported as ``failed`` and the grid goes on.
+    ``versus``: pairs of arm labels compared head to head in the summary.
+    ``lr_grid``: multipliers of ``recipe.lr``; every arm trains ``tune_seeds`` (default: the
+    first seed) at each, picks on validation, and runs ``seeds`` at its pick (``edloss.lab.tuning``).
+    ``carry_picks``: instead, every arm runs ``seeds`` at the pick it made in that tuned grid's
+    folder (an arm without one there is refused before any work).
+    """
+    versus = list(versus or [])
+    arms, models, tuned, runs = plan_grid(recipe, losses, seeds, out_dir, models, lr_grid, tune_seeds, carry_picks)
+    check_versus(versus, arms)
     check_output_path(out_dir)
     check_present(recipe.dataset, recipe.data_dir, recipe.download)
     if recipe.imbalance is not None:  # a long tail so steep that a class keeps no image: refused before the grid

@@ -190,10 +190,12 @@ def override(regime: Regime, per_class: int | None = None, steps: int | None = N
 
 
 def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | None, grid: list[float] | None,
-        progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+        progress: bool = True, threads: int | None = None, backfill: bool = False) -> dict[str, Any]:
     """Run (or resume) each regime's tuned comparison into ``OUT/<regime>/``, then the matrix.
     ``arms`` None: each regime's own (the default arms, or its field's baselines); ``grid`` None:
-    each regime's own learning-rate grid."""
+    each regime's own learning-rate grid. ``backfill``: help the process already running each
+    regime instead, from the end of its runs (``edloss.lab.backfill``); no matrix is written."""
+    from edloss.lab.backfill import backfill as backfill_regime
     from edloss.lab.compare import compare
 
     configs = {r.name: r.recipe(base) for r in regimes}
@@ -203,13 +205,18 @@ def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | N
     check_losses(regimes, out, arms_of)
     check_carried(regimes, out, grid, arms_of, configs)
     for regime in regimes:
-        _say(progress, f"== regime {regime.name} ({regime.role}): {regime.about}")
+        _say(progress, f"== regime {regime.name} ({regime.role}){' backfill' if backfill else ''}: {regime.about}")
         rates: dict[str, Any] = ({"carry_picks": out / regime.picks_from} if regime.picks_from
                                  else {"lr_grid": list(grid or regime.grid), "tune_seeds": list(regime.tune_seeds)})
+        if backfill:
+            done = backfill_regime(configs[regime.name], arms_of[regime.name], list(regime.seeds), out / regime.name,
+                                   progress=progress, **rates)
+            _say(progress, f"== {regime.name}: {len(done['moved'])} runs moved into place; met the grid at {done['met']}")
+            continue
         compare(configs[regime.name], arms_of[regime.name], list(regime.seeds), out / regime.name,
                 progress=progress, threads=threads, **rates)
         write_matrix(out)
-    return write_matrix(out)
+    return collect_matrix(out) if backfill else write_matrix(out)
 
 
 def _as_recorded(path: Path) -> str:
@@ -478,8 +485,9 @@ def _cli(args: argparse.Namespace) -> int:
         return 0
     apply_threads(args)
     base = TrainConfig(data_dir=args.data_dir, device=args.device)
-    run(regimes, out, base, args.arms, grid, progress=not args.quiet, threads=args.threads)
-    print((out / "matrix.md").read_text())
+    run(regimes, out, base, args.arms, grid, progress=not args.quiet, threads=args.threads, backfill=args.backfill)
+    if not args.backfill:
+        print((out / "matrix.md").read_text())
     return 0
 
 
@@ -509,6 +517,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (one per job when two share the cores)")
     p.add_argument("--list", action="store_true", help="list the regimes and their roles")
+    p.add_argument("--backfill", action="store_true",
+                   help="help the process already running each regime: train its runs from the end, move each into "
+                        "place if that process has not started it, stop where the two meet (a second core's job)")
     p.add_argument("--matrix-only", action="store_true", help="only rewrite matrix.md/json/png from the runs present")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cli)
