@@ -97,6 +97,13 @@ PAIRS: dict[str, list[Pair]] = {
         # the same gains on c10-budget (8,000 images, 8 epochs), 3 seeds each at its pick: the default leads both there
         Pair("gain", Side("edl-v4 gain 2", "edl:gain=2", 60.60, 0.66, 3, BUDGET), V4_BUDGET, tuned=True),
         Pair("gain", Side("edl-v4 gain 0.5", "edl:gain=0.5", 60.91, 0.33, 3, BUDGET), V4_BUDGET, tuned=True),
+        # the weight-decay check's baselines at gain 0.5 against gain 1 (session 21), each side at its own pick
+        Pair("gain", Side("ce gain 0.5", "ce:gain=0.5", 39.72, 1.11, 5, LIMITED), Side("ce", "ce", 39.08, 1.19, 5, LIMITED), tuned=True),
+        Pair("gain", Side("poly1 gain 0.5", "poly1:gain=0.5", 39.78, 0.77, 5, LIMITED),
+             Side("poly1", "poly1", 39.98, 0.84, 5, LIMITED), tuned=True),
+        Pair("gain", Side("ce gain 0.5", "ce:gain=0.5", 59.25, 1.11, 3, BUDGET), Side("ce", "ce", 58.79, 0.57, 3, BUDGET), tuned=True),
+        Pair("gain", Side("poly1 gain 0.5", "poly1:gain=0.5", 61.86, 0.48, 3, BUDGET),
+             Side("poly1", "poly1", 60.79, 0.72, 3, BUDGET), tuned=True),
     ],
     "noise-0.4": [
         Pair("evolved vs start", Side("edl-students-noise", "edl:{panel}/students-noise-0.4", 34.82, 1.11, 3, STUDENTS + "noise-0.4-students"), N04_K10),
@@ -124,6 +131,10 @@ PAIRS: dict[str, list[Pair]] = {
         Pair("objective", Side("edl-k100", "edl:{panel}/edl-k100", 25.78, 1.16, 3, REGIMES + "c100-budget"), V4_C100, tuned=True),
         Pair("gain", Side("edl-v4 gain 2", "edl:gain=2", 24.66, 0.55, 3, REGIMES + "c100-budget"), V4_C100, tuned=True),
         Pair("gain", Side("edl-v4 gain 0.5", "edl:gain=0.5", 26.22, 1.34, 3, REGIMES + "c100-budget"), V4_C100, tuned=True),
+        Pair("gain", Side("ce gain 0.5", "ce:gain=0.5", 25.90, 1.47, 3, REGIMES + "c100-budget"),
+             Side("ce", "ce", 25.42, 1.88, 3, REGIMES + "c100-budget"), tuned=True),
+        Pair("gain", Side("label_smoothing gain 0.5", "label_smoothing:0.1,gain=0.5", 25.39, 1.65, 3, REGIMES + "c100-budget"),
+             Side("label_smoothing", "label_smoothing:0.1", 26.15, 2.22, 3, REGIMES + "c100-budget"), tuned=True),
     ],
     "longtail-100-k100": [
         Pair("evolved vs start", Side("edl-students-lt", "edl:checkpoint={panel}/students-longtail-100,prior_aware=true", 12.12, 0.59, 3,
