@@ -5,12 +5,14 @@
 
 The regime matrix (``edloss regimes``) gives every arm its own best learning rate on CIFAR. A world
 whose fitness a search climbs should rank those tuned arms the same way. For each matrix regime
-with records, each of its arms is scored in the world that stands for it (``WORLD_FOR``), in three
+with records, each of its arms is scored in the world that stands for it (``WORLD_FOR``), in four
 forms:
 
 * ``plain``: every student at the world's one rate (the world as the searches so far saw it);
 * ``lr-grid``: every loss, CE too, at its best of 0.5 / 1 / 2x the world's rate on validation;
-* ``normalized``: each student's logit gradient rescaled to CE's norm every step.
+* ``normalized``: each student's logit gradient rescaled to CE's norm every step;
+* ``lr-grid-wd``: ``lr-grid`` with coupled weight decay (1e-3) in the students' SGD, as CIFAR's recipe
+  has, so a loss times g is judged as on CIFAR: a rate and a weight decay, not a step alone.
 
 The CIFAR side is the tuned test accuracy of the arms with >= 3 seeds finished, once three arms
 have them, else every arm's best validation accuracy over the grid (seed 0; said in the table).
@@ -49,7 +51,10 @@ PREVIOUS = ROOT / "benchmarks/results/world_forms.json"  # the last run: its wor
 WORLD_FOR = {"c10-limited-50": "gaussian-small-data", "c10-limited-250": "gaussian-small-data",
              "c10-budget": "gaussian-default", "c10-full": "gaussian-long",
              "c100-budget": "gaussian-k100", "c100-limited": "gaussian-k100"}
-FORMS = {"plain": {}, "lr-grid": {"lr_grid": (0.5, 1.0, 2.0)}, "normalized": {"normalize_gradient": True}}
+FORMS = {"plain": {}, "lr-grid": {"lr_grid": (0.5, 1.0, 2.0)}, "normalized": {"normalize_gradient": True},
+         # session 21: the lr-grid form with coupled weight decay in the students' SGD, as on CIFAR, so a loss's gain
+         # changes its weight decay and not only its step (1e-3: CIFAR's lr x wd x steps / (1 - momentum) matched)
+         "lr-grid-wd": {"lr_grid": (0.5, 1.0, 2.0), "weight_decay": 1e-3}}
 MIN_SEEDS = 3
 
 
@@ -151,12 +156,14 @@ def previous_detail(old: dict, draws: int) -> dict[str, dict[str, tuple[str | No
     draws, forms, stand-in worlds and presets: a world score depends only on the loss, the world and
     the draws, so it can be reused when only the CIFAR side changed. Not detected: a loss whose spec
     stayed while its weights changed (a new shipped default): rerun without --reuse-world then."""
-    same = (old.get("draws") == draws and old.get("forms") == json.loads(json.dumps(FORMS))
-            and old.get("world_for") == WORLD_FOR and old.get("presets") == json.loads(json.dumps(PRESETS)))
+    same = (old.get("draws") == draws and old.get("world_for") == WORLD_FOR
+            and old.get("presets") == json.loads(json.dumps(PRESETS)))
     if not same:  # another world: every score is made anew
         return {}
+    forms = json.loads(json.dumps(FORMS))  # a form kept with the same knobs keeps its scores; a new one is scored
     return {key: {arm: (value["cifar"].get(arm, {}).get("spec"), score) for arm, score in value["world"].items()}
-            for key, value in old.get("detail", {}).items()}
+            for key, value in old.get("detail", {}).items()
+            if old.get("forms", {}).get(key.split("/")[1]) == forms.get(key.split("/")[1])}
 
 
 def keep_other_regimes(old: dict, rows: list[dict], detail: dict, rerun: list[str]) -> tuple[list[dict], dict]:

@@ -346,3 +346,24 @@ def test_image_students_train_with_grouped_convolutions_equal_to_the_patch_form(
     assert all(torch.equal(one[k], two[k]) for k in one)
     # identical individuals score identically at any position of the population (grouped rounding is per group)
     assert all(torch.equal(one[k][0], one[k][1]) for k in one)
+
+
+def test_world_weight_decay_makes_a_gain_a_rate_and_a_weight_decay_as_on_cifar():
+    """With coupled weight decay in the students' SGD, a loss times g at rate lr with decay w trains the
+    same students as the loss at rate g lr with decay w / g (as the lab's SGD does on CIFAR); without
+    decay a gain is the rate alone. Off by default, and a bad value is a one-line error."""
+    from edloss.lab.world import world_loss
+    from edloss.students import score_module, train_students
+
+    assert WorldConfig().weight_decay == 0.0
+    with pytest.raises(ValueError, match="world.weight_decay"):
+        WorldConfig(weight_decay=-1e-3)
+    world = replace(TINY, lr=0.1, weight_decay=2e-3)
+    tasks = tasks_of(world)
+    half = score_module(world_loss("ce:gain=0.5"), tasks, world)
+    moved = score_module(world_loss("ce"), tasks, replace(world, lr=0.05, weight_decay=4e-3))
+    assert half["accuracy"] == pytest.approx(moved["accuracy"], abs=0.02) and half["nll"] == pytest.approx(moved["nll"], rel=1e-3)
+    plain = score_module(world_loss("ce"), tasks, replace(world, lr=0.05))  # same rate, no decay: other students
+    assert plain["nll"] != pytest.approx(moved["nll"], rel=1e-3)
+    decayed = train_students(tasks, ce(world), 1, world)
+    assert torch.isfinite(decayed["nll"]).all()

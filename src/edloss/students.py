@@ -104,6 +104,10 @@ class WorldConfig:
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
+    # coupled L2 weight decay of the students' SGD (added to the gradient before momentum, as torch's SGD and the
+    # lab's recipe do). 0: none, as every world before session 21. With it, a loss times g at rate m is the loss
+    # at rate g m with weight decay / g, as on CIFAR, so a world can judge a gain by more than its step size
+    weight_decay: float = 0.0
     label_noise: float = 0.0  # rate of wrong training labels
     noise_kind: str = "symmetric"  # "symmetric": any other class; "pair": class c -> c + 1 mod K
     imbalance: float = 1.0  # n_max / n_min of the exponential profile; 1 = balanced
@@ -140,6 +144,7 @@ class WorldConfig:
         check_range("world.lr", self.lr, 0, 10, lo_open=True)
         check_lr_options(self)
         check_range("world.momentum", self.momentum, 0, 0.999)
+        check_range("world.weight_decay", self.weight_decay, 0, 1)
         check_range("world.imbalance", self.imbalance, 1, 1e6)
         check_range("world.nll_weight", self.nll_weight, 0, 100)
         check_range("world.ece_weight", self.ece_weight, 0, 100)
@@ -327,7 +332,10 @@ def train_students(tasks: Tasks, loss: GroupLoss, groups: int, cfg: WorldConfig,
             keep = (~diverged).float()
             for p, v, g in zip(params, velocity, grads):
                 mask = keep.reshape(-1, *[1] * (g.dim() - 1))
-                g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) * mask
+                g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+                if cfg.weight_decay:
+                    g = g + cfg.weight_decay * torch.nan_to_num(p.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+                g = g * mask
                 v.mul_(cfg.momentum).add_(g)
                 take_step(p, v, rate)
     scores = _score(params, tasks, runs, diverged)
