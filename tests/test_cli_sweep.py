@@ -88,7 +88,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
 # Flags with no value to get wrong: switches.
 SWITCHES = {"--help", "--fresh", "--quiet", "--download", "--balanced-subset", "--no-augment", "--no-nesterov",
             "--channels-last", "--no-channels-last", "--compile", "--no-amp", "--summary-only", "--no-ranking",
-            "--list", "--matrix-only", "--normalize-gradient", "--no-compile"}
+            "--list", "--matrix-only", "--normalize-gradient", "--no-compile", "--cpu-amp", "--no-cpu-amp", "--backfill"}
 # The functions where a command's real work begins: reaching one means the bad value was accepted.
 # (report has none: build_report checks its inputs itself, before it writes, and the sweep checks nothing is written)
 WORK = ["edloss.lab.train._train_locked", "edloss.lab.compare._compare_locked", "edloss.pretrain.pretrain",
