@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--parity", default=None, metavar="DIR", help="also train the bf16 parity runs into DIR")
     parser.add_argument("--data-dir", default=None, help="CIFAR folder for --parity (default: $EDLOSS_DATA, then ./data)")
     args = parser.parse_args()
+    if args.threads < 1 or args.steps < 1 or args.rounds < 1:
+        parser.error(f"--threads, --steps and --rounds must be >= 1, got {args.threads}, {args.steps}, {args.rounds}")
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     model = build_model("resnet20", 10).to(memory_format=torch.channels_last)

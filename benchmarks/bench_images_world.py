@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.threads < 1 or args.population < 1 or args.rounds < 1:
+        parser.error(f"--threads, --population and --rounds must be >= 1, got {args.threads}, {args.population}, {args.rounds}")
     torch.set_num_threads(args.threads)
     world = replace(students.WorldConfig(), **students.PRESETS[args.world])
     flat = EDLLoss.pretrained().net.flat().detach()
