@@ -39,6 +39,8 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "--out": ["{file}", "{file}/under"], "--ray": ["not-an-address"],
         "--lr-grid": ["0,1", "1", "1,1", "nan,2", "-1,2"], "--tune-seeds": ["-1", "0 0"],
         "--carry-picks": ["{missing}", "{file}", "{folder}"],
+        "--wd-grid": ["1,2", "0,1 --lr-grid 0.5,1", "nan,1 --lr-grid 0.5,1", "1,1 --lr-grid 0.5,1",
+                      "1,2 --lr-grid 0.5,1 --weight-decay 0"],
     }),
     "pretrain": (["--out", "{out}", "--generations", "2", "--population", "6", "--classes", "2,8", "--quiet",
                   "--threads", "1"], {

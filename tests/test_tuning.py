@@ -163,3 +163,77 @@ def test_tuned_grid_with_label_noise_and_long_tail(tiny_config: TrainConfig, tmp
         assert result["config"]["imbalance"] == 2.0 and result["config"]["label_noise"] == 0.2
         assert result.get("test_shot_acc") is not None and result["temperature"] > 0
     assert "Learning-rate choice" in (tmp_path / "summary.md").read_text()
+
+
+def test_wd_grid_parses_by_the_lr_rules_and_names_its_folders() -> None:
+    assert tuning.parse_wd_grid("2,1") == [1.0, 2.0]
+    with pytest.raises(ValueError, match="--wd-grid: every multiplier must be a finite number > 0"):
+        tuning.parse_wd_grid("0,1")
+    assert tuning.lr_folder(0.5, 1.0) == "lr0.5" and tuning.lr_folder(0.5, 2.0) == "lr0.5-wd2"
+    assert tuning.scaled_wd(TrainConfig(weight_decay=5e-4), 3.0) == 0.0015
+    # best first; a tie goes to the pair nearest (1, 1), then the smaller rate, then the smaller decay
+    assert tuning.pick_setting({1.0: {0.5: 60.0, 2.0: 61.0}, 2.0: {0.5: 62.0, 2.0: 59.0}}) == (0.5, 2.0)
+    assert tuning.pick_setting({1.0: {1.0: 62.0, 2.0: 62.0}, 2.0: {1.0: 62.0, 2.0: 62.0}}) == (1.0, 1.0)
+    assert tuning.pick_setting({0.5: {1.0: 62.0}, 2.0: {1.0: 62.0}}) == (1.0, 0.5)
+    assert tuning.pick_setting({1.0: {1.0: 62.0}, 2.0: {1.0: None}}) is None
+
+
+def test_wd_grid_tunes_rate_and_decay_together(tiny_config: TrainConfig, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """Every arm trains every (rate, decay) pair for its tuning seed, picks the best on validation and
+    runs its test seeds there; the pick survives --summary-only and is carried to another grid."""
+    summary = C.compare(tiny_config, ["ce", "f1=focal:gamma=1"], [0, 1], tmp_path / "g", progress=False,
+                        lr_grid=[0.5, 2.0], wd_grid=[1.0, 4.0])
+    tuned = summary["tuning"]
+    assert tuned["wd_grid"] == [1.0, 4.0] and tuned["base_weight_decay"] == tiny_config.weight_decay
+    for label in ("ce", "f1"):
+        entry = tuned["picks"]["resnet20"][label]
+        vals = {}
+        for w in (1.0, 4.0):
+            for m in (0.5, 2.0):
+                result = json.loads((tmp_path / "g" / "resnet20" / label / tuning.lr_folder(m, w) / "seed0"
+                                     / RESULT).read_text())
+                assert result["config"]["weight_decay"] == pytest.approx(tiny_config.weight_decay * w)
+                assert result["config"]["lr"] == pytest.approx(tiny_config.lr * m)
+                vals.setdefault(w, {})[m] = 100 * result["final_val_acc"]
+        assert (entry["pick"], entry["wd_pick"]) == tuning.pick_setting(vals)
+        assert entry["curve"] == pytest.approx(vals[entry["wd_pick"]])
+        run = tmp_path / "g" / "resnet20" / label / tuning.lr_folder(entry["pick"], entry["wd_pick"]) / "seed1"
+        assert json.loads((run / RESULT).read_text())["config"]["weight_decay"] == pytest.approx(
+            tiny_config.weight_decay * entry["wd_pick"])
+        row = next(r for r in summary["rows"] if r["label"] == label)
+        assert row["n"] == 2 and row["wd_pick"] == entry["wd_pick"]
+        assert row["weight_decay"] == pytest.approx(tiny_config.weight_decay * entry["wd_pick"])
+    md = (tmp_path / "g" / "summary.md").read_text()
+    assert "| ce, wd 4× |" in md and "with its weight decay from the multipliers 1, 4" in md
+    assert (tmp_path / "g" / "lr_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    recipe = ["--data-dir", tiny_config.data_dir, "--train-subset", "64", "--val-size", "32", "--epochs", "1",
+              "--batch-size", "32", "--lr", "0.05", "--eval-batch-size", "64", "--device", "cpu"]
+    assert cli_main(["compare", "--summary-only", "--out", str(tmp_path / "g")] + recipe) == 0
+    again = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert [r["test_mean"] for r in again["rows"]] == [r["test_mean"] for r in summary["rows"]]
+    assert again["tuning"]["wd_grid"] == [1.0, 4.0]
+
+    held = C.compare(tiny_config, ["ce"], [2], tmp_path / "held", progress=False, carry_picks=tmp_path / "g")
+    ce = tuned["picks"]["resnet20"]["ce"]
+    result = json.loads((tmp_path / "held" / "resnet20" / "ce" / tuning.lr_folder(ce["pick"], ce["wd_pick"])
+                         / "seed2" / RESULT).read_text())
+    assert result["config"]["weight_decay"] == pytest.approx(tiny_config.weight_decay * ce["wd_pick"])
+    assert held["rows"][0]["n"] == 1 and held["rows"][0]["wd_pick"] == ce["wd_pick"]
+    capsys.readouterr()
+    from dataclasses import replace
+    with pytest.raises(ValueError, match="same base weight decay"):
+        C.compare(replace(tiny_config, weight_decay=1e-3), ["ce"], [2], tmp_path / "held2", progress=False,
+                  carry_picks=tmp_path / "g")
+
+
+def test_summary_only_rewrites_a_tuned_grid(tiny_config: TrainConfig, tmp_path: Path) -> None:
+    """A tuned grid's runs differ in their rate by design: the rewrite reads them as one base recipe
+    (it refused them as 'different recipes' before)."""
+    summary = C.compare(tiny_config, ["ce"], [0], tmp_path, progress=False, lr_grid=[0.5, 2.0])
+    recipe = ["--data-dir", tiny_config.data_dir, "--train-subset", "64", "--val-size", "32", "--epochs", "1",
+              "--batch-size", "32", "--eval-batch-size", "64", "--device", "cpu"]
+    assert cli_main(["compare", "--summary-only", "--out", str(tmp_path)] + recipe) == 0
+    again = json.loads((tmp_path / "summary.json").read_text())
+    assert again["recipe"]["lr"] == tiny_config.lr and again["rows"][0]["test_mean"] == summary["rows"][0]["test_mean"]

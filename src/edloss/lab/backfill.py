@@ -41,19 +41,21 @@ def grid_is_running(out_dir: Path) -> bool:
 
 def backfill(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: Path, progress: bool = True,
              lr_grid: list[float] | None = None, tune_seeds: list[int] | None = None,
-             carry_picks: Path | None = None) -> dict[str, Any]:
+             carry_picks: Path | None = None, wd_grid: list[float] | None = None) -> dict[str, Any]:
     """Train the grid's runs from the end until meeting the grid's own process; returns the runs
     moved into place and where the two met."""
-    arms, models, tuned, runs = plan_grid(recipe, losses, seeds, out_dir, None, lr_grid, tune_seeds, carry_picks)
+    arms, models, tuned, runs = plan_grid(recipe, losses, seeds, out_dir, None, lr_grid, tune_seeds, carry_picks,
+                                          wd_grid)
     if not grid_is_running(out_dir):
         raise ValueError(f"no comparison is running in {out_dir}: a backfill worker only helps one that is; "
                          "run the grid itself (edloss compare / edloss regimes) instead")
     # a tuned grid's own tuning runs first (carried picks have none: every run is a test run)
-    head = tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, Path(out_dir)) if tuned else []
+    head = (tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, Path(out_dir), tuned.wd_grid)
+            if tuned else [])
     moved, met = _from_the_end(head or runs, out_dir, progress)
     if head:  # the test runs, once every arm's pick is known (the grid plans them only then too)
         chosen = tuned.chosen(arms, models)
-        if all(v["pick"] is not None for by_arm in chosen.values() for v in by_arm.values()):
+        if all(tuning.setting_of(v) is not None for by_arm in chosen.values() for v in by_arm.values()):
             more, met = _from_the_end(tuning.test_runs(recipe, arms, models, list(seeds), chosen, Path(out_dir)),
                                       out_dir, progress)
             moved += more

@@ -24,7 +24,8 @@ when each seed's loss is an independent pretraining draw) and the Wilcoxon test 
 trains its tuning seeds at each multiplier of ``--lr``, picks on validation and runs its seeds at
 its pick, in ``OUT/<model>/<label>/lr<m>/seed<k>/``; the summary adds each arm's validation curve
 over the grid, its pick and its spread (``lr_curves.png``). A loss compared at one shared rate is
-credited with what the step size did. ``--carry-picks DIR`` instead runs every arm's seeds at
+credited with what the step size did. ``--wd-grid 1,2`` tunes the weight decay with it: every arm
+picks a (rate, decay) pair from the product of the two grids (``lr<m>-wd<w>/`` folders). ``--carry-picks DIR`` instead runs every arm's seeds at
 the pick it made in the tuned grid in DIR (same base rate, same loss under each label): a budget
 too long to sweep reuses a smaller budget's choice.
 
@@ -59,7 +60,8 @@ from edloss.lab.tuning import Tuned
 
 def plan_grid(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: Path, models: list[str] | None = None,
               lr_grid: list[float] | None = None, tune_seeds: list[int] | None = None,
-              carry_picks: Path | None = None) -> tuple[list[Arm], list[str], Tuned | None, list[GridRun]]:
+              carry_picks: Path | None = None, wd_grid: list[float] | None = None
+              ) -> tuple[list[Arm], list[str], Tuned | None, list[GridRun]]:
     """A grid's arms, models, tuning state and runs in the order ``compare`` trains them (with a
     grid: the tuning runs, then the test runs of the arms whose pick is known), every config
     validated and every loss built once; bad input is refused here, before any work."""
@@ -67,16 +69,16 @@ def plan_grid(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir:
     models = list(models or [recipe.model])
     check_grid(list(seeds), models)
     if carry_picks is not None:
-        if lr_grid is not None or tune_seeds:
-            raise ValueError("carried picks and a learning-rate grid exclude each other: the picks were made elsewhere")
-        tuned: tuning.Tuned | None = tuning.carried(Path(carry_picks), out_dir, arms, recipe.lr)
+        if lr_grid is not None or tune_seeds or wd_grid is not None:
+            raise ValueError("carried picks and a learning-rate (or weight-decay) grid exclude each other: "
+                             "the picks were made elsewhere")
+        tuned: tuning.Tuned | None = tuning.carried(Path(carry_picks), out_dir, arms, recipe.lr, recipe.weight_decay)
         tuned.require_picks(arms, models, "run those arms there first, or leave them out")
     else:
-        tuned = tuning.settings(lr_grid, tune_seeds, list(seeds), out_dir)
+        tuned = tuning.settings(lr_grid, tune_seeds, list(seeds), out_dir, wd_grid, recipe.weight_decay)
     _check_arms(arms, list(seeds) + (tuned.tune_seeds if tuned else []))  # first: a missing EDL checkpoint is named
     if tuned:
-        runs = tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, Path(out_dir))
-        runs += tuning.test_runs(recipe, arms, models, list(seeds), tuned.chosen(arms, models), Path(out_dir))
+        runs = tuned.runs(recipe, arms, models, list(seeds))
     else:
         runs = plan(recipe, arms, list(seeds), models, Path(out_dir))
     for run in runs:
@@ -88,7 +90,7 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
             models: list[str] | None = None, progress: bool = True, ray: str | None = None,
             threads: int | None = None, versus: list[tuple[str, str]] | None = None,
             lr_grid: list[float] | None = None, tune_seeds: list[int] | None = None,
-            carry_picks: Path | None = None) -> dict[str, Any]:
+            carry_picks: Path | None = None, wd_grid: list[float] | None = None) -> dict[str, Any]:
     """Run (or finish) the grid and write the summary; returns the summary dict.
 
     ``recipe`` supplies everything but model, loss and seed. Diverged runs are recorded and
@@ -98,11 +100,13 @@ def compare(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir: P
     ``versus``: pairs of arm labels compared head to head in the summary.
     ``lr_grid``: multipliers of ``recipe.lr``; every arm trains ``tune_seeds`` (default: the
     first seed) at each, picks on validation, and runs ``seeds`` at its pick (``edloss.lab.tuning``).
+    ``wd_grid``: with ``lr_grid``, multipliers of ``recipe.weight_decay`` tuned with the rate.
     ``carry_picks``: instead, every arm runs ``seeds`` at the pick it made in that tuned grid's
     folder (an arm without one there is refused before any work).
     """
     versus = list(versus or [])
-    arms, models, tuned, runs = plan_grid(recipe, losses, seeds, out_dir, models, lr_grid, tune_seeds, carry_picks)
+    arms, models, tuned, runs = plan_grid(recipe, losses, seeds, out_dir, models, lr_grid, tune_seeds, carry_picks,
+                                          wd_grid)
     check_versus(versus, arms)
     check_output_path(out_dir)
     check_present(recipe.dataset, recipe.data_dir, recipe.download)
@@ -158,6 +162,7 @@ def _execute(runs: list[GridRun], progress: bool, ray: str | None, threads: int 
         return _run_on_ray(runs, ray, threads, progress, lambda f: summarise(plot=False, failures=f))
     for i, run in enumerate(runs, 1):
         at = f" at lr {run.config.lr:g}" if run.out_dir.parent.name.startswith("lr") else ""
+        at += f", weight decay {run.config.weight_decay:g}" if "-wd" in run.out_dir.parent.name else ""
         name = f"[{i}/{len(runs)}] {run.model} {run.arm.label} seed {run.seed}{at}"
         if is_finished(run.out_dir, run.config):  # result.json with this config
             _say(progress, f"{name}: finished earlier, skipped")
@@ -235,13 +240,14 @@ def _cli(args: argparse.Namespace) -> int:
     out = Path(args.out)  # made by compare() once every flag is checked
     versus = [tuple(pair) for pair in args.versus or []]
     grid = None if args.lr_grid is None else tuning.parse_lr_grid(args.lr_grid)
+    wd_grid = None if args.wd_grid is None else tuning.parse_wd_grid(args.wd_grid)
     if args.summary_only:
-        rewrite_summary(recipe, args, out, versus, grid)
+        rewrite_summary(recipe, args, out, versus, grid, wd_grid)
         print(out / "summary.md")
         return 0
     summary = compare(recipe, args.losses or list(DEFAULT_LOSSES), args.seeds or list(DEFAULT_SEEDS), args.out,
                       args.models, progress=not args.quiet, ray=args.ray, threads=args.threads, versus=versus,
-                      lr_grid=grid, tune_seeds=args.tune_seeds,
+                      lr_grid=grid, tune_seeds=args.tune_seeds, wd_grid=wd_grid,
                       carry_picks=None if args.carry_picks is None else Path(args.carry_picks))
     print((out / "summary.md").read_text())
     failed = [r for r in summary["runs"] if r["status"] == "failed"]
@@ -251,7 +257,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def rewrite_summary(recipe: TrainConfig, args: argparse.Namespace, out: Path, versus: list[tuple[str, str]],
-                    grid: list[float] | None) -> dict[str, Any]:
+                    grid: list[float] | None, wd_grid: list[float] | None = None) -> dict[str, Any]:
     """``--summary-only``: rewrite the summary from the runs present. The arms, seeds, models and
     tuning not given on the command line are taken from the summary.json already there, and a
     rewrite that would drop finished runs the old summary counted is refused: nothing is lost."""
@@ -265,29 +271,30 @@ def rewrite_summary(recipe: TrainConfig, args: argparse.Namespace, out: Path, ve
         versus = list(dict.fromkeys(versus))
     if grid is None and tuned_before:
         grid = tuned_before["grid"]
+        wd_grid = wd_grid if wd_grid is not None else tuned_before.get("wd_grid")
     tune_seeds = args.tune_seeds or tuned_before.get("tune_seeds")
     arms = parse_arms(losses)
     check_versus(versus, arms)
     check_grid(seeds, models)
     if tuned_before.get("carried_from"):  # the picks as recorded, not re-read from a source that may have changed
-        if args.lr_grid is not None or args.tune_seeds or args.carry_picks:
+        if args.lr_grid is not None or args.tune_seeds or args.carry_picks or args.wd_grid is not None:
             raise ValueError(f"{out} ran at picks carried from {tuned_before['carried_from']}: --summary-only takes them "
-                             "from its summary; leave out --lr-grid, --tune-seeds and --carry-picks")
+                             "from its summary; leave out --lr-grid, --wd-grid, --tune-seeds and --carry-picks")
         tuned: tuning.Tuned | None = tuning.from_tuning(tuned_before, out)
     else:
-        tuned = tuning.settings(grid, tune_seeds, seeds, out)
+        tuned = tuning.settings(grid, tune_seeds, seeds, out, wd_grid, recipe.weight_decay)
     out = prepare_output_folder(out)
     with RunLock(out, "comparison grid"):
-        runs = (tuning.tuning_runs(recipe, arms, models, tuned.grid, tuned.tune_seeds, out)
-                + tuning.test_runs(recipe, arms, models, seeds, tuned.chosen(arms, models), out) if tuned
-                else plan(recipe, arms, seeds, models, out))
+        if tuned:
+            tuned.out_dir = out
+        runs = tuned.runs(recipe, arms, models, seeds) if tuned else plan(recipe, arms, seeds, models, out)
         recipe = summary_recipe(recipe, runs)
         tuning_summary = tuned.summary(recipe, arms, models) if tuned else None
         summary = collect(out, recipe, arms, seeds, models, versus=versus, tuned=tuning_summary)
         lost = _finished_dirs(previous) - _finished_dirs(summary)
         if lost:
             raise ValueError(f"--summary-only would drop {len(lost)} finished run(s) that {out / 'summary.json'} counts "
-                             f"(e.g. {sorted(lost)[0]}); give the same --losses, --seeds, --models (and --lr-grid) "
+                             f"(e.g. {sorted(lost)[0]}); give the same --losses, --seeds, --models (and grids) "
                              "as the grid, or leave them out to take them from that summary")
         return publish_summary(out, recipe, summary, tuning_summary)
 
@@ -326,6 +333,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-grid", default=None, metavar="M1,M2,...",
                    help="tuned comparison: multipliers of --lr (e.g. 0.5,1,2); every arm trains --tune-seeds at "
                         "each, picks the best final validation accuracy, then runs --seeds at its pick")
+    p.add_argument("--wd-grid", default=None, metavar="M1,M2,...",
+                   help="with --lr-grid: multipliers of --weight-decay (e.g. 1,2) tuned with the rate: every arm "
+                        "trains every (rate, decay) pair and picks the best on validation")
     p.add_argument("--carry-picks", default=None, metavar="DIR",
                    help="instead of --lr-grid: every arm runs --seeds at the multiplier it picked in the tuned grid "
                         "in DIR (e.g. a smaller budget's), with no sweep here")

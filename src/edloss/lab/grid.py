@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from edloss.lab.losses import build_loss_from_spec, parse_loss_arm, spec_definition
 from edloss.lab.recipe import RESUME_IGNORED, TrainConfig, config_diff
@@ -116,8 +117,9 @@ def summary_recipe(recipe: TrainConfig, runs: list[GridRun]) -> TrainConfig:
     different recipes; flags left at their defaults take the runs' values."""
     defaults, flags = asdict(TrainConfig()), asdict(recipe)
     keys = [k for k in flags if k not in RECIPE_EXCLUDED | RESUME_IGNORED]
-    saved = [(run.out_dir, read_result(run.out_dir)) for run in runs]
-    saved = [(folder, {k: result["config"].get(k, defaults[k]) for k in keys}) for folder, result in saved
+    saved = [(run, read_result(run.out_dir)) for run in runs]
+    saved = [(run.out_dir, _base_values({k: result["config"].get(k, defaults[k]) for k in keys}, run.config, recipe))
+             for run, result in saved
              if result and isinstance(result.get("config"), dict)]  # a result without one cannot say its recipe
     if not saved:
         return recipe
@@ -133,6 +135,17 @@ def summary_recipe(recipe: TrainConfig, runs: list[GridRun]) -> TrainConfig:
         raise ValueError(f"--summary-only: the runs in the grid were not trained with {', '.join(conflicts)}; "
                          "drop those flags (the summary takes the recipe from the runs) or give the runs' values")
     return replace(recipe, **first)
+
+
+def _base_values(saved: dict[str, Any], planned: TrainConfig, recipe: TrainConfig) -> dict[str, Any]:
+    """A tuned run's saved rate and weight decay divided by the multipliers its folder planned, so
+    the runs of one tuned grid state one base recipe (a rate of 0.05 in ``lr0.5/`` is a base 0.1)."""
+    out = dict(saved)
+    for key in ("lr", "weight_decay"):
+        base, scaled = getattr(recipe, key), getattr(planned, key)
+        if key in out and base and scaled and scaled != base and isinstance(out[key], (int, float)):
+            out[key] = float(f"{out[key] * base / scaled:.12g}")
+    return out
 
 
 def check_versus(versus: list[tuple[str, str]], arms: list[Arm]) -> None:

@@ -58,8 +58,8 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
             done = []
             arm_dir = out_dir / model / arm.label
             if tuned is not None:
-                chosen = tuned["picks"][model][arm.label]["pick"]
-                arm_dir = arm_dir / (tuning.lr_folder(chosen) if chosen is not None else "undecided")
+                chosen = tuning.setting_of(tuned["picks"][model][arm.label])
+                arm_dir = arm_dir / (tuning.lr_folder(*chosen) if chosen is not None else "undecided")
             for seed in seeds:
                 run_dir = arm_dir / f"seed{seed}"
                 result = read_result(run_dir) or {}
@@ -95,6 +95,9 @@ def collect(out_dir: Path, recipe: TrainConfig, arms: list[Arm], seeds: list[int
                 entry = tuned["picks"][model][arm.label]
                 row.update(lr_pick=entry["pick"], spread=entry["spread"],
                            lr=None if entry["pick"] is None else tuned["base_lr"] * entry["pick"])
+                if "wd_pick" in entry:
+                    row.update(wd_pick=entry["wd_pick"], weight_decay=None if entry["wd_pick"] is None
+                               else tuned["base_weight_decay"] * entry["wd_pick"])
             if reference is None and _is_ce(arm.spec):
                 reference = row
             rows.append(row)
@@ -346,13 +349,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "and ECE after temperature scaling (one T per run, fitted on validation; predictions unchanged).", "",
     ]
     tuned = summary.get("tuning")
+    wd = ("" if not tuned or not tuned.get("wd_grid") else
+          f", with its weight decay from the multipliers {', '.join(f'{w:g}' for w in tuned['wd_grid'])} "
+          f"of {tuned['base_weight_decay']:g}")
     if tuned and tuned.get("carried_from"):
         lines += [f"**Tuned elsewhere**: every arm runs at the peak learning rate it picked, from the multipliers "
-                  f"{', '.join(f'{m:g}' for m in tuned['grid'])} of {tuned['base_lr']:g}, on the validation of "
+                  f"{', '.join(f'{m:g}' for m in tuned['grid'])} of {tuned['base_lr']:g}{wd}, on the validation of "
                   f"`{tuned['carried_from']}`, where the picks were made; no rate was chosen here.", ""]
     elif tuned:
         lines += [f"**Tuned**: every arm picked its peak learning rate from the multipliers "
-                  f"{', '.join(f'{m:g}' for m in tuned['grid'])} of {tuned['base_lr']:g} on validation "
+                  f"{', '.join(f'{m:g}' for m in tuned['grid'])} of {tuned['base_lr']:g}{wd} on validation "
                   f"(tuning seeds {', '.join(map(str, tuned['tune_seeds']))}); the rows below are its runs at its pick.", ""]
     for model in summary["models"]:
         pick_head, pick_rule = (" lr pick |", "---|") if tuned else ("", "")
@@ -368,7 +374,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
             delta = format_delta(row)
             wall = "—" if row["wall_mean"] is None else f"{row['wall_mean']:.0f}"
             pick = ("" if not tuned else " — |" if row.get("lr_pick") is None
-                    else f" {row['lr_pick']:g}× ({row['lr']:.3g}) |")
+                    else f" {row['lr_pick']:g}× ({row['lr']:.3g})"
+                    + (f", wd {row['wd_pick']:g}× ({row['weight_decay']:.3g})" if row.get("wd_pick") else "") + " |")
             lines.append(f"| {row['label']} | `{row['spec']}` |{pick} {seeds} | "
                          f"{_pm(row['test_mean'], row['test_std'])} | "
                          f"{_pm(row.get('best_val_test_mean'), row.get('best_val_test_std'))} | "
