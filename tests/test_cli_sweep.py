@@ -82,7 +82,7 @@ CASES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
     "report": (["{missing}"], {"runs": ["{missing}"], "--out": ["{file}"], "--threads": ["0", "-1"]}),
     "regimes": (["c10-budget", "--out", "{out}", "--data-dir", "{data}", "--arms", "ce", "--quiet", "--threads", "1",
                  "--device", "cpu"], {
-        "regimes": ["bogus"], "--arms": ["nope", "a=ce a=poly1", "edl:{missing}"], "--lr-grid": ["0,1", "1", "x,2"],
+        "regimes": ["bogus"], "--arms": ["nope", "a=ce a=poly1", "edl:{missing}"], "--lr-grid": ["0,1", "1", "x,2"], "--wd-grid": ["0,1", "1", "x,2"],
         "--per-class": ["0", "99999"], "--steps": ["0", "-3"], "--out": ["{file}", "{file}/under"],
         "--data-dir": ["{missing}"], "--device": ["tpu"], "--threads": ["0"],
     }),

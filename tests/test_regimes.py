@@ -12,6 +12,7 @@ import pytest
 from _cifar_fixtures import _one_thread, tiny_cifar, tiny_config  # noqa: F401
 from edloss.cli import main as cli_main
 from edloss.lab import regimes as R
+from edloss.lab import tuning
 from edloss.lab.compare import compare
 from edloss.lab.train import TrainConfig
 from edloss.lab.tuning import parse_lr_grid
@@ -228,3 +229,26 @@ def test_a_backfill_worker_trains_a_running_grid_from_the_end(tiny_config: Train
     R.run([tiny], tmp_path, base, None, None, progress=False)  # the grid's own process: finishes the rest
     summary = json.loads((grid / "summary.json").read_text())
     assert all(r["n"] == 2 for r in summary["rows"])
+
+
+def test_a_regime_with_a_wd_grid_tunes_rate_and_decay(tiny_config: TrainConfig, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edloss regimes R --wd-grid 1,2`: every arm picks a (rate, decay) pair; the matrix shows both;
+    a held-out regime carrying its picks refuses a grid of its own."""
+    source = R.Regime("c10-budget", "calibration", "tiny", per_class=6, epochs=1, val_size=32, seeds=(0,),
+                      wd_grid=(1.0, 2.0))
+    held = R.Regime("c10-full", "held-out", "tiny", per_class=6, epochs=1, val_size=32, seeds=(0,),
+                    picks_from="c10-budget")
+    monkeypatch.setattr(R, "REGIMES", {"c10-budget": source, "c10-full": held})
+    base = TrainConfig(data_dir=tiny_config.data_dir, device="cpu", batch_size=32, eval_batch_size=64, lr=0.05)
+    matrix = R.run([source], tmp_path, base, ["ce"], [0.5, 2.0], progress=False)
+    cell = matrix["cells"][0]
+    assert cell["wd_pick"] in (1.0, 2.0) and cell["weight_decay"] == pytest.approx(base.weight_decay * cell["wd_pick"])
+    runs = sorted(p.name for p in (tmp_path / "c10-budget" / "resnet20" / "ce").iterdir())
+    assert runs == ["lr0.5", "lr0.5-wd2", "lr2", "lr2-wd2"]
+    assert f"wd {cell['wd_pick']:g}×" in (tmp_path / "matrix.md").read_text()
+    with pytest.raises(ValueError, match="--wd-grid does not apply"):
+        R.run([held], tmp_path, base, ["ce"], None, progress=False, wd_grid=[1.0, 2.0])
+    R.run([held], tmp_path, base, ["ce"], None, progress=False)
+    carried_run = tmp_path / "c10-full" / "resnet20" / "ce" / tuning.lr_folder(cell["lr_pick"], cell["wd_pick"])
+    assert (carried_run / "seed0" / "result.json").is_file()

@@ -83,6 +83,9 @@ class Regime:
     # the anchors, plus the record's candidates and checks; the noise and long-tail regimes bring their field's baselines
     arms: tuple[str, ...] = DEFAULT_ARMS
     grid: tuple[float, ...] = DEFAULT_GRID  # widened where the arms' picks sit at its edge (the same for every arm)
+    # multipliers of the weight decay tuned with the rate (compare --wd-grid); None: the recipe's decay. The
+    # matrix's regimes were fixed before it existed: their doubled-decay arms are the gain-0.5 ones
+    wd_grid: tuple[float, ...] | None = None
     # torch.compile the model, for every arm alike: the long regimes' ResNet-20 steps ran 1.29x faster on one
     # CPU thread (0.564 vs 0.726 s at batch 128, after a ~40 s compile); set before any of their runs started
     compile: bool = False
@@ -190,10 +193,11 @@ def override(regime: Regime, per_class: int | None = None, steps: int | None = N
 
 
 def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | None, grid: list[float] | None,
-        progress: bool = True, threads: int | None = None, backfill: bool = False) -> dict[str, Any]:
+        progress: bool = True, threads: int | None = None, backfill: bool = False,
+        wd_grid: list[float] | None = None) -> dict[str, Any]:
     """Run (or resume) each regime's tuned comparison into ``OUT/<regime>/``, then the matrix.
     ``arms`` None: each regime's own (the default arms, or its field's baselines); ``grid`` None:
-    each regime's own learning-rate grid. ``backfill``: help the process already running each
+    each regime's own learning-rate grid; ``wd_grid`` None: each regime's own weight-decay grid, if any. ``backfill``: help the process already running each
     regime instead, from the end of its runs (``edloss.lab.backfill``); no matrix is written."""
     from edloss.lab.backfill import backfill as backfill_regime
     from edloss.lab.compare import compare
@@ -203,11 +207,13 @@ def run(regimes: list[Regime], out: Path, base: TrainConfig, arms: list[str] | N
         config.validate()  # every regime's recipe is checked before the first one trains
     arms_of = {r.name: arms_for(r, out, arms) for r in regimes}
     check_losses(regimes, out, arms_of)
-    check_carried(regimes, out, grid, arms_of, configs)
+    check_carried(regimes, out, grid, arms_of, configs, wd_grid)
     for regime in regimes:
         _say(progress, f"== regime {regime.name} ({regime.role}){' backfill' if backfill else ''}: {regime.about}")
+        wds = wd_grid or regime.wd_grid
         rates: dict[str, Any] = ({"carry_picks": out / regime.picks_from} if regime.picks_from
-                                 else {"lr_grid": list(grid or regime.grid), "tune_seeds": list(regime.tune_seeds)})
+                                 else {"lr_grid": list(grid or regime.grid), "tune_seeds": list(regime.tune_seeds),
+                                       "wd_grid": None if wds is None else list(wds)})
         if backfill:
             done = backfill_regime(configs[regime.name], arms_of[regime.name], list(regime.seeds), out / regime.name,
                                    progress=progress, **rates)
@@ -252,7 +258,7 @@ def check_losses(regimes: list[Regime], out: Path, arms_of: dict[str, list[str]]
 
 
 def check_carried(regimes: list[Regime], out: Path, grid: list[float] | None, arms_of: dict[str, list[str]],
-                  configs: dict[str, TrainConfig]) -> None:
+                  configs: dict[str, TrainConfig], wd_grid: list[float] | None = None) -> None:
     """Before any work: a regime that takes its picks from another needs that regime's tuned grid
     in ``out`` with a pick for each of its arms, or that regime earlier in this call; ``--lr-grid``
     does not apply to it. (A source run earlier in the call is checked when its turn comes.)"""
@@ -261,8 +267,9 @@ def check_carried(regimes: list[Regime], out: Path, grid: list[float] | None, ar
     for i, regime in enumerate(regimes):
         if not regime.picks_from:
             continue
-        if grid is not None:
-            raise ValueError(f"{regime.name} runs each arm at its {regime.picks_from} pick; --lr-grid does not apply "
+        if grid is not None or wd_grid is not None:
+            flag = "--lr-grid" if grid is not None else "--wd-grid"
+            raise ValueError(f"{regime.name} runs each arm at its {regime.picks_from} pick; {flag} does not apply "
                              "to it (leave it out, or run the regime alone)")
         if any(r.name == regime.picks_from for r in regimes[:i]):
             continue
@@ -270,7 +277,8 @@ def check_carried(regimes: list[Regime], out: Path, grid: list[float] | None, ar
             raise ValueError(f"{regime.name} takes each arm's learning rate from {regime.picks_from}, which has no "
                              f"records under {out}: run `edloss regimes {regime.picks_from}` there first")
         regime_arms = parse_arms(arms_of[regime.name])
-        carried(out / regime.picks_from, out / regime.name, regime_arms, configs[regime.name].lr).require_picks(
+        carried(out / regime.picks_from, out / regime.name, regime_arms, configs[regime.name].lr,
+                configs[regime.name].weight_decay).require_picks(
             regime_arms, [regime.model], f"{regime.name} takes its rates from there; finish "
                                          f"`edloss regimes {regime.picks_from}` first")
 
@@ -312,6 +320,8 @@ def collect_matrix(out: Path) -> dict[str, Any]:
             cells.append({"regime": regime.name, "role": regime.role, "arm": row["label"], "spec": row["spec"],
                           "n": row["n"], "lr_pick": row.get("lr_pick"), "lr": row.get("lr"),
                           "lr_at_edge": row.get("lr_pick") is not None and at_edge(row["lr_pick"], grid),
+                          **({"wd_pick": row["wd_pick"], "weight_decay": row.get("weight_decay")}
+                             if row.get("wd_pick") is not None else {}),
                           "picks_from": regime.picks_from,  # then pick and spread are that regime's
                           "spread": row.get("spread"), "test_mean": row["test_mean"], "test_std": row["test_std"],
                           "val_mean": row["val_mean"], "ece_mean": row.get("ece_mean"),
@@ -366,6 +376,8 @@ def render_matrix(matrix: dict[str, Any]) -> str:
                   "| ECE after TS (%) |", "|---|---|---|---|---|---|---|---|---|"]
         for c in (c for c in matrix["cells"] if c["regime"] == name):
             pick = "—" if c["lr_pick"] is None else f"{c['lr_pick']:g}× ({c['lr']:.3g})" + (" edge" if c.get("lr_at_edge") else "")
+            if c.get("wd_pick") is not None:
+                pick += f", wd {c['wd_pick']:g}× ({c['weight_decay']:.3g})"
             if c.get("picks_from") and c["lr_pick"] is not None:
                 pick += f", {c['picks_from']}'s"
             gap = "—" if c["gap_to_best_baseline"] is None else f"{c['gap_to_best_baseline']:+.2f} vs {c['best_baseline']}"
@@ -465,12 +477,13 @@ def write_matrix(out: Path) -> dict[str, Any]:
 
 def _cli(args: argparse.Namespace) -> int:
     from edloss.lab.recipe import apply_threads
-    from edloss.lab.tuning import parse_lr_grid
+    from edloss.lab.tuning import parse_lr_grid, parse_wd_grid
 
     if args.list:
         for r in REGIMES.values():
             rates = (f"each arm at its {r.picks_from} pick" if r.picks_from
-                     else f"lr grid {', '.join(f'{m:g}' for m in r.grid)}x")
+                     else f"lr grid {', '.join(f'{m:g}' for m in r.grid)}x"
+                     + (f", wd grid {', '.join(f'{w:g}' for w in r.wd_grid)}x" if r.wd_grid else ""))
             print(f"{r.name:16s} {r.role:12s} {r.about} ({rates})\n{'':29s} arms: {' '.join(r.arms)}")
         return 0
     regimes = [override(r, args.per_class, args.steps) for r in resolve(args.regimes or ["calibration"])]
@@ -479,13 +492,15 @@ def _cli(args: argparse.Namespace) -> int:
     if args.no_cpu_amp:
         regimes = [replace(r, cpu_amp=False) for r in regimes]
     grid = None if args.lr_grid is None else parse_lr_grid(args.lr_grid)
+    wd_grid = None if args.wd_grid is None else parse_wd_grid(args.wd_grid)
     out = Path(args.out)
     if args.matrix_only:
         print(render_matrix(write_matrix(out)))
         return 0
     apply_threads(args)
     base = TrainConfig(data_dir=args.data_dir, device=args.device)
-    run(regimes, out, base, args.arms, grid, progress=not args.quiet, threads=args.threads, backfill=args.backfill)
+    run(regimes, out, base, args.arms, grid, progress=not args.quiet, threads=args.threads, backfill=args.backfill,
+        wd_grid=wd_grid)
     if not args.backfill:
         print((out / "matrix.md").read_text())
     return 0
@@ -505,6 +520,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-grid", default=None, metavar="M1,M2,...",
                    help="multipliers of the recipe's peak lr, the same for every arm (default: each regime's own, "
                         f"{','.join(f'{m:g}' for m in DEFAULT_GRID)} unless widened)")
+    p.add_argument("--wd-grid", default=None, metavar="M1,M2,...",
+                   help="multipliers of the recipe's weight decay, tuned with the rate for every arm (e.g. 1,2; "
+                        "default: the regime's own, none in today's matrix)")
     p.add_argument("--no-compile", action="store_true",
                    help="train eagerly even where a regime compiles its model (torch.compile needs a C++ compiler on CPU)")
     p.add_argument("--no-cpu-amp", action="store_true",
