@@ -5,7 +5,8 @@
 
 The regime matrix (``edloss regimes``) gives every arm its own best learning rate on CIFAR. A world
 whose fitness a search climbs should rank those tuned arms the same way. For each matrix regime
-with records, each of its arms is scored in the world that stands for it (``WORLD_FOR``), in four
+with records, each of its arms is scored in the world that stands for it (``WORLD_FOR``, with the
+regime's own ``WORLD_KNOBS``: the noise regime's world has its labels wrong at the same rate), in four
 forms:
 
 * ``plain``: every student at the world's one rate (the world as the searches so far saw it);
@@ -50,7 +51,10 @@ PREVIOUS = ROOT / "benchmarks/results/world_forms.json"  # the last run: its wor
 # each CIFAR regime's stand-in world: little data memorised, today's under-trained budget, K = 100
 WORLD_FOR = {"c10-limited-50": "gaussian-small-data", "c10-limited-250": "gaussian-small-data",
              "c10-budget": "gaussian-default", "c10-full": "gaussian-long",
-             "c100-budget": "gaussian-k100", "c100-limited": "gaussian-k100"}
+             "c100-budget": "gaussian-k100", "c100-limited": "gaussian-k100", "c10-noise-0.4": "gaussian-default"}
+# what a regime sets in its stand-in world beyond the preset: the noise regime's world is the one `edloss world-check`
+# judges at eta = 0.4 (its labels wrong at the regime's rate, classes balanced)
+WORLD_KNOBS = {"c10-noise-0.4": {"label_noise": 0.4, "imbalance": 1.0}}
 FORMS = {"plain": {}, "lr-grid": {"lr_grid": (0.5, 1.0, 2.0)}, "normalized": {"normalize_gradient": True},
          # session 21: the lr-grid form with coupled weight decay in the students' SGD, as on CIFAR, so a loss's gain
          # changes its weight decay and not only its step (1e-3: CIFAR's lr x wd x steps / (1 - momentum) matched)
@@ -128,7 +132,7 @@ def main() -> None:
     stored = previous_detail(previous, args.draws) if args.reuse_world else {}
     for regime in args.regimes:
         arms = cifar_side(regime)
-        base = replace(WorldConfig(), **PRESETS[WORLD_FOR[regime]])
+        base = replace(WorldConfig(), **PRESETS[WORLD_FOR[regime]], **WORLD_KNOBS.get(regime, {}))
         for form, knobs in FORMS.items():
             known = {arm: score for arm, (spec, score) in stored.get(f"{regime}/{form}", {}).items()
                      if spec == next((a["spec"] for a in arms if a["arm"] == arm), None)}  # same label, same loss
@@ -148,7 +152,7 @@ def main() -> None:
     rows, detail = keep_other_regimes(previous, rows, detail, args.regimes)
     print()
     print_table(rows, list(rows[0]))
-    print(f"wrote {write_results('world_forms', {'rows': rows, 'detail': detail, 'draws': args.draws, 'forms': FORMS, 'world_for': WORLD_FOR, 'presets': PRESETS, 'reused_world_scores': args.reuse_world})}")
+    print(f"wrote {write_results('world_forms', {'rows': rows, 'detail': detail, 'draws': args.draws, 'forms': FORMS, 'world_for': WORLD_FOR, 'world_knobs': WORLD_KNOBS, 'presets': PRESETS, 'reused_world_scores': args.reuse_world})}")
 
 
 def previous_detail(old: dict, draws: int) -> dict[str, dict[str, tuple[str | None, float]]]:
@@ -156,14 +160,18 @@ def previous_detail(old: dict, draws: int) -> dict[str, dict[str, tuple[str | No
     draws, forms, stand-in worlds and presets: a world score depends only on the loss, the world and
     the draws, so it can be reused when only the CIFAR side changed. Not detected: a loss whose spec
     stayed while its weights changed (a new shipped default): rerun without --reuse-world then."""
-    same = (old.get("draws") == draws and old.get("world_for") == WORLD_FOR
-            and old.get("presets") == json.loads(json.dumps(PRESETS)))
-    if not same:  # another world: every score is made anew
-        return {}
-    forms = json.loads(json.dumps(FORMS))  # a form kept with the same knobs keeps its scores; a new one is scored
+    if old.get("draws") != draws or old.get("presets") != json.loads(json.dumps(PRESETS)):
+        return {}  # another world: every score is made anew
+    forms, knobs = json.loads(json.dumps(FORMS)), json.loads(json.dumps(WORLD_KNOBS))
+
+    def same_world(key: str) -> bool:  # a regime keeps its scores while its stand-in world and form are unchanged
+        regime, form = key.split("/")
+        return (old.get("world_for", {}).get(regime) == WORLD_FOR.get(regime)
+                and old.get("world_knobs", {}).get(regime) == knobs.get(regime)
+                and old.get("forms", {}).get(form) == forms.get(form))
+
     return {key: {arm: (value["cifar"].get(arm, {}).get("spec"), score) for arm, score in value["world"].items()}
-            for key, value in old.get("detail", {}).items()
-            if old.get("forms", {}).get(key.split("/")[1]) == forms.get(key.split("/")[1])}
+            for key, value in old.get("detail", {}).items() if same_world(key)}
 
 
 def keep_other_regimes(old: dict, rows: list[dict], detail: dict, rerun: list[str]) -> tuple[list[dict], dict]:
