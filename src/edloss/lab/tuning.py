@@ -198,9 +198,9 @@ def tuning_table(tuning: dict[str, Any], model: str) -> list[str]:
         for w, curve in curves.items():
             picked = entry["pick"] is not None and (not wd_grid or entry.get("wd_pick") == w)
             cells = ["—" if curve.get(m) is None else f"{curve[m]:.2f}" for m in grid]
-            chosen = "—" if not picked else f"{entry['pick']:g}×" + (" (edge)" if at_edge(entry["pick"], grid) else "")
-            if wd_grid and picked and at_edge(w, wd_grid):
-                chosen += " (wd edge)"
+            edges = (["edge"] if picked and at_edge(entry["pick"], grid) else []) + (
+                ["wd edge"] if wd_grid and picked and at_edge(w, wd_grid) else [])
+            chosen = "—" if not picked else f"{entry['pick']:g}×" + (f" ({', '.join(edges)})" if edges else "")
             spread = flatness(curve, curves if wd_grid else None)
             name = f"{label}, wd {w:g}×" if wd_grid else label
             show = picked or not wd_grid or (entry["pick"] is None and w == next(iter(curves)))
@@ -244,8 +244,10 @@ def plot_lr_curves(tuning: dict[str, Any], path: Path) -> Path | None:
                 if entry["pick"] is not None and entry.get("wd_pick", w) == w:
                     ax.plot([entry["pick"]], [curve[entry["pick"]]], marker="*", markersize=14, color=color)
         ax.set_xscale("log")
+        ax.minorticks_off()  # only the grid's multipliers are labelled (not 6x10^-1 between them)
         ax.set_xticks(tuning["grid"], [f"{m:g}×" for m in tuning["grid"]])
-        ax.set(title=f"{model}: validation accuracy over the lr grid (★ pick)",
+        grid_name = "lr × wd grid" if tuning.get("wd_grid") else "lr grid"
+        ax.set(title=f"{model}: validation accuracy over the {grid_name} (★ pick)",
                xlabel=f"multiplier of lr {tuning['base_lr']:g}", ylabel="final validation accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
