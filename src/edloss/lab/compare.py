@@ -271,7 +271,8 @@ def rewrite_summary(recipe: TrainConfig, args: argparse.Namespace, out: Path, ve
         versus = list(dict.fromkeys(versus))
     if grid is None and tuned_before:
         grid = tuned_before["grid"]
-        wd_grid = wd_grid if wd_grid is not None else tuned_before.get("wd_grid")
+    if wd_grid is None and tuned_before:  # a rewrite never drops the decay its picks were made over
+        wd_grid = tuned_before.get("wd_grid")
     tune_seeds = args.tune_seeds or tuned_before.get("tune_seeds")
     arms = parse_arms(losses)
     check_versus(versus, arms)
