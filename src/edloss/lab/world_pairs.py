@@ -77,6 +77,8 @@ V4_LIMITED = Side("edl-v4", "edl", 39.12, 1.42, 5, LIMITED)
 BUDGET = REGIMES + "c10-budget"
 V4_BUDGET = Side("edl-v4", "edl", 61.59, 1.51, 3, BUDGET)
 V4_C100 = Side("edl-v4", "edl", 25.60, 2.38, 3, REGIMES + "c100-budget")
+NOISE_TUNED = REGIMES + "c10-noise-0.4"
+N04_K10_TUNED = Side("edl-noise-0.4-k10", "edl:noise_rate=0.4,num_classes=10", 42.12, 1.51, 3, NOISE_TUNED)
 
 PAIRS: dict[str, list[Pair]] = {
     "clean": [
@@ -113,6 +115,10 @@ PAIRS: dict[str, list[Pair]] = {
         Pair("objective", Side("edl-noise-kld", "edl:{panel}/noise-kld-0.4", 34.05, 2.36, 3, FIG + "noise-cifar10-eta0.4 (edl-noise)"),
              Side("edl-noise-tv", "edl:noise_rate=0.4", 34.04, 2.36, 2, FIG + "noise-cifar10-eta0.4 (edl-tv)")),
         Pair("objective", N04_K10, Side("edl-noise-tv", "edl:noise_rate=0.4", 34.04, 2.36, 2, FIG + "noise-cifar10-eta0.4 (edl-tv)")),
+        # tuned (session 22): the regime matrix's c10-noise-0.4, the same recipe, each arm at its own pick, 3 seeds
+        Pair("evolved vs start", Side("edl-students-noise-long", "edl:{panel}/students-noise-0.4-long", 39.48, 2.19, 3,
+                                      NOISE_TUNED), N04_K10_TUNED, tuned=True),
+        Pair("objective", N04_K10_TUNED, Side("edl-noise-tv", "edl:noise_rate=0.4", 39.69, 2.40, 3, NOISE_TUNED), tuned=True),
     ],
     "noise-0.6": [
         Pair("evolved vs start", Side("edl-students-noise-wide", "edl:{panel}/students-noise-0.6-wide", 28.18, 2.27, 3,
