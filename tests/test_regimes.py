@@ -115,6 +115,9 @@ def test_a_held_out_regime_runs_each_arm_at_the_pick_it_made_in_its_calibration_
     with pytest.raises(ValueError, match="its pick belongs to another loss"):
         compare(held.recipe(base), ["ce", "poly1=focal:2"], [0], tmp_path / "y", progress=False,
                 carry_picks=tmp_path / "c10-budget")
+    with pytest.raises(ValueError, match="picked its rates at weight decay 0.0005, this grid's is 0.001"):
+        compare(replace(held.recipe(base), weight_decay=1e-3), ["ce"], [0], tmp_path / "y", progress=False,
+                carry_picks=tmp_path / "c10-budget")
     with pytest.raises(ValueError, match="picked multipliers of lr 0.05, this grid's lr is 0.1"):
         compare(replace(held.recipe(base), lr=0.1), ["ce"], [0], tmp_path / "y", progress=False,
                 carry_picks=tmp_path / "c10-budget")

@@ -215,6 +215,8 @@ def test_wd_grid_tunes_rate_and_decay_together(tiny_config: TrainConfig, tmp_pat
     assert [r["test_mean"] for r in again["rows"]] == [r["test_mean"] for r in summary["rows"]]
     assert again["tuning"]["wd_grid"] == [1.0, 4.0]
 
+    with pytest.raises(ValueError, match="tunes the weight decay too \\(--wd-grid 1,4\\): give the same --wd-grid"):
+        C.compare(tiny_config, ["ce", "f1=focal:gamma=1"], [0, 1], tmp_path / "g", progress=False, lr_grid=[0.5, 2.0])
     held = C.compare(tiny_config, ["ce"], [2], tmp_path / "held", progress=False, carry_picks=tmp_path / "g")
     ce = tuned["picks"]["resnet20"]["ce"]
     result = json.loads((tmp_path / "held" / "resnet20" / "ce" / tuning.lr_folder(ce["pick"], ce["wd_pick"])

@@ -75,6 +75,10 @@ def plan_grid(recipe: TrainConfig, losses: list[str], seeds: list[int], out_dir:
         tuned: tuning.Tuned | None = tuning.carried(Path(carry_picks), out_dir, arms, recipe.lr, recipe.weight_decay)
         tuned.require_picks(arms, models, "run those arms there first, or leave them out")
     else:
+        before = (_previous_summary(Path(out_dir)).get("tuning") or {}).get("wd_grid")
+        if before and wd_grid is None and lr_grid is not None:
+            raise ValueError(f"{out_dir} tunes the weight decay too (--wd-grid {','.join(f'{w:g}' for w in before)}): "
+                             "give the same --wd-grid to resume it, or use another --out")
         tuned = tuning.settings(lr_grid, tune_seeds, list(seeds), out_dir, wd_grid, recipe.weight_decay)
     _check_arms(arms, list(seeds) + (tuned.tune_seeds if tuned else []))  # first: a missing EDL checkpoint is named
     if tuned:

@@ -118,7 +118,8 @@ def summary_recipe(recipe: TrainConfig, runs: list[GridRun]) -> TrainConfig:
     defaults, flags = asdict(TrainConfig()), asdict(recipe)
     keys = [k for k in flags if k not in RECIPE_EXCLUDED | RESUME_IGNORED]
     saved = [(run, read_result(run.out_dir)) for run in runs]
-    saved = [(run.out_dir, _base_values({k: result["config"].get(k, defaults[k]) for k in keys}, run.config, recipe))
+    saved = [(run.out_dir, {k: result["config"].get(k, defaults[k]) for k in keys}
+              | _base_values({k: result["config"][k] for k in keys if k in result["config"]}, run.config, recipe))
              for run, result in saved
              if result and isinstance(result.get("config"), dict)]  # a result without one cannot say its recipe
     if not saved:

@@ -320,7 +320,8 @@ def collect_matrix(out: Path) -> dict[str, Any]:
             cells.append({"regime": regime.name, "role": regime.role, "arm": row["label"], "spec": row["spec"],
                           "n": row["n"], "lr_pick": row.get("lr_pick"), "lr": row.get("lr"),
                           "lr_at_edge": row.get("lr_pick") is not None and at_edge(row["lr_pick"], grid),
-                          **({"wd_pick": row["wd_pick"], "weight_decay": row.get("weight_decay")}
+                          **({"wd_pick": row["wd_pick"], "weight_decay": row.get("weight_decay"),
+                              "wd_at_edge": at_edge(row["wd_pick"], (summary.get("tuning") or {}).get("wd_grid") or [])}
                              if row.get("wd_pick") is not None else {}),
                           "picks_from": regime.picks_from,  # then pick and spread are that regime's
                           "spread": row.get("spread"), "test_mean": row["test_mean"], "test_std": row["test_std"],
@@ -377,7 +378,7 @@ def render_matrix(matrix: dict[str, Any]) -> str:
         for c in (c for c in matrix["cells"] if c["regime"] == name):
             pick = "—" if c["lr_pick"] is None else f"{c['lr_pick']:g}× ({c['lr']:.3g})" + (" edge" if c.get("lr_at_edge") else "")
             if c.get("wd_pick") is not None:
-                pick += f", wd {c['wd_pick']:g}× ({c['weight_decay']:.3g})"
+                pick += f", wd {c['wd_pick']:g}× ({c['weight_decay']:.3g})" + (" edge" if c.get("wd_at_edge") else "")
             if c.get("picks_from") and c["lr_pick"] is not None:
                 pick += f", {c['picks_from']}'s"
             gap = "—" if c["gap_to_best_baseline"] is None else f"{c['gap_to_best_baseline']:+.2f} vs {c['best_baseline']}"

@@ -194,7 +194,7 @@ def tuning_table(tuning: dict[str, Any], model: str) -> list[str]:
              "| loss | " + " | ".join(f"{m:g}× ({tuning['base_lr'] * m:.3g})" for m in grid) + " | pick | spread |",
              "|---|" + "---|" * (len(grid) + 2)]
     for label, entry in rows.items():
-        curves = _float_curves(entry)
+        curves = _float_curves(entry) if entry.get("curves") or not wd_grid else {float(w): {} for w in wd_grid}
         for w, curve in curves.items():
             picked = entry["pick"] is not None and (not wd_grid or entry.get("wd_pick") == w)
             cells = ["—" if curve.get(m) is None else f"{curve[m]:.2f}" for m in grid]
@@ -331,10 +331,11 @@ def carried(source: Path, out_dir: Path, arms: list[Arm] | None = None, base_lr:
     if base_lr is not None and tuning.get("base_lr") is not None and not math.isclose(tuning["base_lr"], base_lr):
         raise ValueError(f"{path} picked multipliers of lr {tuning['base_lr']:g}, this grid's lr is {base_lr:g}: "
                          "carry picks only between grids of the same base rate")
-    base_wd = tuning.get("base_weight_decay")
+    base_wd = tuning.get("base_weight_decay", (summary.get("recipe") or {}).get("weight_decay"))
     if base_weight_decay is not None and base_wd is not None and not math.isclose(base_wd, base_weight_decay):
-        raise ValueError(f"{path} picked multipliers of weight decay {base_wd:g}, this grid's is "
-                         f"{base_weight_decay:g}: carry picks only between grids of the same base weight decay")
+        raise ValueError(f"{path} picked its rates at weight decay {base_wd:g}, this grid's is "
+                         f"{base_weight_decay:g}: the best rate depends on the decay, so carry picks only between "
+                         "grids of the same base weight decay")
     for arm in arms or []:
         if arm.label in specs and specs[arm.label] != arm.spec:
             raise ValueError(f"arm {arm.label!r} is {arm.spec!r} here but {specs[arm.label]!r} in {path}: "
