@@ -33,6 +33,6 @@ run() {
   elif [ "$rc" -ne 0 ]; then exit "$rc"; fi
 }
 case "$JOB" in
-  A) for r in c10-limited-50 c10-budget c100-budget c10-noise-0.4 c10-lt-100 c10-limited-250; do run $r; done ;;
-  B) for r in c100-budget c10-budget c10-limited-50 c100-limited c10-full; do run $r; done ;;
+  A) for r in c10-limited-50 c10-budget c100-budget c10-noise-0.4 c10-lt-100 c10-limited-250 c10-noise-0.6; do run $r; done ;;
+  B) for r in c100-budget c10-budget c10-limited-50 c100-limited c10-noise-0.6 c10-full; do run $r; done ;;
 esac
