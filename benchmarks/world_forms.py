@@ -42,6 +42,7 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table, write_results  # noqa: E402
 
+from edloss.lab.world import REGIMES as WORLD_REGIMES  # noqa: E402
 from edloss.lab.world import world_loss  # noqa: E402
 from edloss.students import PRESETS, WorldConfig, reference_results, sample_tasks, score_module  # noqa: E402
 
@@ -53,9 +54,9 @@ WORLD_FOR = {"c10-limited-50": "gaussian-small-data", "c10-limited-250": "gaussi
              "c10-budget": "gaussian-default", "c10-full": "gaussian-long",
              "c100-budget": "gaussian-k100", "c100-limited": "gaussian-k100", "c10-noise-0.4": "gaussian-default",
              "c10-noise-0.6": "gaussian-default"}
-# what a regime sets in its stand-in world beyond the preset: the noise regime's world is the one `edloss world-check`
-# judges at eta = 0.4 (its labels wrong at the regime's rate, classes balanced)
-WORLD_KNOBS = {"c10-noise-0.4": {"label_noise": 0.4, "imbalance": 1.0}, "c10-noise-0.6": {"label_noise": 0.6, "imbalance": 1.0}}
+# what a regime sets in its stand-in world beyond the preset: a noise regime's world is the one `edloss world-check`
+# judges at that rate (its labels wrong at the regime's rate, classes balanced), taken from world-check's own table
+WORLD_KNOBS = {"c10-noise-0.4": WORLD_REGIMES["noise-0.4"], "c10-noise-0.6": WORLD_REGIMES["noise-0.6"]}
 FORMS = {"plain": {}, "lr-grid": {"lr_grid": (0.5, 1.0, 2.0)}, "normalized": {"normalize_gradient": True},
          # session 21: the lr-grid form with coupled weight decay in the students' SGD, as on CIFAR, so a loss's gain
          # changes its weight decay and not only its step (1e-3: CIFAR's lr x wd x steps / (1 - momentum) matched)

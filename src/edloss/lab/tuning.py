@@ -100,12 +100,10 @@ def validation_curve(out_dir: Path, model: str, arm: Arm, grid: list[float],
 
 
 def pick(curve: dict[float, float | None]) -> float | None:
-    """The multiplier of best validation accuracy, None until every multiplier has its runs."""
-    if not curve or any(v is None for v in curve.values()):
-        return None
-    best = max(curve.values())
-    tied = [m for m, v in curve.items() if v == best]
-    return min(tied, key=lambda m: (abs(math.log(m)), m))
+    """The multiplier of best validation accuracy, None until every multiplier has its runs (the
+    rate-only case of ``pick_setting``: one weight decay, 1x)."""
+    setting = pick_setting({1.0: curve})
+    return None if setting is None else setting[0]
 
 
 def pick_setting(curves: dict[float, dict[float, float | None]]) -> tuple[float, float] | None:
@@ -204,7 +202,7 @@ def tuning_table(tuning: dict[str, Any], model: str) -> list[str]:
             spread = flatness(curve, curves if wd_grid else None)
             name = f"{label}, wd {w:g}×" if wd_grid else label
             show = picked or not wd_grid or (entry["pick"] is None and w == next(iter(curves)))
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {chosen if show or picked else ''} | "
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {chosen if show else ''} | "
                          f"{('—' if spread is None else f'{spread:.2f}') if show else ''} |")
     return lines + [""]
 
