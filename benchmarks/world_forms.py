@@ -21,8 +21,9 @@ Rerunning some regimes keeps the others' previous results in the JSON. Reported 
 Spearman's rho over the arms, and the near-pair sign agreement over every pair of arms whose CIFAR
 difference exceeds the seed noise (pairs by test accuracy, >= 3 seeds a side) or, before the seeds
 finish, over every pair (marked provisional); and the same over the *firm* pairs only, whose CIFAR
-difference exceeds two standard errors (CIFAR itself sure of the sign). Prints tables, writes
-``benchmarks/results/world_forms.json``.
+difference exceeds two standard errors (CIFAR itself sure of the sign); and each regime's noise
+ceiling (``noise_ceiling``): what a world that knew CIFAR's true means would score, given the seeds.
+Prints tables, writes ``benchmarks/results/world_forms.json``.
 """
 
 from __future__ import annotations
@@ -72,8 +73,13 @@ def cifar_side(regime: str) -> list[dict]:
     left out), else every arm's best seed-0 validation accuracy over the grid (provisional)."""
     summary = json.loads((MATRIX / regime / "summary.json").read_text())
     picks = next(iter(summary["tuning"]["picks"].values()))
+    per_seed = {}  # the runs at each arm's pick, by seed: what a paired (seed-matched) noise estimate needs
+    for run in summary["runs"]:
+        if run["status"] == "finished":
+            per_seed.setdefault(run["label"], {})[run["seed"]] = 100 * run["test_acc"]
     tested = [{"arm": row["label"], "spec": row["spec"], "cifar": row["test_mean"], "std": row["test_std"],
-               "seeds": row["n"], "source": "test"} for row in summary["rows"] if row.get("n", 0) >= MIN_SEEDS]
+               "seeds": row["n"], "source": "test", "per_seed": per_seed.get(row["label"], {})}
+              for row in summary["rows"] if row.get("n", 0) >= MIN_SEEDS]
     if len(tested) >= 3 or summary["tuning"].get("carried_from"):  # a carried grid's curves are another regime's
         return tested
     arms = []
@@ -112,6 +118,44 @@ def agreement(arms: list[dict], scores: dict[str, float], z: float = 1.0) -> tup
     return right, counted, not tested
 
 
+def noise_ceiling(arms: list[dict], draws: int = 2000, seed: int = 0) -> tuple[float, float] | tuple[None, None]:
+    """What a *perfect* world would score against this regime's CIFAR numbers, given their seed noise:
+    (expected Spearman, expected fraction of counted pairs right). A gate above it cannot be passed
+    however good the world, only with more seeds.
+
+    A parametric bootstrap. The noise that can reorder arms is what is left of a run's accuracy once
+    its arm and its seed are accounted for (a seed that is lucky for every arm reorders none): the
+    residual of the arms x common-seeds table. The arms' true means are their measured means shrunk
+    toward the grand mean by the share of their spread that is not that noise (method of moments);
+    each redraw adds the noise back, a perfect world ranks by the true means, and pairs are counted by
+    ``agreement``'s rule (measured difference above one standard error of the arms' own spreads)."""
+    if len(arms) < 3 or any(a["source"] != "test" for a in arms):
+        return None, None
+    common = sorted(set.intersection(*(set(a["per_seed"]) for a in arms)))
+    if len(common) < 2:
+        return None, None
+    table = torch.tensor([[a["per_seed"][s] for s in common] for a in arms], dtype=torch.float64)
+    residual = table - table.mean(1, keepdim=True) - table.mean(0, keepdim=True) + table.mean()
+    sigma = math.sqrt(float((residual ** 2).sum()) / ((len(arms) - 1) * (len(common) - 1)))
+    se = torch.tensor([sigma / math.sqrt(a["seeds"]) for a in arms], dtype=torch.float64)
+    means = torch.tensor([a["cifar"] for a in arms], dtype=torch.float64)
+    spread = float(means.var())
+    shrink = math.sqrt(max(0.0, 1.0 - float((se ** 2).mean()) / spread)) if spread > 0 else 0.0
+    true = means.mean() + shrink * (means - means.mean())
+    counting_se = [a["std"] / math.sqrt(a["seeds"]) for a in arms]
+    generator = torch.Generator().manual_seed(seed)
+    rhos, right, counted = [], 0, 0
+    for _ in range(draws):
+        measured = true + se * torch.randn(len(arms), generator=generator, dtype=torch.float64)
+        rhos.append(float(spearmanr(true.tolist(), measured.tolist())[0]) if shrink > 0 else 0.0)
+        for i, j in itertools.combinations(range(len(arms)), 2):
+            diff = float(measured[i] - measured[j])
+            if abs(diff) > math.hypot(counting_se[i], counting_se[j]):
+                counted += 1
+                right += diff * float(true[i] - true[j]) > 0
+    return sum(rhos) / draws, (right / counted if counted else float("nan"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -134,6 +178,7 @@ def main() -> None:
     stored = previous_detail(previous, args.draws) if args.reuse_world else {}
     for regime in args.regimes:
         arms = cifar_side(regime)
+        rho_ceiling, pair_ceiling = noise_ceiling(arms)
         base = replace(WorldConfig(), **PRESETS[WORLD_FOR[regime]], **WORLD_KNOBS.get(regime, {}))
         for form, knobs in FORMS.items():
             known = {arm: score for arm, (spec, score) in stored.get(f"{regime}/{form}", {}).items()
@@ -146,14 +191,15 @@ def main() -> None:
             firm_right, firm_counted = agreement(arms, scores, z=2.0)[:2] if not provisional else (None, None)
             rows.append({"regime": regime, "world": WORLD_FOR[regime], "form": form, "arms": len(arms), "spearman": float(rho),
                          "pairs_right": right, "pairs_counted": counted, "firm_right": firm_right,
-                         "firm_counted": firm_counted, "provisional": provisional})
+                         "firm_counted": firm_counted, "provisional": provisional,
+                         "spearman_ceiling": rho_ceiling, "pairs_ceiling": pair_ceiling})
             detail[f"{regime}/{form}"] = {"world": scores, "cifar": {a["arm"]: a for a in arms}}
             print_table(rows[-1:], list(rows[-1]))
             print("   world:", "  ".join(f"{k} {v:+.2f}" for k, v in scores.items()), "| cifar:",
                   "  ".join(f"{a['arm']} {a['cifar']:.2f}" for a in arms), flush=True)
     rows, detail = keep_other_regimes(previous, rows, detail, args.regimes)
     print()
-    print_table(rows, list(rows[0]))
+    print_table(rows, list(dict.fromkeys(key for row in rows for key in row)))  # rows kept from older runs may lack columns
     print(f"wrote {write_results('world_forms', {'rows': rows, 'detail': detail, 'draws': args.draws, 'forms': FORMS, 'world_for': WORLD_FOR, 'world_knobs': WORLD_KNOBS, 'presets': PRESETS, 'reused_world_scores': args.reuse_world})}")
 
 
