@@ -103,6 +103,12 @@ def world_scores(world: WorldConfig, arms: list[dict], draws: int) -> dict[str, 
     return totals
 
 
+def apart(a: dict, b: dict, diff: float, z: float = 1.0) -> bool:
+    """Whether a CIFAR difference ``diff`` between arms ``a`` and ``b`` exceeds ``z`` standard errors of
+    the difference of their means: the rule by which a pair counts."""
+    return abs(diff) > z * math.sqrt(a["std"] ** 2 / a["seeds"] + b["std"] ** 2 / b["seeds"])
+
+
 def agreement(arms: list[dict], scores: dict[str, float], z: float = 1.0) -> tuple[int, int, bool]:
     """(right, counted, provisional): pairs whose world difference has the CIFAR difference's sign,
     counting the pairs whose CIFAR difference exceeds ``z`` standard errors (the issue's rule: z = 1;
@@ -111,7 +117,7 @@ def agreement(arms: list[dict], scores: dict[str, float], z: float = 1.0) -> tup
     right = counted = 0
     for a, b in itertools.combinations(arms, 2):
         diff = a["cifar"] - b["cifar"]
-        if tested and abs(diff) <= z * math.sqrt(a["std"] ** 2 / a["seeds"] + b["std"] ** 2 / b["seeds"]):
+        if tested and not apart(a, b, diff, z):
             continue
         counted += 1
         right += (scores[a["arm"]] - scores[b["arm"]]) * diff > 0
@@ -128,7 +134,7 @@ def noise_ceiling(arms: list[dict], draws: int = 2000, seed: int = 0) -> tuple[f
     residual of the arms x common-seeds table. The arms' true means are their measured means shrunk
     toward the grand mean by the share of their spread that is not that noise (method of moments);
     each redraw adds the noise back, a perfect world ranks by the true means, and pairs are counted by
-    ``agreement``'s rule (measured difference above one standard error of the arms' own spreads)."""
+    ``apart``, as ``agreement`` counts them."""
     if len(arms) < 3 or any(a["source"] != "test" for a in arms):
         return None, None
     common = sorted(set.intersection(*(set(a["per_seed"]) for a in arms)))
@@ -142,7 +148,6 @@ def noise_ceiling(arms: list[dict], draws: int = 2000, seed: int = 0) -> tuple[f
     spread = float(means.var())
     shrink = math.sqrt(max(0.0, 1.0 - float((se ** 2).mean()) / spread)) if spread > 0 else 0.0
     true = means.mean() + shrink * (means - means.mean())
-    counting_se = [a["std"] / math.sqrt(a["seeds"]) for a in arms]
     generator = torch.Generator().manual_seed(seed)
     rhos, right, counted = [], 0, 0
     for _ in range(draws):
@@ -150,7 +155,7 @@ def noise_ceiling(arms: list[dict], draws: int = 2000, seed: int = 0) -> tuple[f
         rhos.append(float(spearmanr(true.tolist(), measured.tolist())[0]) if shrink > 0 else 0.0)
         for i, j in itertools.combinations(range(len(arms)), 2):
             diff = float(measured[i] - measured[j])
-            if abs(diff) > math.hypot(counting_se[i], counting_se[j]):
+            if apart(arms[i], arms[j], diff):
                 counted += 1
                 right += diff * float(true[i] - true[j]) > 0
     return sum(rhos) / draws, (right / counted if counted else float("nan"))

@@ -4,10 +4,10 @@ fixed before the candidates ran: worst validation gap to the best baseline, a ma
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from _benchmarks import import_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,13 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def rule():
     pytest.importorskip("numpy")  # the lab extra, as every benchmark
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import default_rule
-
-        yield default_rule
-    finally:
-        sys.path.pop(0)
+    return import_benchmark("default_rule")
 
 
 def test_a_candidate_ships_only_if_its_worst_gap_beats_the_defaults_by_the_margin(rule) -> None:

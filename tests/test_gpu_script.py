@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _benchmarks import import_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,11 +50,7 @@ def test_gpu_script_runs_end_to_end_on_cpu(tmp_path):
 def test_gpu_script_long_tail_recipe_on_cpu(tmp_path):
     """--long-tail: the literature's recipe (here --tiny: 30 images cut to a tail), with the published
     numbers printed beside ours."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_cifar
-    finally:
-        sys.path.pop(0)
+    gpu_cifar = import_benchmark("gpu_cifar")
     cmd = gpu_cifar.train_command("resnet32", "ldam_drw", 0, tmp_path, tmp_path / "run", "cuda", False,
                                   {"dataset": "cifar10", "imbalance": 100})
     text = " ".join(cmd)

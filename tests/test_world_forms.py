@@ -4,24 +4,15 @@ score against the matrix's measured ones, so a gate above it is known to be out 
 from __future__ import annotations
 
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _benchmarks import import_benchmark
 
 
 @pytest.fixture()
 def forms():
     pytest.importorskip("scipy")  # the lab extra, as every benchmark
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import world_forms
-
-        yield world_forms
-    finally:
-        sys.path.pop(0)
+    return import_benchmark("world_forms")
 
 
 def arm(name: str, per_seed: list[float]) -> dict:
