@@ -2,7 +2,7 @@
 # The regime matrix (issue 33) on this 2-core machine: two background jobs of one thread each,
 # every run checkpointed, so a job stopped by the end of a session resumes where it was.
 #
-#   benchmarks/regimes.sh A    # CIFAR-10: calibration regimes first, then the held-out ones (shortest first)
+#   benchmarks/regimes.sh A    # CIFAR-10: calibration regimes first, then the held-out ones; ends backfilling c10-full
 #   benchmarks/regimes.sh B    # the calibration regimes from the other end (CIFAR-100 first), then c100-limited, c10-full
 #   nohup benchmarks/regimes.sh A > logs/regimes-A.log 2>&1 &   # as the sessions run it
 #
@@ -33,6 +33,6 @@ run() {
   elif [ "$rc" -ne 0 ]; then exit "$rc"; fi
 }
 case "$JOB" in
-  A) for r in c10-limited-50 c10-budget c100-budget c10-noise-0.4 c10-lt-100 c10-limited-250 c10-noise-0.6; do run $r; done ;;
+  A) for r in c10-limited-50 c10-budget c100-budget c10-noise-0.4 c10-lt-100 c10-limited-250 c10-noise-0.6 c10-full; do run $r; done ;;
   B) for r in c100-budget c10-budget c10-limited-50 c100-limited c10-noise-0.6 c10-full; do run $r; done ;;
 esac
