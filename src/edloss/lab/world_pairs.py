@@ -79,6 +79,8 @@ V4_BUDGET = Side("edl-v4", "edl", 61.59, 1.51, 3, BUDGET)
 V4_C100 = Side("edl-v4", "edl", 25.60, 2.38, 3, REGIMES + "c100-budget")
 NOISE_TUNED = REGIMES + "c10-noise-0.4"
 N04_K10_TUNED = Side("edl-noise-0.4-k10", "edl:noise_rate=0.4,num_classes=10", 42.12, 1.51, 3, NOISE_TUNED)
+NOISE06_TUNED = REGIMES + "c10-noise-0.6"
+N06_K10_TUNED = Side("edl-noise-0.6-k10", "edl:noise_rate=0.6,num_classes=10", 27.02, 1.04, 3, NOISE06_TUNED)
 
 PAIRS: dict[str, list[Pair]] = {
     "clean": [
@@ -126,6 +128,9 @@ PAIRS: dict[str, list[Pair]] = {
         Pair("evolved vs start", Side("edl-students-noise-images-cal", "edl:{panel}/students-noise-0.6-images-calibrated", 27.44, 1.77, 3,
                                       STUDENTS + "noise-0.6-students-images-calibrated"), N06_K10),
         Pair("gain", Side("edl-noise-0.6-k10 gain 0.25", "edl:name=noise-0.6-k10,gain=0.25", 26.87, 0.63, 3, STUDENTS + "noise-0.6-gain0.25"), N06_K10),
+        # tuned (session 24): the regime matrix's c10-noise-0.6, each arm at its own pick of 0.25-4x, 3 seeds
+        Pair("evolved vs start", Side("edl-students-noise-wide", "edl:{panel}/students-noise-0.6-wide", 28.05, 0.72, 3,
+                                      NOISE06_TUNED), N06_K10_TUNED, tuned=True),
     ],
     "longtail-100": [
         Pair("evolved vs start", Side("edl-students-lt", "edl:checkpoint={panel}/students-longtail-100,prior_aware=true", 35.77, 2.10, 3,
