@@ -159,7 +159,10 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
     Regime("c10-noise-0.6", "held-out", "CIFAR-10, 60% symmetric label noise, 3,000 images, 15 epochs, no augmentation",
            per_class=300, epochs=15, val_size=1000, augment=False, label_noise=0.6,
            arms=("ce", "poly1", "gce", "sce", "edl-noise=edl:noise_rate=0.6,num_classes=10",
-                 "edl-students-noise-wide=edl:{panel}/students-noise-0.6-wide"),
+                 "edl-students-noise-wide=edl:{panel}/students-noise-0.6-wide",
+                 # session 24: evolved in the one world that passes issue 34's two gates (configs/students-noise-0.6-lr-grid.toml),
+                 # added after the other arms finished; it runs the same grid and seeds
+                 "edl-students-noise-lr-grid=edl:{out}/candidates/students-noise-0.6-lr-grid"),
            # widened in session 24, on seed 0's validation, before any test run: CE picked 0.5x, the edge (21.1 / 20.2 /
            # 9.5 at 0.5 / 1 / 2x), and GCE, SCE and the noise loss were all better at 0.5x than at 1x; then to 4x, still before
            # any test run, because GCE, the best baseline, picked 2x, the upper edge (27.8 / 30.1 / 26.9 / 32.5 at 0.25-2x).
