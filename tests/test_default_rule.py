@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from _benchmarks import import_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture()
 def rule():
